@@ -1,0 +1,60 @@
+//! `hms-sync check`: every problem in the config and the connectors, at once.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config;
+use crate::connector::TransportSpec;
+
+pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("hms-sync check: {} problem(s):", errors.0.len());
+            for e in &errors.0 {
+                eprintln!("  - {e}");
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    println!("config: {}", cfg.source);
+    println!("state:  {}", cfg.state_dir.display());
+    for w in &cfg.watches {
+        let shape = match &w.key {
+            Some(k) => format!("bare records keyed by `{k}`"),
+            None => "envelopes".to_string(),
+        };
+        println!("watch:  {} -> collection {} ({shape}{})", w.dir.display(), w.collection, if w.snapshot { ", full snapshots" } else { "" });
+    }
+    println!("socket: {}", cfg.socket.path.display());
+    let mut warnings = 0;
+    for c in &cfg.connectors {
+        let transport = match &c.transport {
+            TransportSpec::File { dir, .. } => {
+                if !writable_dir(dir) {
+                    warnings += 1;
+                    eprintln!(
+                        "warning: {}: outbox {} is missing or not writable; deliveries wait (target down) until it is",
+                        c.name,
+                        dir.display()
+                    );
+                }
+                format!("file -> {}", dir.display())
+            }
+        };
+        println!("target: {} receives {} via {transport}", c.name, c.collections.join(", "));
+    }
+    if cfg.connectors.is_empty() {
+        warnings += 1;
+        eprintln!("warning: no connectors in {}: changes will be sent nowhere", cfg.connectors_dir.display());
+    }
+    println!("ok{}", if warnings > 0 { format!(" ({warnings} warning(s))") } else { String::new() });
+    Ok(ExitCode::SUCCESS)
+}
+
+fn writable_dir(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: a valid NUL-terminated path.
+    dir.is_dir() && unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0
+}

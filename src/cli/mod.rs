@@ -1,0 +1,191 @@
+//! The command line (SPEC §6): one file per command. Exit codes: 0 success,
+//! 1 runtime failure, 2 bad usage or invalid config.
+
+pub mod check;
+pub mod dead;
+pub mod new;
+pub mod resync;
+pub mod run;
+pub mod send;
+pub mod status;
+pub mod tail;
+pub mod translate;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::config::{self, Config};
+use crate::control::{self, Request};
+
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("HMS_GIT_COMMIT"),
+    ", ",
+    env!("HMS_TARGET"),
+    ")"
+);
+
+/// Keeps legacy systems in sync: watches drop folders and a socket for changed
+/// records, queues every change durably, and delivers it to each legacy system.
+#[derive(Parser, Debug)]
+#[command(name = "hms-sync", version = VERSION, about, long_about = None)]
+pub struct Cli {
+    /// Config file. Otherwise $HMS_SYNC_CONFIG, ./hms-sync.toml, /etc/hms-sync/hms-sync.toml,
+    /// or the embedded default (everything under ./var/).
+    #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon (logs `ready` once watching; tells systemd READY=1).
+    Run,
+    /// Validate the config and every connector; lists every problem.
+    Check,
+    /// Per target: up/down, pending, in flight, dead, delivered, oldest pending age, last error.
+    Status {
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dead letters: deltas the legacy system refused max_attempts times.
+    #[command(subcommand)]
+    Dead(dead::DeadCommand),
+    /// The delivery log: one line per outcome.
+    Tail(tail::TailArgs),
+    /// Send envelopes (NDJSON) through the ingest socket; `-` or no FILE reads stdin.
+    Send {
+        /// NDJSON files of envelopes; `-` for standard input.
+        files: Vec<PathBuf>,
+    },
+    /// Scaffold connectors/NAME/ with a commented connector.toml.
+    New(new::NewArgs),
+    /// Show what connector NAME would send for a change, without sending it.
+    Translate(translate::TranslateArgs),
+    /// Queue every known record for TARGET in full.
+    Resync {
+        target: String,
+        /// Only this collection.
+        #[arg(long)]
+        collection: Option<String>,
+    },
+}
+
+pub fn init_tracing(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (cli.verbose, &cli.command) {
+        (0, Command::Run) => "info",
+        (0, _) => "warn",
+        (1, _) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).with_target(false).init();
+}
+
+/// A failure the user caused (bad usage, invalid config): exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let result = dispatch(cli);
+    match result {
+        Err(e) if e.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("hms-sync: {e:#}");
+            Ok(ExitCode::from(2))
+        }
+        other => other,
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let path = config::discover(cli.config.as_deref());
+    match cli.command {
+        Command::Check => check::run(path.as_deref()),
+        Command::New(args) => new::run(path.as_deref(), args),
+        command => {
+            let cfg = load_config(path.as_deref())?;
+            match command {
+                Command::Run => run::run(cfg),
+                Command::Status { json } => status::run(&cfg, json),
+                Command::Dead(cmd) => dead::run(&cfg, cmd),
+                Command::Tail(args) => tail::run(&cfg, args),
+                Command::Send { files } => send::run(&cfg, files),
+                Command::Translate(args) => translate::run(&cfg, args),
+                Command::Resync { target, collection } => resync::run(&cfg, &target, collection),
+                Command::Check | Command::New(_) => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    config::load(path).map_err(|e| {
+        anyhow::Error::new(UsageError(format!("the configuration is not valid:\n{e}\n(run `hms-sync check` for the full list)")))
+    })
+}
+
+/// A small runtime for the commands that talk over sockets.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime").block_on(f)
+}
+
+/// Runs a control request on the running daemon, or directly on the queue when
+/// no daemon answers. Errors from the request itself are `Ok(Err(message))`.
+pub fn request(cfg: &Config, req: Request) -> anyhow::Result<Result<Value, String>> {
+    let socket = cfg.control_socket();
+    if let Some(answer) = block_on(control::ask(&socket, &req))? {
+        return Ok(answer);
+    }
+    if !cfg.state_dir.join("db").exists() {
+        // Never ran: an empty queue, without creating one as a side effect.
+        let empty_dir = tempfile_dir()?;
+        let mut q = crate::queue::Queue::open(empty_dir.path(), 1, crate::daemon::target_specs(cfg))?;
+        let log = crate::daemon::delivery_log(cfg);
+        return Ok(control::execute(&mut q, req, &log).map_err(|e| e.to_string()));
+    }
+    let mut q = crate::daemon::open_queue(cfg)?;
+    let log = crate::daemon::delivery_log(cfg);
+    let result = control::execute(&mut q, req, &log).map_err(|e| e.to_string());
+    q.commit()?;
+    Ok(result)
+}
+
+/// A throw-away folder (removed on drop).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir() -> anyhow::Result<TempDir> {
+    let dir = std::env::temp_dir().join(format!("hms-sync-empty-{}-{}", std::process::id(), crate::record::now_ms()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(TempDir(dir))
+}

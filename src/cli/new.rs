@@ -1,0 +1,122 @@
+//! `hms-sync new NAME --transport file`: scaffolds `connectors/NAME/connector.toml`
+//! with every key commented, ready to edit.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+
+use super::UsageError;
+use crate::connector::valid_name;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum TransportKind {
+    Soap,
+    File,
+    Serial,
+}
+
+#[derive(Args, Debug)]
+pub struct NewArgs {
+    /// The target's name (letters, digits, `-`, `_`, `.`).
+    name: String,
+    #[arg(long, value_enum)]
+    transport: TransportKind,
+    /// The collection it receives.
+    #[arg(long, default_value = "permits")]
+    collection: String,
+}
+
+fn connectors_dir(config: Option<&Path>) -> PathBuf {
+    // Read only `connectors_dir`, so that `new` works even while another
+    // connector is broken.
+    let (text, base) = match config {
+        Some(p) => (std::fs::read_to_string(p).unwrap_or_default(), p.parent().map(Path::to_path_buf).unwrap_or_default()),
+        None => (crate::config::DEFAULT_CONFIG.to_string(), PathBuf::from(".")),
+    };
+    let dir = toml::from_str::<toml::Table>(&text)
+        .ok()
+        .and_then(|t| t.get("connectors_dir").and_then(|v| v.as_str()).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("connectors"));
+    if dir.is_absolute() { dir } else { base.join(dir) }
+}
+
+pub fn run(config: Option<&Path>, args: NewArgs) -> anyhow::Result<ExitCode> {
+    if !valid_name(&args.name) {
+        return Err(UsageError(format!(
+            "`{}` cannot be a target name: use letters, digits, `-`, `_` and `.` (not first)",
+            args.name
+        ))
+        .into());
+    }
+    let text = match args.transport {
+        TransportKind::File => file_template(&args.name, &args.collection),
+        TransportKind::Soap | TransportKind::Serial => {
+            return Err(UsageError(format!(
+                "transport {:?} is not available in this build yet; available: file",
+                args.transport
+            ).to_lowercase())
+            .into());
+        }
+    };
+    let folder = connectors_dir(config).join(&args.name);
+    if folder.join("connector.toml").exists() {
+        return Err(UsageError(format!("{} already exists; not overwriting it", folder.join("connector.toml").display())).into());
+    }
+    std::fs::create_dir_all(&folder)?;
+    std::fs::write(folder.join("connector.toml"), text)?;
+    println!("created {}", folder.join("connector.toml").display());
+    println!("edit it, then run `hms-sync check` and restart hms-sync");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn file_template(name: &str, collection: &str) -> String {
+    format!(
+        r#"# Connector "{name}": delivers changes as batch files into a folder the legacy
+# system reads. The folder name ({name}) is the target's name in status and logs.
+
+# Collections this system receives.
+collections = ["{collection}"]
+
+# Optional: only these fields (a name also selects its sub-fields: "address"
+# selects "address.street"). Leave it out to send every field.
+# fields = ["status", "inspector.name"]
+
+[format]
+# csv: one row a change, with the record's latest values.
+kind = "csv"
+# The columns, in order. Nested fields use dots: "address.street".
+columns = ["permit_number", "status"]
+# The column that holds the record key (default: the first column).
+# key_column = "permit_number"
+
+[transport]
+kind = "file"
+# The outbox folder. Relative paths start at the folder of hms-sync.toml.
+dir = "var/outbox/{name}"
+# At most this many changes in one file.
+batch_max = 500
+# Wait this long to gather changes into one file ("0s": write at once).
+batch_window = "200ms"
+
+[retry]
+# After this many refusals a change becomes a dead letter (see `hms-sync dead list`).
+max_attempts = 20
+# First wait after a failure, doubled each time up to max_backoff.
+backoff = "1s"
+max_backoff = "5m"
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_template_is_a_valid_connector() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = tmp.path().join("x");
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("connector.toml"), super::file_template("x", "permits")).unwrap();
+        crate::connector::load(&folder, tmp.path()).unwrap();
+    }
+}

@@ -1,0 +1,158 @@
+//! `hms-sync run`: opens the queue, starts every piece, wires their channels,
+//! tells systemd when it is ready, and owns shutdown.
+//!
+//! **Invariants:** `ready` is logged (and READY=1 sent) only once every watcher,
+//! socket and worker is running; the watchdog is pinged only while the queue
+//! writer answers and no worker has died; on SIGTERM/SIGINT input stops first,
+//! workers finish their delivery, then the process exits 0.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::delivery_log::DeliveryLog;
+use crate::queue::handle::QueueHandle;
+use crate::queue::{Queue, TargetSpec};
+use crate::replay::{Health, Worker};
+use crate::watcher::IngestStats;
+use crate::watcher::dropdir::DropDir;
+use crate::watcher::socket::{self, IngestSocket};
+
+pub fn target_specs(cfg: &Config) -> Vec<TargetSpec> {
+    cfg.connectors
+        .iter()
+        .map(|c| TargetSpec { name: c.name.clone(), collections: c.collections.clone(), fields: c.fields.clone() })
+        .collect()
+}
+
+/// Opens the queue for this config (creating the state folder).
+pub fn open_queue(cfg: &Config) -> anyhow::Result<Queue> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("cannot create the state folder {}", cfg.state_dir.display()))?;
+    let mut queue = Queue::open(&cfg.state_dir, cfg.cache_mib, target_specs(cfg)).map_err(|e| {
+        let hint = if e.to_string().contains("lock") {
+            " (is another hms-sync running on this state folder?)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("{e}{hint}")
+    })?;
+    queue.set_limits(cfg.max_queue_bytes, cfg.min_free_disk_mib * 1024 * 1024);
+    Ok(queue)
+}
+
+pub fn delivery_log(cfg: &Config) -> DeliveryLog {
+    DeliveryLog::new(cfg.delivery_log.clone(), cfg.delivery_log_max_bytes, cfg.delivery_log_keep)
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    if cfg.connectors.is_empty() {
+        tracing::warn!(folder = %cfg.connectors_dir.display(), "no connectors: changes are kept as snapshots but sent nowhere");
+    }
+    let queue = open_queue(&cfg)?;
+    let (queue, writer) = QueueHandle::spawn(queue);
+    let log = Arc::new(delivery_log(&cfg));
+    let health = Arc::new(Health::default());
+    let ingest = Arc::new(IngestStats::default());
+    let (stop_tx, stop) = watch::channel(false);
+
+    // The CLI's local control path.
+    let control_path = cfg.control_socket();
+    let _ = std::fs::remove_file(&control_path);
+    let control = tokio::net::UnixListener::bind(&control_path)
+        .with_context(|| format!("cannot listen on the control socket {}", control_path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&control_path, std::fs::Permissions::from_mode(0o660))?;
+    }
+    let control_task =
+        tokio::spawn(crate::control::serve(control, queue.clone(), health.clone(), log.clone(), stop.clone()));
+
+    let mut workers = Vec::new();
+    for c in &cfg.connectors {
+        let w = Worker::new(c, queue.clone(), log.clone(), health.clone(), cfg.alert_command.clone(), stop.clone());
+        workers.push((c.name.clone(), tokio::spawn(w.run())));
+    }
+
+    let listener = socket::bind(&cfg.socket).await?;
+    let socket_task = tokio::spawn(
+        IngestSocket {
+            listener,
+            cfg: cfg.socket.clone(),
+            limits: cfg.limits,
+            queue: queue.clone(),
+            stats: ingest.clone(),
+            shutdown: stop.clone(),
+        }
+        .run(),
+    );
+
+    let mut watchers = Vec::new();
+    for w in &cfg.watches {
+        let dd = DropDir { watch: w.clone(), limits: cfg.limits, queue: queue.clone(), stats: ingest.clone(), shutdown: stop.clone() };
+        watchers.push(dd.start()?);
+    }
+
+    if let Some(addr) = cfg.status_listen {
+        let (bound, _task) = crate::status::serve(addr, queue.clone(), health.clone(), ingest.clone(), stop.clone()).await?;
+        tracing::info!(address = %bound, "status listener up");
+    }
+
+    tracing::info!(
+        config = %cfg.source,
+        targets = cfg.connectors.len(),
+        watches = cfg.watches.len(),
+        socket = %cfg.socket.path.display(),
+        "ready"
+    );
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut ping_every = tokio::time::interval(watchdog.map(|d| d / 2).unwrap_or(Duration::from_secs(3600)));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = ping_every.tick(), if watchdog.is_some() => {
+                let workers_alive = workers.iter().all(|(_, h)| !h.is_finished());
+                if workers_alive && queue.ping(Duration::from_secs(5)).await {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                } else {
+                    tracing::error!("a worker or the queue writer is not answering; withholding the watchdog ping");
+                }
+            }
+        }
+        if let Some((name, _)) = workers.iter().find(|(_, h)| h.is_finished()) {
+            bail!("the worker for {name} stopped unexpectedly");
+        }
+    }
+
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = stop_tx.send(true);
+    for w in watchers {
+        let _ = w.await;
+    }
+    let _ = socket_task.await;
+    socket::remove(&cfg.socket.path);
+    let finish = async {
+        for (_, w) in workers {
+            let _ = w.await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), finish).await.is_err() {
+        tracing::warn!("workers did not finish within 30 s; their deltas stay queued and go out after restart");
+    }
+    let _ = control_task.await;
+    let _ = std::fs::remove_file(&control_path);
+    // Every answer already followed a commit; a last flush for good measure.
+    let _ = queue.call(|q| q.commit()).await;
+    drop(queue);
+    let joined = tokio::task::spawn_blocking(move || writer.join());
+    let _ = tokio::time::timeout(Duration::from_secs(5), joined).await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! How queue records are laid out on disk: one version byte, then bincode (serde
+//! path, size-limited). The only place that knows the byte format.
+//!
+//! **Invariants:** every stored value starts with [`VERSION`]; decoding never
+//! allocates more than [`LIMIT`] bytes whatever the input; a change to any stored
+//! struct bumps `VERSION` and keeps a decoder for the old one (golden-byte tests
+//! below fail first).
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use crate::record::{Delta, Flat, Op, RecordId};
+
+pub const VERSION: u8 = 1;
+/// No stored record is larger than this; a corrupted length prefix cannot make
+/// the decoder allocate more.
+pub const LIMIT: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("stored record has unknown format version {0} (written by a newer hms-sync?)")]
+    UnknownVersion(u8),
+    #[error("stored record is empty")]
+    Empty,
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredDelta {
+    op: u8,
+    /// path -> value as JSON text (bincode cannot carry `serde_json::Value` itself).
+    set: Vec<(String, String)>,
+    unset: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredQueued {
+    collection: String,
+    key: String,
+    delta: StoredDelta,
+    attempts: u32,
+    not_before_ms: u64,
+    queued_at_ms: u64,
+    last_error: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredDead {
+    queued: StoredQueued,
+    dead_at_ms: u64,
+    held: Option<StoredDelta>,
+}
+
+/// Per-target counters kept beside the queue so that status needs no scan.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+pub struct Counters {
+    pub next_seq: u64,
+    pub pending: u64,
+    pub pending_bytes: u64,
+    pub dead: u64,
+    pub delivered: u64,
+}
+
+/// A delta waiting in a target's queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueuedDelta {
+    pub seq: u64,
+    pub record: RecordId,
+    pub delta: Delta,
+    /// Rejections so far (outages do not count).
+    pub attempts: u32,
+    /// Not to be tried before this time (ms since epoch); 0 = now.
+    pub not_before_ms: u64,
+    pub queued_at_ms: u64,
+    pub last_error: Option<String>,
+}
+
+/// A delta that was rejected `max_attempts` times, and what arrived for its record since.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetter {
+    pub queued: QueuedDelta,
+    pub dead_at_ms: u64,
+    /// Later deltas of the same record, merged, waiting for retry or drop.
+    pub held: Option<Delta>,
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<LIMIT>()
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![VERSION];
+    // Encoding into a Vec cannot fail for these plain structs.
+    let body = bincode::serde::encode_to_vec(value, config()).expect("plain structs always encode");
+    out.extend_from_slice(&body);
+    out
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if version != VERSION {
+        return Err(CodecError::UnknownVersion(version));
+    }
+    let (value, used) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| CodecError::Corrupt(e.to_string()))?;
+    if used != body.len() {
+        return Err(CodecError::Corrupt(format!("{} trailing bytes", body.len() - used)));
+    }
+    Ok(value)
+}
+
+fn flat_out(flat: &Flat) -> Vec<(String, String)> {
+    flat.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()
+}
+
+fn flat_in(pairs: Vec<(String, String)>) -> Result<Flat, CodecError> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| {
+            let value: Value = serde_json::from_str(&v).map_err(|e| CodecError::Corrupt(format!("value of {k}: {e}")))?;
+            Ok((k, value))
+        })
+        .collect()
+}
+
+fn delta_out(d: &Delta) -> StoredDelta {
+    let op = match d.op {
+        Op::Create => 0,
+        Op::Update => 1,
+        Op::Delete => 2,
+    };
+    StoredDelta { op, set: flat_out(&d.set), unset: d.unset.iter().cloned().collect() }
+}
+
+fn delta_in(s: StoredDelta) -> Result<Delta, CodecError> {
+    let op = match s.op {
+        0 => Op::Create,
+        1 => Op::Update,
+        2 => Op::Delete,
+        n => return Err(CodecError::Corrupt(format!("unknown op {n}"))),
+    };
+    Ok(Delta { op, set: flat_in(s.set)?, unset: s.unset.into_iter().collect() })
+}
+
+fn queued_out(q: &QueuedDelta) -> StoredQueued {
+    StoredQueued {
+        collection: q.record.collection.clone(),
+        key: q.record.key.clone(),
+        delta: delta_out(&q.delta),
+        attempts: q.attempts,
+        not_before_ms: q.not_before_ms,
+        queued_at_ms: q.queued_at_ms,
+        last_error: q.last_error.clone(),
+    }
+}
+
+fn queued_in(seq: u64, s: StoredQueued) -> Result<QueuedDelta, CodecError> {
+    Ok(QueuedDelta {
+        seq,
+        record: RecordId { collection: s.collection, key: s.key },
+        delta: delta_in(s.delta)?,
+        attempts: s.attempts,
+        not_before_ms: s.not_before_ms,
+        queued_at_ms: s.queued_at_ms,
+        last_error: s.last_error,
+    })
+}
+
+pub fn encode_snapshot(flat: &Flat) -> Vec<u8> {
+    encode(&flat_out(flat))
+}
+
+pub fn decode_snapshot(bytes: &[u8]) -> Result<Flat, CodecError> {
+    flat_in(decode(bytes)?)
+}
+
+pub fn encode_queued(q: &QueuedDelta) -> Vec<u8> {
+    encode(&queued_out(q))
+}
+
+pub fn decode_queued(seq: u64, bytes: &[u8]) -> Result<QueuedDelta, CodecError> {
+    queued_in(seq, decode(bytes)?)
+}
+
+pub fn encode_dead(d: &DeadLetter) -> Vec<u8> {
+    encode(&StoredDead { queued: queued_out(&d.queued), dead_at_ms: d.dead_at_ms, held: d.held.as_ref().map(delta_out) })
+}
+
+pub fn decode_dead(seq: u64, bytes: &[u8]) -> Result<DeadLetter, CodecError> {
+    let s: StoredDead = decode(bytes)?;
+    Ok(DeadLetter { queued: queued_in(seq, s.queued)?, dead_at_ms: s.dead_at_ms, held: s.held.map(delta_in).transpose()? })
+}
+
+pub fn encode_counters(c: &Counters) -> Vec<u8> {
+    encode(c)
+}
+
+pub fn decode_counters(bytes: &[u8]) -> Result<Counters, CodecError> {
+    decode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> QueuedDelta {
+        let mut set = Flat::new();
+        set.insert("status".into(), json!("APPROVED"));
+        set.insert("fee".into(), json!(12.5));
+        QueuedDelta {
+            seq: 42,
+            record: RecordId::new("permits", "123"),
+            delta: Delta { op: Op::Update, set, unset: ["fee_waiver".to_string()].into_iter().collect() },
+            attempts: 3,
+            not_before_ms: 1_700_000_000_000,
+            queued_at_ms: 1_690_000_000_000,
+            last_error: Some("SOAP Fault".into()),
+        }
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The bytes of version 1. If this fails, the on-disk format changed: bump
+    /// VERSION and keep reading the old one.
+    #[test]
+    fn golden_bytes_of_a_queued_delta() {
+        let bytes = encode_queued(&sample());
+        assert_eq!(hex(&bytes), GOLDEN_QUEUED);
+        assert_eq!(decode_queued(42, &bytes).unwrap(), sample());
+    }
+
+    #[test]
+    fn golden_bytes_of_counters() {
+        let c = Counters { next_seq: 7, pending: 2, pending_bytes: 300, dead: 1, delivered: 1000 };
+        assert_eq!(hex(&encode_counters(&c)), "010702fb2c0101fbe803");
+        assert_eq!(decode_counters(&encode_counters(&c)).unwrap(), c);
+    }
+
+    #[test]
+    fn round_trips_dead_letters_and_snapshots() {
+        let dead = DeadLetter { queued: sample(), dead_at_ms: 5, held: Some(sample().delta) };
+        assert_eq!(decode_dead(42, &encode_dead(&dead)).unwrap(), dead);
+        let flat = sample().delta.set;
+        assert_eq!(decode_snapshot(&encode_snapshot(&flat)).unwrap(), flat);
+    }
+
+    #[test]
+    fn corrupt_input_is_an_error_not_an_abort() {
+        assert!(matches!(decode_queued(1, &[]), Err(CodecError::Empty)));
+        assert!(matches!(decode_queued(1, &[9, 1, 2]), Err(CodecError::UnknownVersion(9))));
+        // A length prefix claiming ~2^64 bytes must not allocate.
+        let evil = [VERSION, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        assert!(matches!(decode_queued(1, &evil), Err(CodecError::Corrupt(_))));
+        let mut truncated = encode_queued(&sample());
+        truncated.truncate(truncated.len() - 3);
+        assert!(decode_queued(1, &truncated).is_err());
+    }
+
+    const GOLDEN_QUEUED: &str = "01077065726d697473033132330102036665650431322e35067374617475730a22415050524f56454422010a6665655f77616976657203fd0068e5cf8b010000fd0084d97b89010000010a534f4150204661756c74";
+}

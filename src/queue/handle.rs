@@ -1,0 +1,114 @@
+//! The queue's one writer: a thread that owns the [`Queue`], runs the jobs that
+//! sources, workers and the control path send it, and answers them only after
+//! one commit (flush + fsync) covers all of them — group commit.
+//!
+//! **Invariants:** no job's answer leaves this thread before the commit that
+//! made its effects durable; a failed commit turns every answer of its round into
+//! an error.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::{Queue, QueueError};
+
+type Answer = Box<dyn FnOnce(Option<&QueueError>) + Send>;
+type Job = Box<dyn FnOnce(&mut Queue) -> Answer + Send>;
+
+/// Commit statistics for `/metrics`.
+#[derive(Default, Debug)]
+pub struct CommitStats {
+    pub commits: std::sync::atomic::AtomicU64,
+    pub commit_micros_total: std::sync::atomic::AtomicU64,
+}
+
+/// Cheap to clone; every clone talks to the same writer thread.
+#[derive(Clone)]
+pub struct QueueHandle {
+    jobs: mpsc::Sender<Job>,
+    wake: Arc<HashMap<String, Arc<Notify>>>,
+    pub stats: Arc<CommitStats>,
+}
+
+impl QueueHandle {
+    /// Starts the writer thread. It ends when every handle is dropped.
+    pub fn spawn(mut queue: Queue) -> (QueueHandle, std::thread::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<Job>(16 * 1024);
+        let wake: Arc<HashMap<String, Arc<Notify>>> =
+            Arc::new(queue.target_names().into_iter().map(|n| (n, Arc::new(Notify::new()))).collect());
+        let stats = Arc::new(CommitStats::default());
+        let handle = QueueHandle { jobs: tx, wake: wake.clone(), stats: stats.clone() };
+        let thread = std::thread::Builder::new()
+            .name("queue-writer".into())
+            .spawn(move || {
+                while let Some(job) = rx.blocking_recv() {
+                    let mut answers = vec![job(&mut queue)];
+                    while answers.len() < 8192 {
+                        match rx.try_recv() {
+                            Ok(job) => answers.push(job(&mut queue)),
+                            Err(_) => break,
+                        }
+                    }
+                    let started = Instant::now();
+                    let was_dirty = queue.is_dirty();
+                    let result = queue.commit();
+                    if was_dirty {
+                        use std::sync::atomic::Ordering::Relaxed;
+                        stats.commits.fetch_add(1, Relaxed);
+                        stats.commit_micros_total.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+                    }
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, "queue commit failed; answering every waiting change with an error");
+                    }
+                    for answer in answers {
+                        answer(result.as_ref().err());
+                    }
+                    if result.is_ok() {
+                        for name in queue.take_touched() {
+                            if let Some(n) = wake.get(&name) {
+                                n.notify_one();
+                            }
+                        }
+                    }
+                }
+                if let Err(e) = queue.commit() {
+                    tracing::error!(error = %e, "final queue commit failed");
+                }
+            })
+            .expect("spawning the queue writer thread");
+        (handle, thread)
+    }
+
+    /// Runs `f` on the writer thread; the answer comes after the commit that
+    /// covers it.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Queue) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |q| {
+            let result = f(q);
+            Box::new(move |commit_error: Option<&QueueError>| {
+                let result = match (commit_error, result) {
+                    (Some(e), _) => Err(QueueError::CommitFailed(e.to_string())),
+                    (None, r) => r,
+                };
+                let _ = tx.send(result);
+            })
+        });
+        self.jobs.send(job).await.map_err(|_| QueueError::CommitFailed("the queue writer has stopped".into()))?;
+        rx.await.map_err(|_| QueueError::CommitFailed("the queue writer has stopped".into()))?
+    }
+
+    /// The notifier that wakes `target`'s worker when it has new work.
+    pub fn waker(&self, target: &str) -> Arc<Notify> {
+        self.wake.get(target).cloned().unwrap_or_default()
+    }
+
+    /// Round trip through the writer thread, for the watchdog.
+    pub async fn ping(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.call(|_| Ok(()))).await.map(|r| r.is_ok()).unwrap_or(false)
+    }
+}

@@ -1,0 +1,851 @@
+//! Sync Queue: changes in, ordered per-target deltas out; snapshots, coalescing,
+//! leases, retries and dead letters, all in one sled tree. The only module that
+//! touches sled.
+//!
+//! ```text
+//! sled tree "hms" (one tree, so that every mutation is one atomic batch)
+//!   's' coll key           -> snapshot: the record's last known state (Flat)
+//!   'p' target seq         -> QueuedDelta, in queue order (seq is big-endian)
+//!   'i' target coll key    -> seq of the record's newest waiting delta (coalescing index)
+//!   'd' target seq         -> DeadLetter (keeps its seq: the delivery id stays the same)
+//!   'h' target coll key    -> seq of the dead letter that holds the record
+//!   'c' target             -> Counters (next seq, pending, bytes, dead, delivered)
+//! strings are written as u32 big-endian length + bytes, so no value can forge a key.
+//! ```
+//!
+//! **Invariants:**
+//! - Every mutation is one `apply_batch`; nothing is acknowledged to a source or
+//!   reported to a worker before [`Queue::commit`] (flush, then fsync of `db`).
+//! - Per `(target, record)`: at most one waiting delta that is not in flight, and
+//!   `'i'` points at it. An in-flight delta is never changed; a newer one waits
+//!   behind it and is folded into it if the delivery fails.
+//! - A record with a dead letter has no delta in `'p'`: newer deltas merge into the
+//!   dead letter's `held` until an operator retries or drops it.
+//! - In-flight state lives in memory only: after a restart every delta is waiting.
+
+pub mod codec;
+pub mod handle;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+pub use codec::{Counters, DeadLetter, QueuedDelta};
+
+use crate::diff;
+use crate::record::{ChangeSet, Delta, Flat, RecordId, now_ms};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("the queue database in {path} cannot be opened: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("the queue database failed: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("cannot make the queue durable (fsync of {path}): {source}")]
+    Sync { path: PathBuf, source: std::io::Error },
+    #[error("queue record under {key} cannot be read: {source}")]
+    Codec { key: String, source: codec::CodecError },
+    #[error("unknown target `{0}`")]
+    UnknownTarget(String),
+    #[error("no dead letter {0}")]
+    NoDeadLetter(String),
+    /// Ingestion must pause (SPEC §3.8); the source should retry.
+    #[error("{0}")]
+    Busy(String),
+    #[error("the queue could not be made durable, nothing was accepted: {0}")]
+    CommitFailed(String),
+}
+
+/// What the queue needs to know of a connector.
+#[derive(Clone, Debug)]
+pub struct TargetSpec {
+    pub name: String,
+    pub collections: Vec<String>,
+    pub fields: Option<Vec<String>>,
+}
+
+struct Target {
+    spec: TargetSpec,
+    counters: Counters,
+    /// seq -> record, for deltas handed to the transport and not yet answered.
+    in_flight: HashMap<u64, RecordId>,
+    in_flight_records: HashSet<RecordId>,
+}
+
+/// A delta handed to a worker, with the record's latest known state (read after
+/// the last commit, so it is durable) for translators that send whole rows.
+#[derive(Clone, Debug)]
+pub struct Leased {
+    pub queued: QueuedDelta,
+    pub record: Option<Flat>,
+}
+
+#[derive(Debug, Default)]
+pub struct Lease {
+    pub items: Vec<Leased>,
+    /// Earliest `not_before` among deltas skipped because they wait for a retry.
+    pub next_due_ms: Option<u64>,
+}
+
+/// Numbers for `status`, from memory and one key lookup per target.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct QueueCounts {
+    pub name: String,
+    pub pending: u64,
+    pub in_flight: u64,
+    pub dead: u64,
+    pub delivered: u64,
+    pub oldest_queued_at_ms: Option<u64>,
+}
+
+/// What one change set did, for the source's answer and the ingest metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Ingested {
+    pub changes: usize,
+    pub deltas: usize,
+}
+
+pub struct Queue {
+    db: sled::Db,
+    tree: sled::Tree,
+    db_file: File,
+    db_path: PathBuf,
+    targets: BTreeMap<String, Target>,
+    dirty: bool,
+    /// Targets that got new work since the daemon last woke their workers.
+    touched: HashSet<String>,
+    /// Backpressure: `max_queue_bytes` and the free space the state disk must keep.
+    max_queue_bytes: u64,
+    min_free_bytes: u64,
+    disk_checked: Option<(std::time::Instant, u64)>,
+}
+
+// ---- key layout ----------------------------------------------------------
+
+fn part(buf: &mut Vec<u8>, s: &str) {
+    buf.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+fn key_of(tag: u8, parts: &[&str], seq: Option<u64>) -> Vec<u8> {
+    let mut k = vec![tag];
+    for p in parts {
+        part(&mut k, p);
+    }
+    if let Some(seq) = seq {
+        k.extend_from_slice(&seq.to_be_bytes());
+    }
+    k
+}
+
+fn snapshot_key(r: &RecordId) -> Vec<u8> {
+    key_of(b's', &[&r.collection, &r.key], None)
+}
+fn pending_key(t: &str, seq: u64) -> Vec<u8> {
+    key_of(b'p', &[t], Some(seq))
+}
+fn index_key(t: &str, r: &RecordId) -> Vec<u8> {
+    key_of(b'i', &[t, &r.collection, &r.key], None)
+}
+fn dead_key(t: &str, seq: u64) -> Vec<u8> {
+    key_of(b'd', &[t], Some(seq))
+}
+fn hold_key(t: &str, r: &RecordId) -> Vec<u8> {
+    key_of(b'h', &[t, &r.collection, &r.key], None)
+}
+fn counters_key(t: &str) -> Vec<u8> {
+    key_of(b'c', &[t], None)
+}
+
+fn seq_of_key(k: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&k[k.len() - 8..]);
+    u64::from_be_bytes(b)
+}
+
+fn seq_value(v: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    if v.len() == 8 {
+        b.copy_from_slice(v);
+    }
+    u64::from_be_bytes(b)
+}
+
+/// Reads the record key (second and third strings) back out of an 's' key.
+fn record_of_snapshot_key(k: &[u8]) -> Option<RecordId> {
+    let mut rest = k.get(1..)?;
+    let mut take = || -> Option<String> {
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let s = String::from_utf8(rest.get(4..4 + len)?.to_vec()).ok()?;
+        rest = &rest[4 + len..];
+        Some(s)
+    };
+    Some(RecordId { collection: take()?, key: take()? })
+}
+
+fn describe_key(k: &[u8]) -> String {
+    String::from_utf8_lossy(k).chars().map(|c| if c.is_control() { '.' } else { c }).collect()
+}
+
+/// A delivery id as users see it: `<target>:<seq>`.
+pub fn delivery_id(target: &str, seq: u64) -> String {
+    format!("{target}:{seq}")
+}
+
+/// Splits `county-cobol:42` into its target and seq.
+pub fn parse_delivery_id(id: &str) -> Option<(&str, u64)> {
+    let (t, s) = id.rsplit_once(':')?;
+    Some((t, s.parse().ok()?))
+}
+
+// ---- a batch of writes with read-your-writes ------------------------------
+
+/// Writes gathered in memory and applied as one atomic sled batch.
+struct Txn<'a> {
+    tree: &'a sled::Tree,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> Txn<'a> {
+    fn new(tree: &'a sled::Tree) -> Self {
+        Txn { tree, writes: BTreeMap::new() }
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, QueueError> {
+        if let Some(w) = self.writes.get(key) {
+            return Ok(w.clone());
+        }
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+
+    fn remove(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+
+    /// Keys under `prefix`, as they will be once this batch is applied.
+    fn keys_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, QueueError> {
+        let mut keys: std::collections::BTreeSet<Vec<u8>> = std::collections::BTreeSet::new();
+        for kv in self.tree.scan_prefix(prefix) {
+            let (k, _) = kv?;
+            keys.insert(k.to_vec());
+        }
+        for (k, v) in self.writes.range(prefix.to_vec()..) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if v.is_some() {
+                keys.insert(k.clone());
+            } else {
+                keys.remove(k);
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    fn apply(self) -> Result<bool, QueueError> {
+        if self.writes.is_empty() {
+            return Ok(false);
+        }
+        let mut batch = sled::Batch::default();
+        for (k, v) in self.writes {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(true)
+    }
+}
+
+fn decode_err(key: &[u8]) -> impl FnOnce(codec::CodecError) -> QueueError + '_ {
+    move |source| QueueError::Codec { key: describe_key(key), source }
+}
+
+impl Queue {
+    /// Opens (or creates) the queue in `state_dir` for these targets.
+    pub fn open(state_dir: &Path, cache_mib: u64, specs: Vec<TargetSpec>) -> Result<Queue, QueueError> {
+        let open_err = |source| QueueError::Open { path: state_dir.to_path_buf(), source };
+        let db = sled::Config::new()
+            .path(state_dir)
+            .cache_capacity(cache_mib.max(1) * 1024 * 1024)
+            .open()
+            .map_err(open_err)?;
+        let tree = db.open_tree("hms").map_err(open_err)?;
+        let db_path = state_dir.join("db");
+        let db_file = File::open(&db_path).map_err(|source| QueueError::Sync { path: db_path.clone(), source })?;
+        let mut targets = BTreeMap::new();
+        for spec in specs {
+            let counters = match tree.get(counters_key(&spec.name))? {
+                Some(v) => codec::decode_counters(&v).map_err(decode_err(&counters_key(&spec.name)))?,
+                None => Counters::default(),
+            };
+            targets.insert(
+                spec.name.clone(),
+                Target { spec, counters, in_flight: HashMap::new(), in_flight_records: HashSet::new() },
+            );
+        }
+        Ok(Queue {
+            db,
+            tree,
+            db_file,
+            db_path,
+            targets,
+            dirty: false,
+            touched: HashSet::new(),
+            max_queue_bytes: u64::MAX,
+            min_free_bytes: 0,
+            disk_checked: None,
+        })
+    }
+
+    /// Makes every mutation so far durable: sled flush, then fsync of the `db` file
+    /// (sled's flush alone does not reach the disk; see DEPENDENCIES.md).
+    pub fn commit(&mut self) -> Result<(), QueueError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        self.db.flush()?;
+        self.db_file.sync_all().map_err(|source| QueueError::Sync { path: self.db_path.clone(), source })?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Targets that got new work since the last call.
+    pub fn take_touched(&mut self) -> HashSet<String> {
+        std::mem::take(&mut self.touched)
+    }
+
+    pub fn set_limits(&mut self, max_queue_bytes: u64, min_free_bytes: u64) {
+        self.max_queue_bytes = max_queue_bytes;
+        self.min_free_bytes = min_free_bytes;
+    }
+
+    /// Why ingestion must pause now, if it must (SPEC §3.8).
+    pub fn busy_reason(&mut self) -> Option<String> {
+        let queued = self.pending_bytes();
+        if queued > self.max_queue_bytes {
+            return Some(format!(
+                "busy: the queue holds {} MiB, over max_queue_bytes ({} MiB); waiting for deliveries",
+                queued >> 20,
+                self.max_queue_bytes >> 20
+            ));
+        }
+        if self.min_free_bytes > 0 {
+            let fresh = self.disk_checked.is_some_and(|(at, _)| at.elapsed() < std::time::Duration::from_millis(500));
+            if !fresh {
+                let free = free_bytes(&self.db_path).unwrap_or(u64::MAX);
+                self.disk_checked = Some((std::time::Instant::now(), free));
+            }
+            let free = self.disk_checked.map(|(_, f)| f).unwrap_or(u64::MAX);
+            if free < self.min_free_bytes {
+                return Some(format!(
+                    "busy: the disk of the state folder has {} MiB free, under min_free_disk_mib ({} MiB)",
+                    free >> 20,
+                    self.min_free_bytes >> 20
+                ));
+            }
+        }
+        None
+    }
+
+    fn apply(&mut self, txn: Txn<'_>) -> Result<(), QueueError> {
+        if txn.apply()? {
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    fn target(&self, name: &str) -> Result<&Target, QueueError> {
+        self.targets.get(name).ok_or_else(|| QueueError::UnknownTarget(name.to_string()))
+    }
+
+    pub fn target_names(&self) -> Vec<String> {
+        self.targets.keys().cloned().collect()
+    }
+
+    /// Bytes of all waiting deltas, for backpressure.
+    pub fn pending_bytes(&self) -> u64 {
+        self.targets.values().map(|t| t.counters.pending_bytes).sum()
+    }
+
+    // ---- ingest ------------------------------------------------------------
+
+    /// Diffs every change against its snapshot and queues the deltas, each set
+    /// whole or not at all. Not durable until [`Queue::commit`].
+    pub fn ingest(&mut self, sets: &[ChangeSet]) -> Result<Vec<Ingested>, QueueError> {
+        let now = now_ms();
+        let tree = self.tree.clone();
+        let mut txn = Txn::new(&tree);
+        let mut counters: BTreeMap<String, Counters> =
+            self.targets.iter().map(|(n, t)| (n.clone(), t.counters)).collect();
+        let mut results = Vec::with_capacity(sets.len());
+        for set in sets {
+            let mut done = Ingested::default();
+            let mut changes: Vec<(RecordId, Option<&Flat>)> =
+                set.changes.iter().map(|c| (c.record.clone(), c.doc.as_ref())).collect();
+            for collection in &set.full_collections {
+                let present: HashSet<&str> =
+                    set.changes.iter().filter(|c| &c.record.collection == collection).map(|c| c.record.key.as_str()).collect();
+                for k in txn.keys_with_prefix(&key_of(b's', &[collection], None))? {
+                    if let Some(r) = record_of_snapshot_key(&k)
+                        && !present.contains(r.key.as_str())
+                    {
+                        changes.push((r, None));
+                    }
+                }
+            }
+            for (record, doc) in changes {
+                done.changes += 1;
+                let skey = snapshot_key(&record);
+                let old = match txn.get(&skey)? {
+                    Some(v) => Some(codec::decode_snapshot(&v).map_err(decode_err(&skey))?),
+                    None => None,
+                };
+                let Some(delta) = diff::compute(old.as_ref(), doc) else { continue };
+                match doc {
+                    Some(doc) => txn.insert(skey, codec::encode_snapshot(doc)),
+                    None => txn.remove(skey),
+                }
+                for target in self.targets.values() {
+                    if !target.spec.collections.contains(&record.collection) {
+                        continue;
+                    }
+                    let Some(projected) = diff::project(&delta, target.spec.fields.as_deref()) else { continue };
+                    let c = counters.get_mut(&target.spec.name).expect("counters for every target");
+                    enqueue(&mut txn, target, c, &record, projected, now)?;
+                    done.deltas += 1;
+                }
+            }
+            results.push(done);
+        }
+        for (name, c) in &counters {
+            if self.targets[name].counters.next_seq != c.next_seq || self.targets[name].counters.pending != c.pending {
+                self.touched.insert(name.clone());
+            }
+        }
+        self.save_counters(&mut txn, counters);
+        self.apply(txn)?;
+        Ok(results)
+    }
+
+    /// Writes changed counters into the batch and adopts them in memory.
+    fn save_counters(&mut self, txn: &mut Txn<'_>, counters: BTreeMap<String, Counters>) {
+        for (name, c) in counters {
+            let t = self.targets.get_mut(&name).expect("counters only for known targets");
+            if t.counters != c {
+                txn.insert(counters_key(&name), codec::encode_counters(&c));
+                t.counters = c;
+            }
+        }
+    }
+
+    // ---- the worker's side ---------------------------------------------------
+
+    /// Hands out up to `max` deltas that may go now: in queue order, at most one
+    /// per record, none for a record already in flight or waiting for a retry.
+    pub fn lease(&mut self, name: &str, max: usize, now: u64) -> Result<Lease, QueueError> {
+        let tree = self.tree.clone();
+        let target = self.targets.get_mut(name).ok_or_else(|| QueueError::UnknownTarget(name.to_string()))?;
+        let mut lease = Lease::default();
+        let mut blocked: HashSet<RecordId> = target.in_flight_records.clone();
+        for kv in tree.scan_prefix(key_of(b'p', &[name], None)) {
+            if lease.items.len() >= max {
+                break;
+            }
+            let (k, v) = kv?;
+            let seq = seq_of_key(&k);
+            if target.in_flight.contains_key(&seq) {
+                continue;
+            }
+            let queued = codec::decode_queued(seq, &v).map_err(decode_err(&k))?;
+            if blocked.contains(&queued.record) {
+                continue;
+            }
+            if queued.not_before_ms > now {
+                lease.next_due_ms = Some(lease.next_due_ms.map_or(queued.not_before_ms, |d| d.min(queued.not_before_ms)));
+                blocked.insert(queued.record.clone());
+                continue;
+            }
+            let record = match tree.get(snapshot_key(&queued.record))? {
+                Some(v) => Some(codec::decode_snapshot(&v).map_err(decode_err(&snapshot_key(&queued.record)))?),
+                None => None,
+            };
+            blocked.insert(queued.record.clone());
+            target.in_flight.insert(seq, queued.record.clone());
+            target.in_flight_records.insert(queued.record.clone());
+            lease.items.push(Leased { queued, record });
+        }
+        Ok(lease)
+    }
+
+    fn take_in_flight(&mut self, name: &str, seq: u64) -> Result<Option<RecordId>, QueueError> {
+        let target = self.targets.get_mut(name).ok_or_else(|| QueueError::UnknownTarget(name.to_string()))?;
+        let record = target.in_flight.remove(&seq);
+        if let Some(r) = &record {
+            target.in_flight_records.remove(r);
+        }
+        Ok(record)
+    }
+
+    /// The legacy system said "got it": the deltas leave the queue.
+    pub fn ack(&mut self, name: &str, seqs: &[u64]) -> Result<(), QueueError> {
+        let tree = self.tree.clone();
+        let mut txn = Txn::new(&tree);
+        let mut c = self.target(name)?.counters;
+        for &seq in seqs {
+            let Some(record) = self.take_in_flight(name, seq)? else { continue };
+            let pkey = pending_key(name, seq);
+            let Some(old) = txn.get(&pkey)? else { continue };
+            txn.remove(pkey);
+            c.pending -= 1;
+            c.pending_bytes = c.pending_bytes.saturating_sub(old.len() as u64);
+            c.delivered += 1;
+            let ikey = index_key(name, &record);
+            if txn.get(&ikey)?.map(|v| seq_value(&v)) == Some(seq) {
+                txn.remove(ikey);
+            }
+        }
+        self.finish(txn, name, c)
+    }
+
+    fn finish(&mut self, mut txn: Txn<'_>, name: &str, c: Counters) -> Result<(), QueueError> {
+        let mut all = BTreeMap::new();
+        all.insert(name.to_string(), c);
+        self.save_counters(&mut txn, all);
+        self.apply(txn)
+    }
+
+    /// The target was down: the delta goes back, its attempts unchanged.
+    pub fn release(&mut self, name: &str, seq: u64) -> Result<(), QueueError> {
+        self.settle_failure(name, seq, |_| {})
+    }
+
+    /// The legacy system refused: count the attempt and wait until `not_before_ms`.
+    pub fn retry_later(&mut self, name: &str, seq: u64, error: &str, not_before_ms: u64) -> Result<(), QueueError> {
+        self.settle_failure(name, seq, |q| {
+            q.attempts += 1;
+            q.not_before_ms = not_before_ms;
+            q.last_error = Some(error.to_string());
+        })
+    }
+
+    /// A failed in-flight delta goes back to waiting; a newer delta that queued
+    /// behind it is folded in, keeping the older one's place.
+    fn settle_failure(&mut self, name: &str, seq: u64, change: impl FnOnce(&mut QueuedDelta)) -> Result<(), QueueError> {
+        let Some(record) = self.take_in_flight(name, seq)? else { return Ok(()) };
+        let tree = self.tree.clone();
+        let mut txn = Txn::new(&tree);
+        let mut c = self.target(name)?.counters;
+        let pkey = pending_key(name, seq);
+        let Some(bytes) = txn.get(&pkey)? else { return Ok(()) };
+        let mut queued = codec::decode_queued(seq, &bytes).map_err(decode_err(&pkey))?;
+        change(&mut queued);
+        let ikey = index_key(name, &record);
+        let waiting = txn.get(&ikey)?.map(|v| seq_value(&v)).filter(|&n| n != seq);
+        c.pending_bytes = c.pending_bytes.saturating_sub(bytes.len() as u64);
+        if let Some(newer_seq) = waiting {
+            let nkey = pending_key(name, newer_seq);
+            if let Some(nbytes) = txn.get(&nkey)? {
+                let newer = codec::decode_queued(newer_seq, &nbytes).map_err(decode_err(&nkey))?;
+                txn.remove(nkey);
+                c.pending -= 1;
+                c.pending_bytes = c.pending_bytes.saturating_sub(nbytes.len() as u64);
+                match diff::merge(queued.delta.clone(), newer.delta) {
+                    Some(merged) => queued.delta = merged,
+                    None => {
+                        txn.remove(pkey);
+                        txn.remove(ikey);
+                        c.pending -= 1;
+                        return self.finish(txn, name, c);
+                    }
+                }
+            }
+        }
+        let encoded = codec::encode_queued(&queued);
+        c.pending_bytes += encoded.len() as u64;
+        txn.insert(pkey, encoded);
+        txn.insert(ikey, seq.to_be_bytes().to_vec());
+        self.finish(txn, name, c)
+    }
+
+    /// Rejected for the last time: the delta becomes a dead letter that holds its
+    /// record. Returns the dead letter, for the log and the alert.
+    pub fn dead_letter(&mut self, name: &str, seq: u64, error: &str) -> Result<Option<DeadLetter>, QueueError> {
+        // Count the attempt and fold in a waiting newer delta first.
+        self.settle_failure(name, seq, |q| {
+            q.attempts += 1;
+            q.last_error = Some(error.to_string());
+        })?;
+        let tree = self.tree.clone();
+        let mut txn = Txn::new(&tree);
+        let mut c = self.target(name)?.counters;
+        let pkey = pending_key(name, seq);
+        let Some(bytes) = txn.get(&pkey)? else { return Ok(None) };
+        let queued = codec::decode_queued(seq, &bytes).map_err(decode_err(&pkey))?;
+        txn.remove(pkey);
+        txn.remove(index_key(name, &queued.record));
+        txn.insert(hold_key(name, &queued.record), seq.to_be_bytes().to_vec());
+        c.pending -= 1;
+        c.pending_bytes = c.pending_bytes.saturating_sub(bytes.len() as u64);
+        c.dead += 1;
+        let dead = DeadLetter { queued, dead_at_ms: now_ms(), held: None };
+        txn.insert(dead_key(name, seq), codec::encode_dead(&dead));
+        self.finish(txn, name, c)?;
+        Ok(Some(dead))
+    }
+
+    // ---- the operator's side ---------------------------------------------------
+
+    pub fn counts(&self) -> Result<Vec<QueueCounts>, QueueError> {
+        let mut out = Vec::new();
+        for (name, t) in &self.targets {
+            let oldest = match self.tree.scan_prefix(key_of(b'p', &[name], None)).next() {
+                Some(kv) => {
+                    let (k, v) = kv?;
+                    Some(codec::decode_queued(seq_of_key(&k), &v).map_err(decode_err(&k))?.queued_at_ms)
+                }
+                None => None,
+            };
+            let in_flight = t.in_flight.len() as u64;
+            out.push(QueueCounts {
+                name: name.clone(),
+                pending: t.counters.pending.saturating_sub(in_flight),
+                in_flight,
+                dead: t.counters.dead,
+                delivered: t.counters.delivered,
+                oldest_queued_at_ms: oldest,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Dead letters, oldest first, of one target or all.
+    pub fn dead_list(&self, target: Option<&str>) -> Result<Vec<(String, DeadLetter)>, QueueError> {
+        let mut out = Vec::new();
+        for name in self.targets.keys() {
+            if target.is_some_and(|t| t != name) {
+                continue;
+            }
+            for kv in self.tree.scan_prefix(key_of(b'd', &[name], None)) {
+                let (k, v) = kv?;
+                out.push((name.clone(), codec::decode_dead(seq_of_key(&k), &v).map_err(decode_err(&k))?));
+            }
+        }
+        out.sort_by_key(|(_, d)| d.dead_at_ms);
+        Ok(out)
+    }
+
+    pub fn dead_get(&self, id: &str) -> Result<(String, DeadLetter), QueueError> {
+        let (name, seq) = parse_delivery_id(id).ok_or_else(|| QueueError::NoDeadLetter(id.to_string()))?;
+        self.target(name).map_err(|_| QueueError::NoDeadLetter(id.to_string()))?;
+        let key = dead_key(name, seq);
+        match self.tree.get(&key)? {
+            Some(v) => Ok((name.to_string(), codec::decode_dead(seq, &v).map_err(decode_err(&key))?)),
+            None => Err(QueueError::NoDeadLetter(id.to_string())),
+        }
+    }
+
+    /// Puts a dead letter back at its old place, merged with what it held, with its
+    /// attempts reset. Returns the delta that will go out (None: nothing left).
+    pub fn dead_retry(&mut self, id: &str) -> Result<DeadLetter, QueueError> {
+        let (name, dead) = self.dead_get(id)?;
+        let seq = dead.queued.seq;
+        let tree = self.tree.clone();
+        let mut txn = Txn::new(&tree);
+        let mut c = self.target(&name)?.counters;
+        txn.remove(dead_key(&name, seq));
+        txn.remove(hold_key(&name, &dead.queued.record));
+        c.dead -= 1;
+        let delta = match dead.held.clone() {
+            Some(held) => diff::merge(dead.queued.delta.clone(), held),
+            None => Some(dead.queued.delta.clone()),
+        };
+        if let Some(delta) = delta {
+            let queued = QueuedDelta { delta, attempts: 0, not_before_ms: 0, last_error: None, ..dead.queued.clone() };
+            let encoded = codec::encode_queued(&queued);
+            c.pending += 1;
+            c.pending_bytes += encoded.len() as u64;
+            txn.insert(pending_key(&name, seq), encoded);
+            txn.insert(index_key(&name, &queued.record), seq.to_be_bytes().to_vec());
+        }
+        self.finish(txn, &name, c)?;
+        self.touched.insert(name.clone());
+        Ok(dead)
+    }
+
+    /// Forgets a dead letter; what it held is queued as a new delta.
+    pub fn dead_drop(&mut self, id: &str) -> Result<DeadLetter, QueueError> {
+        let (name, dead) = self.dead_get(id)?;
+        let tree = self.tree.clone();
+        let mut txn = Txn::new(&tree);
+        let mut c = self.target(&name)?.counters;
+        txn.remove(dead_key(&name, dead.queued.seq));
+        txn.remove(hold_key(&name, &dead.queued.record));
+        c.dead -= 1;
+        if let Some(held) = dead.held.clone() {
+            let target = self.target(&name)?;
+            enqueue(&mut txn, target, &mut c, &dead.queued.record, held, now_ms())?;
+        }
+        self.finish(txn, &name, c)?;
+        self.touched.insert(name.clone());
+        Ok(dead)
+    }
+
+    /// The record's last known state.
+    pub fn snapshot(&self, record: &RecordId) -> Result<Option<Flat>, QueueError> {
+        let key = snapshot_key(record);
+        match self.tree.get(&key)? {
+            Some(v) => Ok(Some(codec::decode_snapshot(&v).map_err(decode_err(&key))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Queues up to `limit` known records of the target's collections in full
+    /// (an update that sets every field), after the record `after`. Returns how many
+    /// were queued and where to continue (`None`: done).
+    pub fn resync(
+        &mut self,
+        name: &str,
+        collection: Option<&str>,
+        after: Option<&RecordId>,
+        limit: usize,
+    ) -> Result<(usize, Option<RecordId>), QueueError> {
+        use std::ops::Bound;
+        let spec = self.target(name)?.spec.clone();
+        let mut collections: Vec<&String> =
+            spec.collections.iter().filter(|c| collection.is_none_or(|want| want == c.as_str())).collect();
+        collections.sort();
+        let tree = self.tree.clone();
+        let mut txn = Txn::new(&tree);
+        let mut c = self.target(name)?.counters;
+        let mut queued = 0;
+        let mut last = None;
+        'outer: for coll in collections {
+            if after.is_some_and(|a| coll.as_str() < a.collection.as_str()) {
+                continue;
+            }
+            let prefix = key_of(b's', &[coll], None);
+            let start = match after {
+                Some(a) if &a.collection == coll => Bound::Excluded(snapshot_key(a)),
+                _ => Bound::Included(prefix.clone()),
+            };
+            for kv in tree.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+                let (k, v) = kv?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                if queued >= limit {
+                    break 'outer;
+                }
+                let Some(record) = record_of_snapshot_key(&k) else { continue };
+                let flat = codec::decode_snapshot(&v).map_err(decode_err(&k))?;
+                let delta = Delta { op: crate::record::Op::Update, set: flat, unset: Default::default() };
+                if let Some(delta) = diff::project(&delta, spec.fields.as_deref()) {
+                    let target = self.target(name)?;
+                    enqueue(&mut txn, target, &mut c, &record, delta, now_ms())?;
+                }
+                queued += 1;
+                last = Some(record);
+            }
+        }
+        let more = if queued >= limit { last } else { None };
+        self.finish(txn, name, c)?;
+        self.touched.insert(name.to_string());
+        Ok((queued, more))
+    }
+
+    /// How many records `resync` would queue.
+    pub fn count_records(&self, collections: &[String]) -> usize {
+        collections.iter().map(|c| self.tree.scan_prefix(key_of(b's', &[c], None)).count()).sum()
+    }
+
+    pub fn collections_of(&self, name: &str) -> Result<Vec<String>, QueueError> {
+        Ok(self.target(name)?.spec.collections.clone())
+    }
+}
+
+/// Free bytes for unprivileged writers on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Queues `delta` for `record` at `target`: into a dead letter that holds the
+/// record, or merged into the record's waiting delta, or at the end of the queue.
+fn enqueue(
+    txn: &mut Txn<'_>,
+    target: &Target,
+    c: &mut Counters,
+    record: &RecordId,
+    delta: Delta,
+    now: u64,
+) -> Result<(), QueueError> {
+    let name = target.spec.name.as_str();
+    let hkey = hold_key(name, record);
+    if let Some(v) = txn.get(&hkey)? {
+        let seq = seq_value(&v);
+        let dkey = dead_key(name, seq);
+        if let Some(bytes) = txn.get(&dkey)? {
+            let mut dead = codec::decode_dead(seq, &bytes).map_err(decode_err(&dkey))?;
+            dead.held = match dead.held.take() {
+                Some(held) => diff::merge(held, delta),
+                None => Some(delta),
+            };
+            txn.insert(dkey, codec::encode_dead(&dead));
+            return Ok(());
+        }
+    }
+    let ikey = index_key(name, record);
+    if let Some(v) = txn.get(&ikey)? {
+        let seq = seq_value(&v);
+        if !target.in_flight.contains_key(&seq) {
+            let pkey = pending_key(name, seq);
+            if let Some(bytes) = txn.get(&pkey)? {
+                let mut queued = codec::decode_queued(seq, &bytes).map_err(decode_err(&pkey))?;
+                c.pending_bytes = c.pending_bytes.saturating_sub(bytes.len() as u64);
+                match diff::merge(queued.delta, delta) {
+                    Some(merged) => {
+                        queued.delta = merged;
+                        let encoded = codec::encode_queued(&queued);
+                        c.pending_bytes += encoded.len() as u64;
+                        txn.insert(pkey, encoded);
+                    }
+                    None => {
+                        txn.remove(pkey);
+                        txn.remove(ikey);
+                        c.pending -= 1;
+                    }
+                }
+                return Ok(());
+            }
+        }
+    }
+    c.next_seq += 1;
+    let seq = c.next_seq;
+    let queued =
+        QueuedDelta { seq, record: record.clone(), delta, attempts: 0, not_before_ms: 0, queued_at_ms: now, last_error: None };
+    let encoded = codec::encode_queued(&queued);
+    c.pending += 1;
+    c.pending_bytes += encoded.len() as u64;
+    txn.insert(pending_key(name, seq), encoded);
+    txn.insert(ikey, seq.to_be_bytes().to_vec());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,136 @@
+use super::*;
+use crate::record::{Change, Op};
+use serde_json::json;
+
+fn spec(name: &str) -> TargetSpec {
+    TargetSpec { name: name.into(), collections: vec!["permits".into()], fields: None }
+}
+
+fn change(key: &str, doc: serde_json::Value) -> ChangeSet {
+    let doc = if doc.is_null() { None } else { Some(crate::diff::flatten(doc.as_object().unwrap(), 32).unwrap()) };
+    ChangeSet { changes: vec![Change { record: RecordId::new("permits", key), doc }], full_collections: vec![] }
+}
+
+#[test]
+fn ingest_lease_ack_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+        q.ingest(&[change("1", json!({"a": 1}))]).unwrap();
+        q.ingest(&[change("1", json!({"a": 1}))]).unwrap(); // same again: nothing
+        q.ingest(&[change("2", json!({"a": 2}))]).unwrap();
+        q.commit().unwrap();
+        let lease = q.lease("t", 10, now_ms()).unwrap();
+        assert_eq!(lease.items.len(), 2);
+        assert_eq!(lease.items[0].queued.seq, 1);
+        q.ack("t", &[1]).unwrap();
+        q.commit().unwrap();
+    }
+    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    let lease = q.lease("t", 10, now_ms()).unwrap();
+    assert_eq!(lease.items.len(), 1, "seq 2 was in flight, not acked: it comes back");
+    assert_eq!(lease.items[0].queued.seq, 2);
+    let counts = q.counts().unwrap();
+    assert_eq!((counts[0].pending, counts[0].in_flight, counts[0].delivered), (0, 1, 1));
+}
+
+#[test]
+fn waiting_deltas_coalesce_and_in_flight_ones_do_not_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    q.ingest(&[change("1", json!({"a": 1}))]).unwrap();
+    q.ingest(&[change("1", json!({"a": 2}))]).unwrap();
+    let lease = q.lease("t", 10, 0).unwrap();
+    assert_eq!(lease.items.len(), 1);
+    assert_eq!(lease.items[0].queued.delta.op, Op::Create);
+    assert_eq!(lease.items[0].queued.delta.set["a"], json!(2));
+    // In flight: a newer change queues behind it and is not leased yet.
+    q.ingest(&[change("1", json!({"a": 3}))]).unwrap();
+    q.ingest(&[change("1", json!({"a": 4, "b": 1}))]).unwrap();
+    assert!(q.lease("t", 10, 0).unwrap().items.is_empty());
+    // The delivery fails: the newer delta folds into the older one.
+    q.release("t", 1).unwrap();
+    let lease = q.lease("t", 10, 0).unwrap();
+    assert_eq!(lease.items.len(), 1);
+    assert_eq!(lease.items[0].queued.seq, 1);
+    assert_eq!(lease.items[0].queued.delta.set["a"], json!(4));
+    assert_eq!(q.counts().unwrap()[0].pending + q.counts().unwrap()[0].in_flight, 1);
+}
+
+#[test]
+fn create_then_delete_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    q.ingest(&[change("1", json!({"a": 1}))]).unwrap();
+    q.ingest(&[change("1", serde_json::Value::Null)]).unwrap();
+    assert!(q.lease("t", 10, 0).unwrap().items.is_empty());
+    assert_eq!(q.counts().unwrap()[0].pending, 0);
+}
+
+#[test]
+fn dead_letters_hold_their_record_until_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    q.ingest(&[change("1", json!({"a": 1}))]).unwrap();
+    q.ingest(&[change("2", json!({"a": 1}))]).unwrap();
+    let lease = q.lease("t", 1, 0).unwrap();
+    let dead = q.dead_letter("t", lease.items[0].queued.seq, "Fault").unwrap().unwrap();
+    assert_eq!(dead.queued.attempts, 1);
+    q.ingest(&[change("1", json!({"a": 5}))]).unwrap();
+    let lease = q.lease("t", 10, 0).unwrap();
+    assert_eq!(lease.items.len(), 1, "record 1 is held by its dead letter");
+    assert_eq!(lease.items[0].queued.record.key, "2");
+    let listed = q.dead_list(None).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].1.held.as_ref().unwrap().set["a"], json!(5));
+    q.dead_retry("t:1").unwrap();
+    let lease = q.lease("t", 10, 0).unwrap();
+    assert_eq!(lease.items.len(), 1);
+    assert_eq!(lease.items[0].queued.seq, 1, "the merged delta keeps the dead letter's delivery id");
+    assert_eq!(lease.items[0].queued.delta.op, Op::Create);
+    assert_eq!(lease.items[0].queued.delta.set["a"], json!(5));
+    assert_eq!(lease.items[0].queued.attempts, 0);
+}
+
+#[test]
+fn retry_waits_do_not_hold_other_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    q.ingest(&[change("1", json!({"a": 1}))]).unwrap();
+    q.ingest(&[change("2", json!({"a": 1}))]).unwrap();
+    let lease = q.lease("t", 1, 1000).unwrap();
+    q.retry_later("t", lease.items[0].queued.seq, "no", 5000).unwrap();
+    let lease = q.lease("t", 10, 1000).unwrap();
+    assert_eq!(lease.items.len(), 1);
+    assert_eq!(lease.items[0].queued.record.key, "2");
+    assert_eq!(lease.next_due_ms, Some(5000));
+}
+
+#[test]
+fn snapshot_files_delete_absent_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    q.ingest(&[change("1", json!({"a": 1})), change("2", json!({"a": 2}))]).unwrap();
+    let mut full = change("1", json!({"a": 1}));
+    full.full_collections.push("permits".into());
+    q.ingest(&[full]).unwrap();
+    assert!(q.snapshot(&RecordId::new("permits", "2")).unwrap().is_none());
+    assert!(q.snapshot(&RecordId::new("permits", "1")).unwrap().is_some());
+}
+
+#[test]
+fn resync_pages_through_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    for k in ["1", "2", "10", "3"] {
+        q.ingest(&[change(k, json!({"a": 1}))]).unwrap();
+    }
+    let lease = q.lease("t", 10, 0).unwrap();
+    let seqs: Vec<u64> = lease.items.iter().map(|l| l.queued.seq).collect();
+    q.ack("t", &seqs).unwrap();
+    let (n, after) = q.resync("t", None, None, 3).unwrap();
+    assert_eq!(n, 3);
+    let (n2, done) = q.resync("t", None, after.as_ref(), 3).unwrap();
+    assert_eq!((n2, done), (1, None));
+    assert_eq!(q.lease("t", 10, 0).unwrap().items.len(), 4);
+}

@@ -1,0 +1,309 @@
+//! Replay Worker: one per target. Leases ready deltas in queue order, has them
+//! translated and handed to the transport, then acks, retries with backoff, or
+//! dead-letters them. The only place that decides what a failure means.
+//!
+//! **Invariants:** an outage never grows a delta's `attempts` and never
+//! dead-letters; a rejection always does grow it; the worker sleeps on a
+//! notifier (no polling loop delays delivery) and wakes for new work, for the
+//! earliest retry, or for shutdown.
+
+pub mod health;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::connector::{Connector, RetryPolicy};
+use crate::delivery_log::{DeliveryLog, Entry};
+use crate::queue::handle::QueueHandle;
+use crate::queue::{DeadLetter, Leased, delivery_id};
+use crate::record::now_ms;
+use crate::translator::{Item, Translator};
+use crate::transport::{Outcome, Payload, Rendering, Transport};
+pub use health::{Health, TargetHealth};
+
+/// Wait before try `n` (1-based) after a failure: `backoff * 2^(n-1)`, capped,
+/// then jittered down by up to a half so that many workers do not beat together.
+pub fn backoff_delay(policy: &RetryPolicy, n: u32) -> Duration {
+    let exp = policy.backoff.saturating_mul(1u32 << n.saturating_sub(1).min(20));
+    let capped = exp.min(policy.max_backoff);
+    let jitter = fastrand::f64() * 0.5;
+    capped.mul_f64(1.0 - jitter)
+}
+
+pub struct Worker {
+    pub name: String,
+    pub queue: QueueHandle,
+    pub translator: Translator,
+    pub transport: Transport,
+    pub retry: RetryPolicy,
+    pub log: Arc<DeliveryLog>,
+    pub health: Arc<Health>,
+    pub alert_command: Option<String>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Sleeps for `d` unless shutdown comes first; true if it slept the whole time.
+async fn sleep_or_stop(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    if *shutdown.borrow() {
+        return false;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = shutdown.changed() => false,
+    }
+}
+
+impl Worker {
+    pub fn new(
+        connector: &Connector,
+        queue: QueueHandle,
+        log: Arc<DeliveryLog>,
+        health: Arc<Health>,
+        alert_command: Option<String>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Worker {
+        let translator = Translator::new(&connector.format);
+        let transport = Transport::new(connector, &translator);
+        Worker {
+            name: connector.name.clone(),
+            queue,
+            translator,
+            transport,
+            retry: connector.retry,
+            log,
+            health,
+            alert_command,
+            shutdown,
+        }
+    }
+
+    pub async fn run(mut self) {
+        let wake = self.queue.waker(&self.name);
+        let mut down_streak: u32 = 0;
+        tracing::info!(target_name = %self.name, "worker started");
+        loop {
+            if *self.shutdown.borrow() {
+                break;
+            }
+            self.health.beat(&self.name);
+            let (max, window) = self.transport.batch_limits();
+            let mut lease = match self.lease(max).await {
+                Some(l) => l,
+                None => {
+                    // The queue failed; it has logged why. Try again shortly.
+                    if !sleep_or_stop(&mut self.shutdown, Duration::from_secs(1)).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if lease.items.is_empty() {
+                let wait = lease
+                    .next_due_ms
+                    .map(|due| Duration::from_millis(due.saturating_sub(now_ms())))
+                    .unwrap_or(Duration::from_secs(30));
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.shutdown.changed() => {}
+                }
+                continue;
+            }
+            if !window.is_zero() && lease.items.len() < max && down_streak == 0 {
+                sleep_or_stop(&mut self.shutdown, window).await;
+                if let Some(more) = self.lease(max - lease.items.len()).await {
+                    lease.items.extend(more.items);
+                }
+            }
+            match self.deliver(lease.items).await {
+                Some(Outcome::Down { reason }) => {
+                    down_streak += 1;
+                    let delay = backoff_delay(&self.retry, down_streak);
+                    tracing::warn!(target_name = %self.name, %reason, retry_in = ?delay, "target is down");
+                    if !sleep_or_stop(&mut self.shutdown, delay).await {
+                        break;
+                    }
+                }
+                Some(_) => down_streak = 0,
+                None => {}
+            }
+        }
+        tracing::info!(target_name = %self.name, "worker stopped");
+    }
+
+    async fn lease(&self, max: usize) -> Option<crate::queue::Lease> {
+        let name = self.name.clone();
+        match self.queue.call(move |q| q.lease(&name, max, now_ms())).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(target_name = %self.name, error = %e, "cannot lease from the queue");
+                None
+            }
+        }
+    }
+
+    /// Renders and delivers one batch and settles every delta in it. Returns the
+    /// transport's outcome (None if nothing was sent).
+    async fn deliver(&mut self, items: Vec<Leased>) -> Option<Outcome> {
+        let mut sendable = Vec::with_capacity(items.len());
+        let mut payloads = Vec::with_capacity(items.len());
+        for leased in items {
+            let q = &leased.queued;
+            let id = delivery_id(&self.name, q.seq);
+            let item = Item {
+                id: &id,
+                attempt: q.attempts + 1,
+                record_id: &q.record,
+                delta: &q.delta,
+                record: leased.record.as_ref(),
+            };
+            let rendered = match self.transport.rendering() {
+                Rendering::Standalone => self.translator.render(&item),
+                Rendering::FileEntry => self.translator.render_file_entry(&item),
+            };
+            match rendered {
+                Ok(bytes) => {
+                    payloads.push(Payload { id, attempt: q.attempts + 1, bytes });
+                    sendable.push(leased);
+                }
+                Err(e) => self.reject(&leased, &format!("cannot translate: {e}"), None).await,
+            }
+        }
+        if payloads.is_empty() {
+            return None;
+        }
+        let started = Instant::now();
+        let outcome = self.transport.deliver(&payloads).await;
+        let latency_ms = started.elapsed().as_millis() as u64;
+        match &outcome {
+            Outcome::Delivered => {
+                let seqs: Vec<u64> = sendable.iter().map(|l| l.queued.seq).collect();
+                let name = self.name.clone();
+                if let Err(e) = self.queue.call(move |q| q.ack(&name, &seqs)).await {
+                    // Delivered but not recorded: it will be sent again (same id).
+                    tracing::error!(target_name = %self.name, error = %e, "cannot record deliveries");
+                }
+                self.health.delivered(&self.name, sendable.len() as u64);
+                for l in &sendable {
+                    let mut e = self.entry(l, "delivered");
+                    e.latency_ms = Some(latency_ms);
+                    self.log.append(&e);
+                }
+            }
+            Outcome::Down { reason } => {
+                self.health.down(&self.name, reason);
+                for l in &sendable {
+                    let (name, seq) = (self.name.clone(), l.queued.seq);
+                    if let Err(e) = self.queue.call(move |q| q.release(&name, seq)).await {
+                        tracing::error!(target_name = %self.name, error = %e, "cannot return a delta to the queue");
+                    }
+                    let mut e = self.entry(l, "down");
+                    e.error = Some(reason.clone());
+                    self.log.append(&e);
+                }
+            }
+            Outcome::Rejected { reason } => {
+                self.health.answered(&self.name);
+                for l in &sendable {
+                    self.reject(l, reason, Some(latency_ms)).await;
+                }
+            }
+        }
+        Some(outcome)
+    }
+
+    fn entry(&self, l: &Leased, outcome: &str) -> Entry {
+        let q = &l.queued;
+        Entry::now(
+            &self.name,
+            &delivery_id(&self.name, q.seq),
+            &q.record.collection,
+            &q.record.key,
+            q.delta.op.as_str(),
+            outcome,
+            q.attempts + 1,
+        )
+    }
+
+    /// A refusal: retry later with backoff, or dead-letter after `max_attempts`.
+    async fn reject(&self, l: &Leased, reason: &str, latency_ms: Option<u64>) {
+        let attempts = l.queued.attempts + 1;
+        self.health.rejected(&self.name, reason);
+        let (name, seq, error) = (self.name.clone(), l.queued.seq, reason.to_string());
+        if attempts >= self.retry.max_attempts {
+            match self.queue.call(move |q| q.dead_letter(&name, seq, &error)).await {
+                Ok(Some(dead)) => {
+                    let mut e = self.entry(l, "dead");
+                    e.error = Some(reason.to_string());
+                    e.latency_ms = latency_ms;
+                    self.log.append(&e);
+                    tracing::warn!(target_name = %self.name, id = %e.id, key = %l.queued.record.key, attempts, error = %reason, "delta dead-lettered");
+                    self.alert(&dead, reason);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(target_name = %self.name, error = %e, "cannot dead-letter a delta"),
+            }
+        } else {
+            let not_before = now_ms() + backoff_delay(&self.retry, attempts).as_millis() as u64;
+            if let Err(e) = self.queue.call(move |q| q.retry_later(&name, seq, &error, not_before)).await {
+                tracing::error!(target_name = %self.name, error = %e, "cannot schedule a retry");
+            }
+            let mut e = self.entry(l, "rejected");
+            e.error = Some(reason.to_string());
+            e.latency_ms = latency_ms;
+            self.log.append(&e);
+            tracing::warn!(target_name = %self.name, id = %e.id, key = %l.queued.record.key, attempt = attempts, error = %reason, "delivery rejected, will retry");
+        }
+    }
+
+    /// Runs `alert_command` with the dead letter's facts in `HMS_*` variables.
+    fn alert(&self, dead: &DeadLetter, error: &str) {
+        let Some(cmd) = self.alert_command.clone() else { return };
+        let q = &dead.queued;
+        let mut command = tokio::process::Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(&cmd)
+            .env("HMS_TARGET", &self.name)
+            .env("HMS_ID", delivery_id(&self.name, q.seq))
+            .env("HMS_COLLECTION", &q.record.collection)
+            .env("HMS_KEY", &q.record.key)
+            .env("HMS_OP", q.delta.op.as_str())
+            .env("HMS_ATTEMPTS", q.attempts.to_string())
+            .env("HMS_ERROR", error)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(false);
+        match command.spawn() {
+            Ok(mut child) => {
+                tokio::spawn(async move {
+                    match child.wait().await {
+                        Ok(s) if s.success() => {}
+                        Ok(s) => tracing::warn!(command = %cmd, status = %s, "alert_command failed"),
+                        Err(e) => tracing::warn!(command = %cmd, error = %e, "alert_command failed"),
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(command = %cmd, error = %e, "alert_command could not start"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered_down_only() {
+        let p = RetryPolicy { max_attempts: 5, backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(60) };
+        for _ in 0..100 {
+            let d1 = backoff_delay(&p, 1);
+            assert!(d1 <= Duration::from_secs(1) && d1 >= Duration::from_millis(500));
+            let d4 = backoff_delay(&p, 4);
+            assert!(d4 <= Duration::from_secs(8) && d4 >= Duration::from_secs(4));
+            let d30 = backoff_delay(&p, 30);
+            assert!(d30 <= Duration::from_secs(60) && d30 >= Duration::from_secs(30));
+        }
+    }
+}

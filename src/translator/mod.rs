@@ -1,0 +1,113 @@
+//! Translator: a queued delta (and the record's latest state) in, the bytes a
+//! legacy system reads out — XML, CSV rows or JSON.
+//!
+//! **Invariants:** no I/O; every format escapes or quotes by its own rules through
+//! a real writer (quick-xml, csv), never by string concatenation; a value the
+//! format cannot carry is a [`TranslateError`] (the delta is rejected), never a
+//! silently altered payload.
+
+pub mod csv;
+pub mod json;
+pub mod xml;
+
+use serde_json::Value;
+
+use crate::connector::Format;
+use crate::record::{Delta, Flat, RecordId};
+
+/// One delta as a translator sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Item<'a> {
+    /// The delivery id, `<target>:<seq>`.
+    pub id: &'a str,
+    /// 1 for the first try; grows with each rejection.
+    pub attempt: u32,
+    pub record_id: &'a RecordId,
+    pub delta: &'a Delta,
+    /// The record's latest known state (`None` once deleted).
+    pub record: Option<&'a Flat>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TranslateError {
+    #[error("field `{path}` holds a character {format} cannot carry ({what})")]
+    Unrepresentable { path: String, format: &'static str, what: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The closed set of formats.
+#[derive(Clone, Debug)]
+pub enum Translator {
+    Xml(xml::XmlFormat),
+    Csv(csv::CsvFormat),
+    Json,
+}
+
+impl Translator {
+    pub fn new(format: &Format) -> Translator {
+        match format {
+            Format::Xml { root, key_element } => {
+                Translator::Xml(xml::XmlFormat { root: root.clone(), key_element: key_element.clone() })
+            }
+            Format::Csv { columns, key_column } => {
+                Translator::Csv(csv::CsvFormat { columns: columns.clone(), key_column: key_column.clone() })
+            }
+            Format::Json => Translator::Json,
+        }
+    }
+
+    /// The payload for one delta on its own (what a SOAP body or a serial frame carries).
+    pub fn render(&self, item: &Item<'_>) -> Result<Vec<u8>, TranslateError> {
+        match self {
+            Translator::Xml(f) => f.render(item),
+            Translator::Csv(f) => f.row(item),
+            Translator::Json => json::render(item),
+        }
+    }
+
+    /// One entry of a batch file (the delivery id travels inside the file).
+    pub fn render_file_entry(&self, item: &Item<'_>) -> Result<Vec<u8>, TranslateError> {
+        match self {
+            Translator::Xml(f) => f.render_file_entry(item),
+            Translator::Csv(f) => f.row(item),
+            Translator::Json => json::render(item).map(|mut v| {
+                v.push(b'\n');
+                v
+            }),
+        }
+    }
+
+    pub fn file_header(&self) -> Vec<u8> {
+        match self {
+            Translator::Xml(_) => b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Deliveries>\n".to_vec(),
+            Translator::Csv(f) => f.header(),
+            Translator::Json => Vec::new(),
+        }
+    }
+
+    pub fn file_footer(&self) -> Vec<u8> {
+        match self {
+            Translator::Xml(_) => b"</Deliveries>\n".to_vec(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn file_extension(&self) -> &'static str {
+        match self {
+            Translator::Xml(_) => "xml",
+            Translator::Csv(_) => "csv",
+            Translator::Json => "ndjson",
+        }
+    }
+}
+
+/// A value as legacy text: strings as they are, `null` as `None`, everything else
+/// (numbers, booleans, arrays) as its JSON text.
+pub fn value_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}

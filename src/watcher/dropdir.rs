@@ -1,0 +1,413 @@
+//! Drop directories: inotify (or polling) plus a scan at start-up and after an
+//! overflow. Each file is parsed whole, committed to the queue, and only then
+//! deleted or archived; a bad file moves to `<inbox>/.rejected/` with a
+//! `<name>.error` beside it.
+//!
+//! **Invariants:** a file leaves the inbox only after its changes are durable, or
+//! whole into `.rejected/`; names starting with `.` or ending in `.tmp`/`.part`
+//! are never touched; a FIFO is never opened; files are taken oldest first.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+
+use super::IngestStats;
+use super::parse::parse_file;
+use crate::config::{Limits, Watch};
+use crate::queue::QueueError;
+use crate::queue::handle::QueueHandle;
+use crate::record::{format_ms, now_ms};
+
+/// How long a file must stay unmodified before a scan takes it (events take
+/// closed files at once); protects files still being written at start-up.
+const SETTLE: Duration = Duration::from_millis(500);
+/// A scan at this interval catches anything the events missed.
+const RESCAN_EVERY: Duration = Duration::from_secs(10);
+
+pub fn ignored(name: &str) -> bool {
+    name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part")
+}
+
+enum Signal {
+    Path(PathBuf),
+    Rescan,
+}
+
+pub struct DropDir {
+    pub watch: Watch,
+    pub limits: Limits,
+    pub queue: QueueHandle,
+    pub stats: Arc<IngestStats>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// What became of one file.
+#[derive(Debug, PartialEq)]
+enum Taken {
+    Accepted,
+    Rejected,
+    Gone,
+    /// Not now (busy queue, failed commit, still being written): try again later.
+    Later,
+}
+
+impl DropDir {
+    /// Creates the folders and starts watching; returns once events flow, so the
+    /// caller can say `ready`.
+    pub fn start(self) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        use anyhow::Context;
+        let dir = &self.watch.dir;
+        fs::create_dir_all(dir).with_context(|| format!("cannot create the drop folder {}", dir.display()))?;
+        fs::create_dir_all(dir.join(".rejected"))
+            .with_context(|| format!("cannot create {}", dir.join(".rejected").display()))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let watcher = make_watcher(dir, self.watch.poll, tx.clone())
+            .with_context(|| format!("cannot watch the drop folder {}", dir.display()))?;
+        // Watcher first, then the scan of what is already there.
+        let _ = tx.send(Signal::Rescan);
+        Ok(tokio::spawn(async move {
+            let _keep_alive = watcher;
+            self.run(rx).await
+        }))
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Signal>) {
+        let mut todo: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut rescan = true;
+        let mut next_scan = tokio::time::Instant::now() + RESCAN_EVERY;
+        loop {
+            if *self.shutdown.borrow() {
+                return;
+            }
+            // Drain signals without waiting.
+            while let Ok(sig) = rx.try_recv() {
+                match sig {
+                    Signal::Path(p) => {
+                        todo.insert(p);
+                    }
+                    Signal::Rescan => rescan = true,
+                }
+            }
+            let mut retry_soon = false;
+            if rescan {
+                rescan = false;
+                next_scan = tokio::time::Instant::now() + RESCAN_EVERY;
+                let (ready, unsettled) = self.scan();
+                retry_soon |= unsettled;
+                for p in ready {
+                    self.take_and_report(&p, &mut retry_soon).await;
+                    if *self.shutdown.borrow() {
+                        return;
+                    }
+                }
+            }
+            let paths: Vec<PathBuf> = std::mem::take(&mut todo).into_iter().collect();
+            let mut paths = paths;
+            paths.sort_by_key(|p| (modified(p), p.clone()));
+            for p in paths {
+                self.take_and_report(&p, &mut retry_soon).await;
+                if *self.shutdown.borrow() {
+                    return;
+                }
+            }
+            if retry_soon {
+                // Busy queue or files still settling: look again shortly.
+                next_scan = next_scan.min(tokio::time::Instant::now() + Duration::from_millis(250));
+            }
+            tokio::select! {
+                sig = rx.recv() => match sig {
+                    Some(Signal::Path(p)) => { todo.insert(p); }
+                    Some(Signal::Rescan) => rescan = true,
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(next_scan) => rescan = true,
+                _ = self.shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn take_and_report(&self, path: &Path, retry_soon: &mut bool) {
+        if self.take(path).await == Taken::Later {
+            *retry_soon = true;
+        }
+    }
+
+    /// Candidate files, oldest first; and whether some were too fresh to take.
+    fn scan(&self) -> (Vec<PathBuf>, bool) {
+        let Ok(entries) = fs::read_dir(&self.watch.dir) else {
+            tracing::warn!(dir = %self.watch.dir.display(), "cannot read the drop folder");
+            return (Vec::new(), true);
+        };
+        let now = SystemTime::now();
+        let mut unsettled = false;
+        let mut files: Vec<(SystemTime, PathBuf)> = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if ignored(&name.to_string_lossy()) {
+                continue;
+            }
+            let Ok(meta) = entry.path().symlink_metadata() else { continue };
+            if meta.is_dir() {
+                continue;
+            }
+            let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            if meta.is_file() && now.duration_since(mtime).unwrap_or_default() < SETTLE {
+                unsettled = true;
+                continue;
+            }
+            files.push((mtime, entry.path()));
+        }
+        files.sort();
+        (files.into_iter().map(|(_, p)| p).collect(), unsettled)
+    }
+
+    async fn take(&self, path: &Path) -> Taken {
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else { return Taken::Gone };
+        if ignored(&name) || path.parent() != Some(self.watch.dir.as_path()) {
+            return Taken::Gone;
+        }
+        let bytes = match read_limited(path, self.limits.max_file_bytes) {
+            Ok(b) => b,
+            Err(ReadError::Gone) => return Taken::Gone,
+            Err(ReadError::Directory) => return Taken::Gone,
+            Err(ReadError::Bad(reason)) => return self.reject(path, &name, &reason),
+            Err(ReadError::Io(e)) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read a dropped file; will try again");
+                return Taken::Later;
+            }
+        };
+        let set = match parse_file(&name, &bytes, &self.watch, &self.limits) {
+            Ok(s) => s,
+            Err(e) => return self.reject(path, &name, &e.to_string()),
+        };
+        drop(bytes);
+        let changes = set.changes.len() as u64;
+        match self.queue.call(move |q| q.ingest(&[set])).await {
+            Ok(_) => {
+                IngestStats::add(&self.stats.changes, changes);
+                IngestStats::add(&self.stats.files_accepted, 1);
+                if let Err(e) = self.remove_or_archive(path, &name) {
+                    // Accepted and durable; taking it again later changes nothing.
+                    tracing::error!(file = %path.display(), error = %e, "accepted, but cannot remove it from the inbox");
+                }
+                tracing::info!(file = %name, changes, "file accepted");
+                Taken::Accepted
+            }
+            Err(QueueError::Busy(reason)) => {
+                IngestStats::add(&self.stats.busy, 1);
+                tracing::debug!(file = %name, %reason, "ingestion paused; the file waits in the inbox");
+                Taken::Later
+            }
+            Err(e) => {
+                tracing::error!(file = %name, error = %e, "cannot queue a file; it stays in the inbox");
+                Taken::Later
+            }
+        }
+    }
+
+    fn remove_or_archive(&self, path: &Path, name: &str) -> std::io::Result<()> {
+        match &self.watch.archive_dir {
+            None => fs::remove_file(path),
+            Some(archive) => {
+                fs::create_dir_all(archive)?;
+                move_file(path, &free_name(archive, name))
+            }
+        }
+    }
+
+    /// Moves the file whole to `.rejected/` and writes `<name>.error` beside it.
+    fn reject(&self, path: &Path, name: &str, reason: &str) -> Taken {
+        IngestStats::add(&self.stats.files_rejected, 1);
+        let rejected = self.watch.dir.join(".rejected");
+        let dest = free_name(&rejected, name);
+        if let Err(e) = fs::create_dir_all(&rejected).and_then(|_| fs::rename(path, &dest)) {
+            tracing::error!(file = %path.display(), error = %e, "cannot move a bad file to .rejected; leaving it");
+            return Taken::Later;
+        }
+        let dest_name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let note = format!(
+            "hms-sync could not take this file; nothing from it was ingested.\n\
+             file:   {}\n\
+             when:   {}\n\
+             reason: {reason}\n\
+             Fix the file and move it back into {} to try again.\n",
+            path.display(),
+            format_ms(now_ms()),
+            self.watch.dir.display()
+        );
+        if let Err(e) = fs::write(rejected.join(format!("{dest_name}.error")), note) {
+            tracing::warn!(error = %e, "cannot write the .error note");
+        }
+        tracing::warn!(file = %name, %reason, moved_to = %dest.display(), "file rejected");
+        Taken::Rejected
+    }
+}
+
+fn modified(p: &Path) -> SystemTime {
+    p.symlink_metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// `dir/name`, or `dir/name.<ms>` if that is taken.
+fn free_name(dir: &Path, name: &str) -> PathBuf {
+    let plain = dir.join(name);
+    if plain.symlink_metadata().is_err() {
+        return plain;
+    }
+    let mut n = now_ms();
+    loop {
+        let candidate = dir.join(format!("{name}.{n}"));
+        if candidate.symlink_metadata().is_err() {
+            return candidate;
+        }
+        n += 1;
+    }
+}
+
+/// rename, or copy + fsync + remove across filesystems.
+fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    match fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            fs::copy(from, to)?;
+            fs::File::open(to)?.sync_all()?;
+            fs::remove_file(from)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+enum ReadError {
+    Gone,
+    Directory,
+    /// The file itself is unacceptable: quarantine it.
+    Bad(String),
+    Io(std::io::Error),
+}
+
+/// Reads a regular file of at most `limit` bytes without following links or
+/// blocking on FIFOs.
+fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    let meta = match path.symlink_metadata() {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ReadError::Gone),
+        Err(e) => return Err(ReadError::Io(e)),
+    };
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        return Err(ReadError::Directory);
+    }
+    if !ft.is_file() {
+        let what = if ft.is_symlink() {
+            "a symbolic link"
+        } else if ft.is_fifo() {
+            "a FIFO (named pipe)"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(ReadError::Bad(format!("not a regular file but {what}; drop plain files only")));
+    }
+    let too_big = |len: u64| {
+        ReadError::Bad(format!("file is {len} bytes, over the limit of {limit} bytes ([limits] max_file_bytes)"))
+    };
+    if meta.len() > limit {
+        return Err(too_big(meta.len()));
+    }
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ReadError::Gone,
+            _ => ReadError::Io(e),
+        })?;
+    let meta = file.metadata().map_err(ReadError::Io)?;
+    if !meta.is_file() {
+        return Err(ReadError::Bad("the file was replaced by something that is not a regular file".into()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len().min(limit) as usize);
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(ReadError::Io)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+fn make_watcher(dir: &Path, poll: bool, tx: mpsc::UnboundedSender<Signal>) -> notify::Result<Box<dyn Watcher + Send>> {
+    // Never block notify's thread: forward into the channel.
+    let handler = move |res: notify::Result<notify::Event>| {
+        let event = match res {
+            Ok(ev) => ev,
+            Err(_) => {
+                let _ = tx.send(Signal::Rescan);
+                return;
+            }
+        };
+        if event.need_rescan() {
+            let _ = tx.send(Signal::Rescan);
+            return;
+        }
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+        let path = match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => event.paths.first(),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => event.paths.first(),
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => event.paths.get(1),
+            // Not a file that is being written: FIFOs, links, sockets, hard links.
+            EventKind::Create(CreateKind::Other | CreateKind::Any) => event.paths.first(),
+            // Polling sees creations and changes only.
+            EventKind::Create(_) | EventKind::Modify(_) if poll => event.paths.first(),
+            _ => None,
+        };
+        if let Some(p) = path {
+            let _ = tx.send(Signal::Path(p.clone()));
+        }
+    };
+    let mut watcher: Box<dyn Watcher + Send> = if poll {
+        let config = notify::Config::default().with_poll_interval(Duration::from_secs(2));
+        Box::new(notify::PollWatcher::new(handler, config)?)
+    } else {
+        Box::new(notify::recommended_watcher(handler)?)
+    };
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ignored_names() {
+        assert!(ignored(".hidden.json"));
+        assert!(ignored("a.json.tmp"));
+        assert!(ignored("a.json.part"));
+        assert!(!ignored("a.json"));
+    }
+
+    #[test]
+    fn fifo_symlink_and_size_limit_are_refused_without_blocking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("p.json");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        assert!(matches!(read_limited(&fifo, 100), Err(ReadError::Bad(m)) if m.contains("FIFO")));
+        let target = tmp.path().join("real.json");
+        fs::write(&target, "{}").unwrap();
+        let link = tmp.path().join("l.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(matches!(read_limited(&link, 100), Err(ReadError::Bad(m)) if m.contains("symbolic link")));
+        let sparse = tmp.path().join("big.json");
+        fs::File::create(&sparse).unwrap().set_len(10 << 30).unwrap();
+        assert!(matches!(read_limited(&sparse, 1 << 20), Err(ReadError::Bad(m)) if m.contains("max_file_bytes")));
+        assert!(matches!(read_limited(&tmp.path().join("nope"), 100), Err(ReadError::Gone)));
+        assert_eq!(read_limited(&target, 100).ok(), Some(b"{}".to_vec()));
+    }
+}

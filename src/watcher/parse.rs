@@ -1,0 +1,356 @@
+//! Turns the bytes of a dropped file or a socket line into changes: JSON (one
+//! object or an array), NDJSON, CSV; bare documents or envelopes.
+//!
+//! **Invariants:** a file parses whole or not at all; every error says where
+//! (line, column or element) and what; no input makes it use more memory than a
+//! small multiple of the input, or recurse deeper than serde_json's limit.
+
+use serde_json::{Map, Value};
+
+use crate::config::{Limits, Watch};
+use crate::diff;
+use crate::record::{Change, ChangeSet, RecordId};
+
+/// What is wrong with an input, and where.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}{message}", where_(.line, .column, .element))]
+pub struct ParseError {
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// 1-based position in a JSON array.
+    pub element: Option<usize>,
+    pub message: String,
+}
+
+fn where_(line: &Option<usize>, column: &Option<usize>, element: &Option<usize>) -> String {
+    let mut s = String::new();
+    if let Some(e) = element {
+        s.push_str(&format!("array element {e}: "));
+    }
+    match (line, column) {
+        (Some(l), Some(c)) => s.push_str(&format!("line {l}, column {c}: ")),
+        (Some(l), None) => s.push_str(&format!("line {l}: ")),
+        _ => {}
+    }
+    s
+}
+
+impl ParseError {
+    fn msg(message: impl Into<String>) -> Self {
+        ParseError { line: None, column: None, element: None, message: message.into() }
+    }
+    fn at_line(mut self, line: usize) -> Self {
+        self.line.get_or_insert(line);
+        self
+    }
+    fn from_json(e: &serde_json::Error, line_offset: usize) -> Self {
+        let message = e.to_string();
+        // serde_json appends " at line L column C"; we say it in front instead.
+        let message = message.rsplit_once(" at line ").map(|(m, _)| m.to_string()).unwrap_or(message);
+        ParseError {
+            line: (e.line() > 0).then(|| e.line() + line_offset),
+            column: (e.column() > 0).then_some(e.column()),
+            element: None,
+            message,
+        }
+    }
+}
+
+/// How the records of a file are shaped.
+#[derive(Clone, Debug)]
+pub enum Shape<'a> {
+    /// Bare documents of `collection`, keyed by the field `key`.
+    Bare { collection: &'a str, key: &'a str },
+    /// `{"collection","key","doc"|"deleted"}` envelopes.
+    Envelope,
+}
+
+impl<'a> Shape<'a> {
+    pub fn of(watch: &'a Watch) -> Shape<'a> {
+        match &watch.key {
+            Some(key) => Shape::Bare { collection: &watch.collection, key },
+            None => Shape::Envelope,
+        }
+    }
+}
+
+/// Parses a whole dropped file by its name's extension.
+pub fn parse_file(name: &str, bytes: &[u8], watch: &Watch, limits: &Limits) -> Result<ChangeSet, ParseError> {
+    let shape = Shape::of(watch);
+    let lower = name.to_ascii_lowercase();
+    let changes = if lower.ends_with(".json") {
+        parse_json(bytes, &shape, limits)?
+    } else if lower.ends_with(".ndjson") || lower.ends_with(".jsonl") {
+        parse_ndjson(bytes, &shape, limits)?
+    } else if lower.ends_with(".csv") {
+        parse_csv(bytes, &shape, limits)?
+    } else {
+        return Err(ParseError::msg("unknown file type: hms-sync takes *.json, *.ndjson, *.jsonl and *.csv"));
+    };
+    let full_collections = if watch.snapshot { vec![watch.collection.clone()] } else { Vec::new() };
+    if watch.snapshot
+        && let Some(c) = changes.iter().find(|c| c.record.collection != watch.collection)
+    {
+        return Err(ParseError::msg(format!(
+            "this snapshot folder holds collection `{}`, but a record is for `{}`",
+            watch.collection, c.record.collection
+        )));
+    }
+    Ok(ChangeSet { changes, full_collections })
+}
+
+fn parse_json(bytes: &[u8], shape: &Shape<'_>, limits: &Limits) -> Result<Vec<Change>, ParseError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| ParseError::from_json(&e, 0))?;
+    match value {
+        Value::Object(map) => Ok(vec![change_of(map, shape, limits)?]),
+        Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::Object(map) => change_of(map, shape, limits),
+                other => Err(ParseError::msg(format!("expected an object, found {}", kind(&other)))),
+            }
+            .map_err(|mut e| {
+                e.element = Some(i + 1);
+                e
+            }))
+            .collect(),
+        other => Err(ParseError::msg(format!("expected an object or an array of objects, found {}", kind(&other)))),
+    }
+}
+
+fn parse_ndjson(bytes: &[u8], shape: &Shape<'_>, limits: &Limits) -> Result<Vec<Change>, ParseError> {
+    let mut out = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let n = i + 1;
+        if line.len() > limits.max_line_bytes {
+            return Err(ParseError::msg(format!(
+                "line is {} bytes, over the limit of {} (max_line_bytes)",
+                line.len(),
+                limits.max_line_bytes
+            ))
+            .at_line(n));
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        out.push(parse_line(line, shape, limits).map_err(|e| e.at_line(n))?);
+    }
+    Ok(out)
+}
+
+/// One JSON object from a line (an NDJSON line or a socket line).
+pub fn parse_line(line: &[u8], shape: &Shape<'_>, limits: &Limits) -> Result<Change, ParseError> {
+    let value: Value = serde_json::from_slice(line).map_err(|e| {
+        let mut p = ParseError::from_json(&e, 0);
+        p.line = None; // the caller knows the line; the column stays
+        p
+    })?;
+    match value {
+        Value::Object(map) => change_of(map, shape, limits),
+        other => Err(ParseError::msg(format!("expected a JSON object, found {}", kind(&other)))),
+    }
+}
+
+fn parse_csv(bytes: &[u8], shape: &Shape<'_>, limits: &Limits) -> Result<Vec<Change>, ParseError> {
+    let Shape::Bare { collection, key } = shape else {
+        return Err(ParseError::msg("CSV files hold bare records: set `key` in this folder's [[watch]]"));
+    };
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(bytes);
+    let csv_err = |e: csv::Error| {
+        let line = e.position().map(|p| p.line() as usize);
+        let message = match e.kind() {
+            csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+                format!("row has {len} fields but the header has {expected_len}")
+            }
+            csv::ErrorKind::Utf8 { err, .. } => format!("not valid UTF-8 (field {})", err.field() + 1),
+            _ => e.to_string(),
+        };
+        ParseError { line, column: None, element: None, message }
+    };
+    let headers = reader.headers().map_err(csv_err)?.clone();
+    if !headers.iter().any(|h| h == *key) {
+        return Err(ParseError::msg(format!("the header has no column `{key}` (the key of this folder)")).at_line(1));
+    }
+    let mut out = Vec::new();
+    for row in reader.records() {
+        let row = row.map_err(csv_err)?;
+        let line = row.position().map(|p| p.line() as usize).unwrap_or(0);
+        if row.as_slice().len() > limits.max_line_bytes {
+            return Err(ParseError::msg("row is over max_line_bytes").at_line(line));
+        }
+        let doc: Map<String, Value> =
+            headers.iter().zip(row.iter()).map(|(h, v)| (h.to_string(), Value::String(v.to_string()))).collect();
+        // A header like `address.street` already is a path: insert it as one.
+        let flat = doc.into_iter().collect();
+        out.push(bare_change(flat, collection, key).map_err(|e| e.at_line(line))?);
+    }
+    Ok(out)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A key as text: strings as they are, numbers as their decimal text.
+fn key_text(v: &Value, field: &str) -> Result<String, ParseError> {
+    let text = match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        other => {
+            return Err(ParseError::msg(format!("key field `{field}` must be a string or a number, found {}", kind(other))));
+        }
+    };
+    if text.is_empty() {
+        return Err(ParseError::msg(format!("key field `{field}` is empty")));
+    }
+    Ok(text)
+}
+
+fn change_of(map: Map<String, Value>, shape: &Shape<'_>, limits: &Limits) -> Result<Change, ParseError> {
+    match shape {
+        Shape::Bare { collection, key } => {
+            let flat = diff::flatten(&map, limits.max_depth).map_err(|e| ParseError::msg(e.to_string()))?;
+            bare_change(flat, collection, key)
+        }
+        Shape::Envelope => envelope(map, limits),
+    }
+}
+
+fn bare_change(flat: crate::record::Flat, collection: &str, key: &str) -> Result<Change, ParseError> {
+    let value = flat.get(key).ok_or_else(|| ParseError::msg(format!("record has no key field `{key}`")))?;
+    let key = key_text(value, key)?;
+    Ok(Change { record: RecordId::new(collection, key), doc: Some(flat) })
+}
+
+/// `{"collection":"permits","key":"123","doc":{…}}` or `{…,"deleted":true}`.
+pub fn envelope(mut map: Map<String, Value>, limits: &Limits) -> Result<Change, ParseError> {
+    if let Some(unknown) = map.keys().find(|k| !matches!(k.as_str(), "collection" | "key" | "doc" | "deleted")) {
+        return Err(ParseError::msg(format!(
+            "unknown envelope field `{unknown}`; an envelope has collection, key, and doc or deleted"
+        )));
+    }
+    let collection = match map.remove("collection") {
+        Some(Value::String(c)) if !c.is_empty() => c,
+        Some(_) => return Err(ParseError::msg("envelope field `collection` must be a non-empty string")),
+        None => return Err(ParseError::msg("envelope has no `collection`")),
+    };
+    let key = match map.remove("key") {
+        Some(v) => key_text(&v, "key")?,
+        None => return Err(ParseError::msg("envelope has no `key`")),
+    };
+    let deleted = match map.remove("deleted") {
+        None | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(_) => return Err(ParseError::msg("envelope field `deleted` must be true or false")),
+    };
+    let doc = match (map.remove("doc"), deleted) {
+        (Some(_), true) => return Err(ParseError::msg("envelope has both `doc` and `deleted: true`; send one")),
+        (None, true) => None,
+        (Some(Value::Object(doc)), false) => {
+            Some(diff::flatten(&doc, limits.max_depth).map_err(|e| ParseError::msg(e.to_string()))?)
+        }
+        (Some(other), false) => {
+            return Err(ParseError::msg(format!("envelope field `doc` must be an object, found {}", kind(&other))));
+        }
+        (None, false) => return Err(ParseError::msg("envelope has neither `doc` nor `deleted: true`")),
+    };
+    Ok(Change { record: RecordId::new(collection, key), doc })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn watch(key: Option<&str>) -> Watch {
+        Watch {
+            dir: PathBuf::from("/x"),
+            collection: "permits".into(),
+            key: key.map(String::from),
+            snapshot: false,
+            archive_dir: None,
+            poll: false,
+        }
+    }
+
+    fn parse(name: &str, text: &str, key: Option<&str>) -> Result<ChangeSet, ParseError> {
+        parse_file(name, text.as_bytes(), &watch(key), &Limits::default())
+    }
+
+    #[test]
+    fn json_object_array_and_numeric_keys() {
+        let set = parse("a.json", r#"[{"id": 7, "a": {"b": 1}}, {"id": "8"}]"#, Some("id")).unwrap();
+        assert_eq!(set.changes.len(), 2);
+        assert_eq!(set.changes[0].record, RecordId::new("permits", "7"));
+        assert!(set.changes[0].doc.as_ref().unwrap().contains_key("a.b"));
+    }
+
+    #[test]
+    fn errors_say_where() {
+        let e = parse("a.json", "{\n\"id\": 1,\n\"x\": ", Some("id")).unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        let e = parse("a.json", r#"[{"id": 1}, {"x": 2}]"#, Some("id")).unwrap_err();
+        assert_eq!(e.to_string(), "array element 2: record has no key field `id`");
+        let mut nd = String::new();
+        for i in 1..5000 {
+            nd.push_str(&format!("{{\"id\": {i}}}\n"));
+        }
+        nd.push_str("{\"id\": 5000,\n");
+        let e = parse("a.ndjson", &nd, Some("id")).unwrap_err();
+        assert_eq!(e.line, Some(5000), "{e}");
+        let e = parse("a.csv", "id,a\n1,x\n2\n", Some("id")).unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("1 fields but the header has 2"), "{e}");
+    }
+
+    #[test]
+    fn csv_headers_are_paths_and_values_strings() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/permits/export-2026-11-25.csv"),
+        )
+        .unwrap();
+        let set = parse("e.csv", &text, Some("permit_number")).unwrap();
+        assert_eq!(set.changes.len(), 4);
+        let doc = set.changes[2].doc.as_ref().unwrap();
+        assert_eq!(doc["address.street"], Value::String("9 Main St, Apt 2".into()));
+        assert_eq!(doc["inspector.name"], Value::String(String::new()));
+    }
+
+    #[test]
+    fn envelopes() {
+        let set = parse(
+            "e.ndjson",
+            "{\"collection\":\"permits\",\"key\":\"1\",\"doc\":{\"a\":1}}\n{\"collection\":\"permits\",\"key\":2,\"deleted\":true}\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(set.changes[1].doc, None);
+        assert_eq!(set.changes[1].record.key, "2");
+        let e = parse("e.ndjson", "{\"collection\":\"p\",\"key\":\"1\",\"dco\":{}}\n", None).unwrap_err();
+        assert!(e.to_string().contains("line 1") && e.to_string().contains("dco"), "{e}");
+    }
+
+    #[test]
+    fn deep_nesting_invalid_utf8_and_unknown_types_are_refused() {
+        let deep = format!("{}1{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
+        assert!(parse("d.json", &deep, Some("a")).is_err());
+        let e = parse_file("u.json", b"{\"id\": \"\xff\"}", &watch(Some("id")), &Limits::default()).unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+        assert!(parse_file("u.csv", b"id\n\xff\n", &watch(Some("id")), &Limits::default()).is_err());
+        assert!(parse("x.txt", "{}", Some("id")).is_err());
+    }
+
+    #[test]
+    fn the_same_record_twice_applies_in_file_order() {
+        let set = parse("a.json", r#"[{"id": 1, "a": 1}, {"id": 1, "a": 2}]"#, Some("id")).unwrap();
+        assert_eq!(set.changes.len(), 2, "both kept; the queue applies them in order, the last wins");
+    }
+}

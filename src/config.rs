@@ -144,7 +144,9 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         match Raw::deserialize(d)? {
             Raw::Number(n) => Ok(ByteSize(n)),
-            Raw::Text(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+            Raw::Text(s) => parse_size(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -153,7 +155,9 @@ fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{text}` is not a size (try 1048576 or \"512 MiB\")"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (try 1048576 or \"512 MiB\")"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -162,15 +166,21 @@ fn parse_size(text: &str) -> Result<u64, String> {
         "mib" => 1 << 20,
         "g" | "gb" => 1_000_000_000,
         "gib" => 1 << 30,
-        other => return Err(format!("unknown size unit `{other}` in `{text}` (use B, KiB, MiB, GiB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{text}` (use B, KiB, MiB, GiB)"
+            ));
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size `{text}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size `{text}` is too large"))
 }
 
 /// Parses "10s", "200ms", "5m" (humantime).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("`{text}` is not a duration ({e}); write it like \"10s\", \"200ms\" or \"5m\""))
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("`{text}` is not a duration ({e}); write it like \"10s\", \"200ms\" or \"5m\"")
+    })
 }
 
 /// The validated configuration the daemon and the commands use.
@@ -210,7 +220,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_file_bytes: 64 << 20, max_line_bytes: 1 << 20, max_depth: 32 }
+        Limits {
+            max_file_bytes: 64 << 20,
+            max_line_bytes: 1 << 20,
+            max_depth: 32,
+        }
     }
 }
 
@@ -251,7 +265,10 @@ pub fn discover(flag: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("HMS_SYNC_CONFIG").filter(|v| !v.is_empty()) {
         return Some(PathBuf::from(p));
     }
-    ["hms-sync.toml", "/etc/hms-sync/hms-sync.toml"].iter().map(PathBuf::from).find(|p| p.exists())
+    ["hms-sync.toml", "/etc/hms-sync/hms-sync.toml"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
 }
 
 /// Loads and validates the config (and every connector). `path == None`: embedded default.
@@ -259,15 +276,24 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let (source, text, base) = match path {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| ConfigErrors(vec![format!("{}: cannot read the config file: {e}", p.display())]))?;
-            let abs = if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) };
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                ConfigErrors(vec![format!(
+                    "{}: cannot read the config file: {e}",
+                    p.display()
+                )])
+            })?;
+            let abs = if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                cwd.join(p)
+            };
             let base = abs.parent().map(Path::to_path_buf).unwrap_or(cwd.clone());
             (Source::File(abs), text, base)
         }
         None => (Source::Embedded, DEFAULT_CONFIG.to_string(), cwd),
     };
-    let file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigErrors(vec![toml_error(&source.to_string(), &text, &e)]))?;
+    let file: ConfigFile = toml::from_str(&text)
+        .map_err(|e| ConfigErrors(vec![toml_error(&source.to_string(), &text, &e)]))?;
     build(source, &text, &base, file)
 }
 
@@ -298,7 +324,11 @@ pub fn line_of(text: &str, table: Option<&str>, key: &str) -> Option<usize> {
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.starts_with('[') {
-            current = Some(line.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+            current = Some(
+                line.trim_matches(|c| c == '[' || c == ']')
+                    .trim()
+                    .to_string(),
+            );
             continue;
         }
         let in_table = match (table, &current) {
@@ -313,18 +343,41 @@ pub fn line_of(text: &str, table: Option<&str>, key: &str) -> Option<usize> {
     None
 }
 
-fn build(source: Source, text: &str, base: &Path, file: ConfigFile) -> Result<Config, ConfigErrors> {
+fn build(
+    source: Source,
+    text: &str,
+    base: &Path,
+    file: ConfigFile,
+) -> Result<Config, ConfigErrors> {
     let mut problems = Vec::new();
     let name = source.to_string();
     let at = |table: Option<&str>, key: &str| match line_of(text, table, key) {
         Some(l) => format!("{name}: line {l}: "),
         None => format!("{name}: "),
     };
-    let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let resolve = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
 
-    let state_dir = resolve(file.state_dir.as_deref().unwrap_or(Path::new("/var/lib/hms-sync")));
-    let connectors_dir = resolve(file.connectors_dir.as_deref().unwrap_or(Path::new("connectors")));
-    let delivery_log = file.delivery_log.as_deref().map(resolve).unwrap_or_else(|| state_dir.join("delivery.log"));
+    let state_dir = resolve(
+        file.state_dir
+            .as_deref()
+            .unwrap_or(Path::new("/var/lib/hms-sync")),
+    );
+    let connectors_dir = resolve(
+        file.connectors_dir
+            .as_deref()
+            .unwrap_or(Path::new("connectors")),
+    );
+    let delivery_log = file
+        .delivery_log
+        .as_deref()
+        .map(resolve)
+        .unwrap_or_else(|| state_dir.join("delivery.log"));
 
     let socket_file = file.socket.unwrap_or_default();
     let mode = match socket_file.mode.as_deref() {
@@ -332,19 +385,30 @@ fn build(source: Source, text: &str, base: &Path, file: ConfigFile) -> Result<Co
         Some(m) => match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
             Ok(v) if v <= 0o777 => v,
             _ => {
-                problems.push(format!("{}[socket] mode: `{m}` is not an octal file mode like \"0660\"", at(Some("socket"), "mode")));
+                problems.push(format!(
+                    "{}[socket] mode: `{m}` is not an octal file mode like \"0660\"",
+                    at(Some("socket"), "mode")
+                ));
                 0o660
             }
         },
     };
     let socket = SocketConfig {
-        path: resolve(socket_file.path.as_deref().unwrap_or(Path::new("/run/hms-sync/ingest.sock"))),
+        path: resolve(
+            socket_file
+                .path
+                .as_deref()
+                .unwrap_or(Path::new("/run/hms-sync/ingest.sock")),
+        ),
         mode,
         allow_uids: socket_file.allow_uids,
         allow_gids: socket_file.allow_gids,
     };
 
-    let listen_text = file.status.and_then(|s| s.listen).unwrap_or_else(|| "127.0.0.1:7878".to_string());
+    let listen_text = file
+        .status
+        .and_then(|s| s.listen)
+        .unwrap_or_else(|| "127.0.0.1:7878".to_string());
     let status_listen = if listen_text == "off" {
         None
     } else {
@@ -363,21 +427,36 @@ fn build(source: Source, text: &str, base: &Path, file: ConfigFile) -> Result<Co
     let limits_file = file.limits.unwrap_or_default();
     let defaults = Limits::default();
     let limits = Limits {
-        max_file_bytes: limits_file.max_file_bytes.map(|b| b.0).unwrap_or(defaults.max_file_bytes),
-        max_line_bytes: limits_file.max_line_bytes.map(|b| b.0 as usize).unwrap_or(defaults.max_line_bytes),
+        max_file_bytes: limits_file
+            .max_file_bytes
+            .map(|b| b.0)
+            .unwrap_or(defaults.max_file_bytes),
+        max_line_bytes: limits_file
+            .max_line_bytes
+            .map(|b| b.0 as usize)
+            .unwrap_or(defaults.max_line_bytes),
         max_depth: limits_file.max_depth.unwrap_or(defaults.max_depth),
     };
     if limits.max_depth == 0 || limits.max_depth > 128 {
-        problems.push(format!("{}[limits] max_depth: must be between 1 and 128", at(Some("limits"), "max_depth")));
+        problems.push(format!(
+            "{}[limits] max_depth: must be between 1 and 128",
+            at(Some("limits"), "max_depth")
+        ));
     }
 
     let mut watches = Vec::new();
     for (i, w) in file.watch.into_iter().enumerate() {
         if w.collection.trim().is_empty() {
-            problems.push(format!("{name}: [[watch]] #{}: `collection` is empty", i + 1));
+            problems.push(format!(
+                "{name}: [[watch]] #{}: `collection` is empty",
+                i + 1
+            ));
         }
         if w.key.as_deref().is_some_and(|k| k.trim().is_empty()) {
-            problems.push(format!("{name}: [[watch]] #{}: `key` is empty (leave it out for envelope files)", i + 1));
+            problems.push(format!(
+                "{name}: [[watch]] #{}: `key` is empty (leave it out for envelope files)",
+                i + 1
+            ));
         }
         watches.push(Watch {
             dir: resolve(&w.dir),
@@ -390,7 +469,10 @@ fn build(source: Source, text: &str, base: &Path, file: ConfigFile) -> Result<Co
     }
     for (i, a) in watches.iter().enumerate() {
         if watches[..i].iter().any(|b| b.dir == a.dir) {
-            problems.push(format!("{name}: [[watch]] folder {} is listed twice", a.dir.display()));
+            problems.push(format!(
+                "{name}: [[watch]] folder {} is listed twice",
+                a.dir.display()
+            ));
         }
     }
 
@@ -460,8 +542,15 @@ mod tests {
     #[test]
     fn unknown_key_names_line_and_known_keys() {
         let e = toml::from_str::<ConfigFile>("state_dir = \"x\"\nstate_dri = \"y\"\n").unwrap_err();
-        let msg = toml_error("hms-sync.toml", "state_dir = \"x\"\nstate_dri = \"y\"\n", &e);
+        let msg = toml_error(
+            "hms-sync.toml",
+            "state_dir = \"x\"\nstate_dri = \"y\"\n",
+            &e,
+        );
         assert!(msg.contains("line 2"), "{msg}");
-        assert!(msg.contains("state_dri") && msg.contains("connectors_dir"), "{msg}");
+        assert!(
+            msg.contains("state_dri") && msg.contains("connectors_dir"),
+            "{msg}"
+        );
     }
 }

@@ -52,6 +52,10 @@ pub struct TransportFile {
     pub batch_max: Option<usize>,
     /// file: how long to gather deltas for one file. Default "0s".
     pub batch_window: Option<String>,
+    /// file: create the outbox folder at start-up if it is missing. Default false:
+    /// a missing folder (an unmounted share) is an outage, not a reason to write
+    /// files onto the local disk.
+    pub create_dir: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -79,14 +83,25 @@ pub struct Connector {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Format {
-    Xml { root: String, key_element: String },
-    Csv { columns: Vec<String>, key_column: String },
+    Xml {
+        root: String,
+        key_element: String,
+    },
+    Csv {
+        columns: Vec<String>,
+        key_column: String,
+    },
     Json,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TransportSpec {
-    File { dir: PathBuf, batch_max: usize, batch_window: Duration },
+    File {
+        dir: PathBuf,
+        batch_max: usize,
+        batch_window: Duration,
+        create_dir: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -98,7 +113,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max_attempts: 20, backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(300) }
+        RetryPolicy {
+            max_attempts: 20,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+        }
     }
 }
 
@@ -107,14 +126,21 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && !name.starts_with(['.', '-'])
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
 /// Loads every `<dir>/<name>/connector.toml`, sorted by name. Returns every problem.
 pub fn load_all(dir: &Path, base: &Path) -> Result<Vec<Connector>, Vec<String>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) => return Err(vec![format!("{}: cannot read the connectors folder: {e}", dir.display())]),
+        Err(e) => {
+            return Err(vec![format!(
+                "{}: cannot read the connectors folder: {e}",
+                dir.display()
+            )]);
+        }
     };
     let mut folders: Vec<PathBuf> = entries
         .filter_map(Result::ok)
@@ -130,16 +156,25 @@ pub fn load_all(dir: &Path, base: &Path) -> Result<Vec<Connector>, Vec<String>> 
             Err(mut e) => problems.append(&mut e),
         }
     }
-    if problems.is_empty() { Ok(connectors) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(connectors)
+    } else {
+        Err(problems)
+    }
 }
 
 /// Loads one connector folder. `base` resolves relative paths (the config's folder).
 pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
     let path = folder.join("connector.toml");
     let file_name = path.display().to_string();
-    let name = folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let text = std::fs::read_to_string(&path).map_err(|e| vec![format!("{file_name}: cannot read: {e}")])?;
-    let raw: ConnectorFile = toml::from_str(&text).map_err(|e| vec![toml_error(&file_name, &text, &e)])?;
+    let name = folder
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| vec![format!("{file_name}: cannot read: {e}")])?;
+    let raw: ConnectorFile =
+        toml::from_str(&text).map_err(|e| vec![toml_error(&file_name, &text, &e)])?;
     let mut problems = Vec::new();
     let at = |table: Option<&str>, key: &str| match line_of(&text, table, key) {
         Some(l) => format!("{file_name}: line {l}: "),
@@ -151,11 +186,17 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
         ));
     }
     if raw.collections.is_empty() {
-        problems.push(format!("{}`collections` is empty: name at least one collection", at(None, "collections")));
+        problems.push(format!(
+            "{}`collections` is empty: name at least one collection",
+            at(None, "collections")
+        ));
     }
     let mut not_for = |table: &str, key: &str, kind: &str, present: bool| {
         if present {
-            problems.push(format!("{}[{table}] `{key}` does not apply to {table} kind \"{kind}\"", at(Some(table), key)));
+            problems.push(format!(
+                "{}[{table}] `{key}` does not apply to {table} kind \"{kind}\"",
+                at(Some(table), key)
+            ));
         }
     };
 
@@ -174,7 +215,10 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
             not_for("format", "key_element", "csv", f.key_element.is_some());
             let columns = f.columns.clone().unwrap_or_default();
             if columns.is_empty() {
-                problems.push(format!("{}[format] kind \"csv\" needs `columns = [...]`", at(Some("format"), "kind")));
+                problems.push(format!(
+                    "{}[format] kind \"csv\" needs `columns = [...]`",
+                    at(Some("format"), "kind")
+                ));
                 None
             } else {
                 let key_column = f.key_column.clone().unwrap_or_else(|| columns[0].clone());
@@ -184,7 +228,10 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
                         at(Some("format"), "key_column")
                     ));
                 }
-                Some(Format::Csv { columns, key_column })
+                Some(Format::Csv {
+                    columns,
+                    key_column,
+                })
             }
         }
         "json" => {
@@ -213,22 +260,36 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
             let window = match t.batch_window.as_deref().map(parse_duration).transpose() {
                 Ok(w) => w.unwrap_or(Duration::ZERO),
                 Err(e) => {
-                    problems.push(format!("{}[transport] batch_window: {e}", at(Some("transport"), "batch_window")));
+                    problems.push(format!(
+                        "{}[transport] batch_window: {e}",
+                        at(Some("transport"), "batch_window")
+                    ));
                     Duration::ZERO
                 }
             };
             let batch_max = t.batch_max.unwrap_or(1000);
             if batch_max == 0 {
-                problems.push(format!("{}[transport] batch_max must be at least 1", at(Some("transport"), "batch_max")));
+                problems.push(format!(
+                    "{}[transport] batch_max must be at least 1",
+                    at(Some("transport"), "batch_max")
+                ));
             }
             match &t.dir {
                 Some(dir) => Some(TransportSpec::File {
-                    dir: if dir.is_absolute() { dir.clone() } else { base.join(dir) },
+                    dir: if dir.is_absolute() {
+                        dir.clone()
+                    } else {
+                        base.join(dir)
+                    },
                     batch_max,
                     batch_window: window,
+                    create_dir: t.create_dir.unwrap_or(false),
                 }),
                 None => {
-                    problems.push(format!("{}[transport] kind \"file\" needs `dir = \"...\"` (the outbox folder)", at(Some("transport"), "kind")));
+                    problems.push(format!(
+                        "{}[transport] kind \"file\" needs `dir = \"...\"` (the outbox folder)",
+                        at(Some("transport"), "kind")
+                    ));
                     None
                 }
             }
@@ -252,7 +313,10 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
 
     let r = raw.retry.unwrap_or_default();
     let defaults = RetryPolicy::default();
-    let mut duration = |key: &str, value: &Option<String>, default: Duration| match value.as_deref().map(parse_duration) {
+    let mut duration = |key: &str, value: &Option<String>, default: Duration| match value
+        .as_deref()
+        .map(parse_duration)
+    {
         None => default,
         Some(Ok(d)) => d,
         Some(Err(e)) => {
@@ -266,10 +330,16 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
         max_backoff: duration("max_backoff", &r.max_backoff, defaults.max_backoff),
     };
     if retry.max_attempts == 0 {
-        problems.push(format!("{}[retry] max_attempts must be at least 1", at(Some("retry"), "max_attempts")));
+        problems.push(format!(
+            "{}[retry] max_attempts must be at least 1",
+            at(Some("retry"), "max_attempts")
+        ));
     }
     if retry.max_backoff < retry.backoff {
-        problems.push(format!("{}[retry] max_backoff is shorter than backoff", at(Some("retry"), "max_backoff")));
+        problems.push(format!(
+            "{}[retry] max_backoff is shorter than backoff",
+            at(Some("retry"), "max_backoff")
+        ));
     }
 
     match (format, transport) {
@@ -315,15 +385,30 @@ mod tests {
         assert_eq!(c.name, "housing");
         assert_eq!(
             c.transport,
-            TransportSpec::File { dir: tmp.path().join("out"), batch_max: 1000, batch_window: Duration::from_millis(200) }
+            TransportSpec::File {
+                dir: tmp.path().join("out"),
+                batch_max: 1000,
+                batch_window: Duration::from_millis(200),
+                create_dir: false
+            }
         );
-        assert_eq!(c.format, Format::Csv { columns: vec!["permit_number".into(), "status".into()], key_column: "permit_number".into() });
+        assert_eq!(
+            c.format,
+            Format::Csv {
+                columns: vec!["permit_number".into(), "status".into()],
+                key_column: "permit_number".into()
+            }
+        );
     }
 
     #[test]
     fn unknown_key_names_file_line_and_known_keys() {
         let tmp = tempfile::tempdir().unwrap();
-        let folder = write(tmp.path(), "x", "collections = [\"p\"]\n[format]\nkind = \"json\"\n[transport]\nkind = \"file\"\ndri = \"out\"\n");
+        let folder = write(
+            tmp.path(),
+            "x",
+            "collections = [\"p\"]\n[format]\nkind = \"json\"\n[transport]\nkind = \"file\"\ndri = \"out\"\n",
+        );
         let err = load(&folder, tmp.path()).unwrap_err().join("\n");
         assert!(err.contains("connector.toml: line 6"), "{err}");
         assert!(err.contains("dri") && err.contains("batch_window"), "{err}");
@@ -339,8 +424,14 @@ mod tests {
         );
         let err = load(&folder, tmp.path()).unwrap_err();
         assert_eq!(err.len(), 4, "{err:#?}");
-        assert!(err.iter().any(|e| e.contains("line 4") && e.contains("`columns` does not apply")));
+        assert!(
+            err.iter()
+                .any(|e| e.contains("line 4") && e.contains("`columns` does not apply"))
+        );
         assert!(err.iter().any(|e| e.contains("needs `dir")));
-        assert!(err.iter().any(|e| e.contains("line 8") && e.contains("soon")));
+        assert!(
+            err.iter()
+                .any(|e| e.contains("line 8") && e.contains("soon"))
+        );
     }
 }

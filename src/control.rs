@@ -25,13 +25,34 @@ use crate::replay::Health;
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Status,
-    DeadList { target: Option<String> },
-    DeadShow { id: String },
-    DeadRetry { ids: Vec<String>, all: bool, target: Option<String> },
-    DeadDrop { ids: Vec<String> },
-    Resync { target: String, collection: Option<String>, after: Option<RecordId>, limit: usize },
-    ResyncCount { target: String, collection: Option<String> },
-    Snapshot { collection: String, key: String },
+    DeadList {
+        target: Option<String>,
+    },
+    DeadShow {
+        id: String,
+    },
+    DeadRetry {
+        ids: Vec<String>,
+        all: bool,
+        target: Option<String>,
+    },
+    DeadDrop {
+        ids: Vec<String>,
+    },
+    Resync {
+        target: String,
+        collection: Option<String>,
+        after: Option<RecordId>,
+        limit: usize,
+    },
+    ResyncCount {
+        target: String,
+        collection: Option<String>,
+    },
+    Snapshot {
+        collection: String,
+        key: String,
+    },
 }
 
 /// The `dead list --json` shape of SPEC §6.
@@ -60,7 +81,15 @@ fn delta_json(delta: &crate::record::Delta) -> Value {
 
 fn log_operator(log: &DeliveryLog, target: &str, d: &DeadLetter, outcome: &str) {
     let q = &d.queued;
-    let e = Entry::now(target, &delivery_id(target, q.seq), &q.record.collection, &q.record.key, q.delta.op.as_str(), outcome, q.attempts);
+    let e = Entry::now(
+        target,
+        &delivery_id(target, q.seq),
+        &q.record.collection,
+        &q.record.key,
+        q.delta.op.as_str(),
+        outcome,
+        q.attempts,
+    );
     log.append(&e);
 }
 
@@ -75,7 +104,12 @@ pub fn execute(q: &mut Queue, req: Request, log: &DeliveryLog) -> Result<Value, 
             {
                 return Err(QueueError::UnknownTarget(t.clone()));
             }
-            Value::Array(q.dead_list(target.as_deref())?.iter().map(|(t, d)| dead_json(t, d)).collect())
+            Value::Array(
+                q.dead_list(target.as_deref())?
+                    .iter()
+                    .map(|(t, d)| dead_json(t, d))
+                    .collect(),
+            )
         }
         Request::DeadShow { id } => {
             let (t, d) = q.dead_get(&id)?;
@@ -90,7 +124,10 @@ pub fn execute(q: &mut Queue, req: Request, log: &DeliveryLog) -> Result<Value, 
         }
         Request::DeadRetry { ids, all, target } => {
             let ids = if all {
-                q.dead_list(target.as_deref())?.iter().map(|(t, d)| delivery_id(t, d.queued.seq)).collect()
+                q.dead_list(target.as_deref())?
+                    .iter()
+                    .map(|(t, d)| delivery_id(t, d.queued.seq))
+                    .collect()
             } else {
                 ids
             };
@@ -111,8 +148,18 @@ pub fn execute(q: &mut Queue, req: Request, log: &DeliveryLog) -> Result<Value, 
             }
             json!({ "dropped": done })
         }
-        Request::Resync { target, collection, after, limit } => {
-            let (queued, next) = q.resync(&target, collection.as_deref(), after.as_ref(), limit.clamp(1, 10_000))?;
+        Request::Resync {
+            target,
+            collection,
+            after,
+            limit,
+        } => {
+            let (queued, next) = q.resync(
+                &target,
+                collection.as_deref(),
+                after.as_ref(),
+                limit.clamp(1, 10_000),
+            )?;
             json!({ "queued": queued, "next": next })
         }
         Request::ResyncCount { target, collection } => {
@@ -131,7 +178,9 @@ pub fn execute(q: &mut Queue, req: Request, log: &DeliveryLog) -> Result<Value, 
 }
 
 fn parse_target(id: &str) -> String {
-    crate::queue::parse_delivery_id(id).map(|(t, _)| t.to_string()).unwrap_or_default()
+    crate::queue::parse_delivery_id(id)
+        .map(|(t, _)| t.to_string())
+        .unwrap_or_default()
 }
 
 /// The daemon's side: answers one JSON request line per connection line.
@@ -156,7 +205,11 @@ pub async fn serve(
                     Err(e) => json!({"ok": false, "error": format!("bad control request: {e}")}),
                     Ok(req) => answer(req, &queue, &health, &log).await,
                 };
-                if write.write_all(format!("{answer}\n").as_bytes()).await.is_err() {
+                if write
+                    .write_all(format!("{answer}\n").as_bytes())
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -164,12 +217,18 @@ pub async fn serve(
     }
 }
 
-async fn answer(req: Request, queue: &QueueHandle, health: &Health, log: &Arc<DeliveryLog>) -> Value {
+async fn answer(
+    req: Request,
+    queue: &QueueHandle,
+    health: &Health,
+    log: &Arc<DeliveryLog>,
+) -> Value {
     let is_status = matches!(req, Request::Status);
     let log = log.clone();
     match queue.call(move |q| execute(q, req, &log)).await {
         Ok(v) if is_status => {
-            let counts: Vec<crate::queue::QueueCounts> = serde_json::from_value(v).unwrap_or_default();
+            let counts: Vec<crate::queue::QueueCounts> =
+                serde_json::from_value(v).unwrap_or_default();
             json!({"ok": true, "result": crate::status::report(&counts, Some(health))})
         }
         Ok(v) => json!({"ok": true, "result": v}),
@@ -184,13 +243,21 @@ pub async fn ask(socket: &Path, req: &Request) -> anyhow::Result<Option<Result<V
         Err(_) => return Ok(None),
     };
     let (read, mut write) = stream.into_split();
-    write.write_all(format!("{}\n", serde_json::to_string(req)?).as_bytes()).await?;
+    write
+        .write_all(format!("{}\n", serde_json::to_string(req)?).as_bytes())
+        .await?;
     let mut lines = BufReader::new(read).lines();
-    let line = lines.next_line().await?.ok_or_else(|| anyhow::anyhow!("the daemon closed the control connection"))?;
+    let line = lines
+        .next_line()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the daemon closed the control connection"))?;
     let v: Value = serde_json::from_str(&line)?;
     if v["ok"] == json!(true) {
         Ok(Some(Ok(v["result"].clone())))
     } else {
-        Ok(Some(Err(v["error"].as_str().unwrap_or("unknown error").to_string())))
+        Ok(Some(Err(v["error"]
+            .as_str()
+            .unwrap_or("unknown error")
+            .to_string())))
     }
 }

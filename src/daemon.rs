@@ -24,7 +24,11 @@ use crate::watcher::socket::{self, IngestSocket};
 pub fn target_specs(cfg: &Config) -> Vec<TargetSpec> {
     cfg.connectors
         .iter()
-        .map(|c| TargetSpec { name: c.name.clone(), collections: c.collections.clone(), fields: c.fields.clone() })
+        .map(|c| TargetSpec {
+            name: c.name.clone(),
+            collections: c.collections.clone(),
+            fields: c.fields.clone(),
+        })
         .collect()
 }
 
@@ -45,7 +49,11 @@ pub fn open_queue(cfg: &Config) -> anyhow::Result<Queue> {
 }
 
 pub fn delivery_log(cfg: &Config) -> DeliveryLog {
-    DeliveryLog::new(cfg.delivery_log.clone(), cfg.delivery_log_max_bytes, cfg.delivery_log_keep)
+    DeliveryLog::new(
+        cfg.delivery_log.clone(),
+        cfg.delivery_log_max_bytes,
+        cfg.delivery_log_keep,
+    )
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -62,18 +70,43 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // The CLI's local control path.
     let control_path = cfg.control_socket();
     let _ = std::fs::remove_file(&control_path);
-    let control = tokio::net::UnixListener::bind(&control_path)
-        .with_context(|| format!("cannot listen on the control socket {}", control_path.display()))?;
+    let control = tokio::net::UnixListener::bind(&control_path).with_context(|| {
+        format!(
+            "cannot listen on the control socket {}",
+            control_path.display()
+        )
+    })?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&control_path, std::fs::Permissions::from_mode(0o660))?;
     }
-    let control_task =
-        tokio::spawn(crate::control::serve(control, queue.clone(), health.clone(), log.clone(), stop.clone()));
+    let control_task = tokio::spawn(crate::control::serve(
+        control,
+        queue.clone(),
+        health.clone(),
+        log.clone(),
+        stop.clone(),
+    ));
 
     let mut workers = Vec::new();
     for c in &cfg.connectors {
-        let w = Worker::new(c, queue.clone(), log.clone(), health.clone(), cfg.alert_command.clone(), stop.clone());
+        if let crate::connector::TransportSpec::File {
+            dir,
+            create_dir: true,
+            ..
+        } = &c.transport
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            tracing::warn!(target_name = %c.name, outbox = %dir.display(), error = %e, "cannot create the outbox folder");
+        }
+        let w = Worker::new(
+            c,
+            queue.clone(),
+            log.clone(),
+            health.clone(),
+            cfg.alert_command.clone(),
+            stop.clone(),
+        );
         workers.push((c.name.clone(), tokio::spawn(w.run())));
     }
 
@@ -92,12 +125,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let mut watchers = Vec::new();
     for w in &cfg.watches {
-        let dd = DropDir { watch: w.clone(), limits: cfg.limits, queue: queue.clone(), stats: ingest.clone(), shutdown: stop.clone() };
+        let dd = DropDir {
+            watch: w.clone(),
+            limits: cfg.limits,
+            queue: queue.clone(),
+            stats: ingest.clone(),
+            shutdown: stop.clone(),
+        };
         watchers.push(dd.start()?);
     }
 
     if let Some(addr) = cfg.status_listen {
-        let (bound, _task) = crate::status::serve(addr, queue.clone(), health.clone(), ingest.clone(), stop.clone()).await?;
+        let (bound, _task) = crate::status::serve(
+            addr,
+            queue.clone(),
+            health.clone(),
+            ingest.clone(),
+            stop.clone(),
+        )
+        .await?;
         tracing::info!(address = %bound, "status listener up");
     }
 
@@ -111,7 +157,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let watchdog = sd_notify::watchdog_enabled();
-    let mut ping_every = tokio::time::interval(watchdog.map(|d| d / 2).unwrap_or(Duration::from_secs(3600)));
+    let mut ping_every =
+        tokio::time::interval(watchdog.map(|d| d / 2).unwrap_or(Duration::from_secs(3600)));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -143,8 +190,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             let _ = w.await;
         }
     };
-    if tokio::time::timeout(Duration::from_secs(30), finish).await.is_err() {
-        tracing::warn!("workers did not finish within 30 s; their deltas stay queued and go out after restart");
+    if tokio::time::timeout(Duration::from_secs(30), finish)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "workers did not finish within 30 s; their deltas stay queued and go out after restart"
+        );
     }
     let _ = control_task.await;
     let _ = std::fs::remove_file(&control_path);

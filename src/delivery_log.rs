@@ -34,7 +34,15 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn now(target: &str, id: &str, collection: &str, key: &str, op: &str, outcome: &str, attempt: u32) -> Entry {
+    pub fn now(
+        target: &str,
+        id: &str,
+        collection: &str,
+        key: &str,
+        op: &str,
+        outcome: &str,
+        attempt: u32,
+    ) -> Entry {
         Entry {
             ts: format_ms(now_ms()),
             target: target.into(),
@@ -74,7 +82,12 @@ pub struct DeliveryLog {
 
 impl DeliveryLog {
     pub fn new(path: PathBuf, max_bytes: u64, keep: u32) -> DeliveryLog {
-        DeliveryLog { path, max_bytes: max_bytes.max(4096), keep: keep.max(1), file: Mutex::new(None) }
+        DeliveryLog {
+            path,
+            max_bytes: max_bytes.max(4096),
+            keep: keep.max(1),
+            file: Mutex::new(None),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -102,7 +115,12 @@ impl DeliveryLog {
             if let Some(dir) = self.path.parent() {
                 fs::create_dir_all(dir)?;
             }
-            *file = Some(OpenOptions::new().create(true).append(true).open(&self.path)?);
+            *file = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            );
         }
         let f = file.as_mut().expect("opened above");
         f.write_all(line)?;
@@ -169,7 +187,11 @@ pub fn read_last(path: &Path, filter: &Filter, n: usize) -> std::io::Result<Vec<
 
 /// Follows the log from its current end, calling `each` for every matching entry,
 /// reopening it when it is rotated or recreated. Runs until `each` returns false.
-pub fn follow(path: &Path, filter: &Filter, mut each: impl FnMut(&Entry) -> bool) -> std::io::Result<()> {
+pub fn follow(
+    path: &Path,
+    filter: &Filter,
+    mut each: impl FnMut(&Entry) -> bool,
+) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let open = |from_end: bool| -> Option<(BufReader<File>, u64)> {
         let mut f = File::open(path).ok()?;
@@ -226,14 +248,30 @@ mod tests {
         let path = tmp.path().join("delivery.log");
         let log = DeliveryLog::new(path.clone(), 4096, 3);
         for i in 0..100 {
-            log.append(&Entry::now("t", &format!("t:{i}"), "permits", &i.to_string(), "update", "delivered", 1));
+            log.append(&Entry::now(
+                "t",
+                &format!("t:{i}"),
+                "permits",
+                &i.to_string(),
+                "update",
+                "delivered",
+                1,
+            ));
         }
         assert!(PathBuf::from(format!("{}.1", path.display())).exists());
         assert!(!PathBuf::from(format!("{}.4", path.display())).exists());
         let last = read_last(&path, &Filter::default(), 5).unwrap();
         assert_eq!(last.len(), 5);
         assert_eq!(last[4].id, "t:99");
-        let only = read_last(&path, &Filter { key: Some("98".into()), ..Filter::default() }, 0).unwrap();
+        let only = read_last(
+            &path,
+            &Filter {
+                key: Some("98".into()),
+                ..Filter::default()
+            },
+            0,
+        )
+        .unwrap();
         assert_eq!(only.len(), 1);
     }
 }

@@ -35,16 +35,26 @@ fn flatten_into(
     max_depth: usize,
 ) -> Result<(), TooDeep> {
     for (name, value) in doc {
-        let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
         match value {
             Value::Object(inner) if !inner.is_empty() => {
                 if depth >= max_depth {
-                    return Err(TooDeep { limit: max_depth, path });
+                    return Err(TooDeep {
+                        limit: max_depth,
+                        path,
+                    });
                 }
                 flatten_into(out, &path, inner, depth + 1, max_depth)?;
             }
             Value::Array(items) if depth + array_depth(items) > max_depth => {
-                return Err(TooDeep { limit: max_depth, path });
+                return Err(TooDeep {
+                    limit: max_depth,
+                    path,
+                });
             }
             _ => {
                 out.insert(path, value.clone());
@@ -79,22 +89,35 @@ fn value_depth(v: &Value) -> usize {
 pub fn compute(old: Option<&Flat>, new: Option<&Flat>) -> Option<Delta> {
     match (old, new) {
         (None, None) => None,
-        (None, Some(new)) => Some(Delta { op: Op::Create, set: new.clone(), unset: BTreeSet::new() }),
-        (Some(old), None) => {
-            Some(Delta { op: Op::Delete, set: Flat::new(), unset: old.keys().cloned().collect() })
-        }
+        (None, Some(new)) => Some(Delta {
+            op: Op::Create,
+            set: new.clone(),
+            unset: BTreeSet::new(),
+        }),
+        (Some(old), None) => Some(Delta {
+            op: Op::Delete,
+            set: Flat::new(),
+            unset: old.keys().cloned().collect(),
+        }),
         (Some(old), Some(new)) => {
             let set: Flat = new
                 .iter()
                 .filter(|(path, value)| old.get(*path) != Some(value))
                 .map(|(p, v)| (p.clone(), v.clone()))
                 .collect();
-            let unset: BTreeSet<String> =
-                old.keys().filter(|p| !new.contains_key(*p)).cloned().collect();
+            let unset: BTreeSet<String> = old
+                .keys()
+                .filter(|p| !new.contains_key(*p))
+                .cloned()
+                .collect();
             if set.is_empty() && unset.is_empty() {
                 None
             } else {
-                Some(Delta { op: Op::Update, set, unset })
+                Some(Delta {
+                    op: Op::Update,
+                    set,
+                    unset,
+                })
             }
         }
     }
@@ -104,21 +127,39 @@ pub fn compute(old: Option<&Flat>, new: Option<&Flat>) -> Option<Delta> {
 /// a whole subtree: `address` selects `address.street` and `address.city`.
 pub fn selected(fields: &[String], path: &str) -> bool {
     fields.iter().any(|f| {
-        path == f || (path.len() > f.len() && path.starts_with(f.as_str()) && path.as_bytes()[f.len()] == b'.')
+        path == f
+            || (path.len() > f.len()
+                && path.starts_with(f.as_str())
+                && path.as_bytes()[f.len()] == b'.')
     })
 }
 
 /// Keeps only the connector's fields. An update left empty is dropped; creates and
 /// deletes always stay (the legacy system must learn that the record exists or not).
 pub fn project(delta: &Delta, fields: Option<&[String]>) -> Option<Delta> {
-    let Some(fields) = fields else { return Some(delta.clone()) };
-    let set: Flat =
-        delta.set.iter().filter(|(p, _)| selected(fields, p)).map(|(p, v)| (p.clone(), v.clone())).collect();
-    let unset: BTreeSet<String> = delta.unset.iter().filter(|p| selected(fields, p)).cloned().collect();
+    let Some(fields) = fields else {
+        return Some(delta.clone());
+    };
+    let set: Flat = delta
+        .set
+        .iter()
+        .filter(|(p, _)| selected(fields, p))
+        .map(|(p, v)| (p.clone(), v.clone()))
+        .collect();
+    let unset: BTreeSet<String> = delta
+        .unset
+        .iter()
+        .filter(|p| selected(fields, p))
+        .cloned()
+        .collect();
     if delta.op == Op::Update && set.is_empty() && unset.is_empty() {
         return None;
     }
-    Some(Delta { op: delta.op, set, unset })
+    Some(Delta {
+        op: delta.op,
+        set,
+        unset,
+    })
 }
 
 /// `older ∘ newer` for two deltas of the same record, by the table of SPEC §2.
@@ -130,8 +171,17 @@ pub fn merge(older: Delta, newer: Delta) -> Option<Delta> {
         (Op::Delete, Op::Create) | (Op::Delete, Op::Update) => {
             // The legacy system holds the record as it was before the delete:
             // send the whole new record and take away what it no longer has.
-            let unset = older.unset.iter().filter(|p| !newer.set.contains_key(*p)).cloned().collect();
-            Some(Delta { op: Op::Update, set: newer.set, unset })
+            let unset = older
+                .unset
+                .iter()
+                .filter(|p| !newer.set.contains_key(*p))
+                .cloned()
+                .collect();
+            Some(Delta {
+                op: Op::Update,
+                set: newer.set,
+                unset,
+            })
         }
         (Op::Create, _) => {
             // The legacy system has never seen the record: still one create.
@@ -168,7 +218,11 @@ mod tests {
     }
 
     fn delta(op: Op, set: Value, unset: &[&str]) -> Delta {
-        Delta { op, set: flat(set), unset: unset.iter().map(|s| s.to_string()).collect() }
+        Delta {
+            op,
+            set: flat(set),
+            unset: unset.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     fn check(old: Option<Value>, new: Option<Value>, expected: Option<Delta>) {
@@ -205,26 +259,57 @@ mod tests {
     #[test]
     fn compute_table() {
         check(None, None, None);
-        check(None, Some(json!({"a": 1})), Some(delta(Op::Create, json!({"a": 1}), &[])));
-        check(Some(json!({"a": 1, "b": {"c": 2}})), None, Some(delta(Op::Delete, json!({}), &["a", "b.c"])));
+        check(
+            None,
+            Some(json!({"a": 1})),
+            Some(delta(Op::Create, json!({"a": 1}), &[])),
+        );
+        check(
+            Some(json!({"a": 1, "b": {"c": 2}})),
+            None,
+            Some(delta(Op::Delete, json!({}), &["a", "b.c"])),
+        );
         check(Some(json!({"a": 1})), Some(json!({"a": 1})), None);
-        check(Some(json!({"a": 1, "b": 2})), Some(json!({"a": 2, "c": 3})), Some(delta(Op::Update, json!({"a": 2, "c": 3}), &["b"])));
-        check(Some(json!({"a": 1})), Some(json!({"a": null})), Some(delta(Op::Update, json!({"a": null}), &[])));
-        check(Some(json!({"a": [1, 2]})), Some(json!({"a": [2, 1]})), Some(delta(Op::Update, json!({"a": [2, 1]}), &[])));
-        check(Some(json!({"a": 1})), Some(json!({"a": "1"})), Some(delta(Op::Update, json!({"a": "1"}), &[])));
+        check(
+            Some(json!({"a": 1, "b": 2})),
+            Some(json!({"a": 2, "c": 3})),
+            Some(delta(Op::Update, json!({"a": 2, "c": 3}), &["b"])),
+        );
+        check(
+            Some(json!({"a": 1})),
+            Some(json!({"a": null})),
+            Some(delta(Op::Update, json!({"a": null}), &[])),
+        );
+        check(
+            Some(json!({"a": [1, 2]})),
+            Some(json!({"a": [2, 1]})),
+            Some(delta(Op::Update, json!({"a": [2, 1]}), &[])),
+        );
+        check(
+            Some(json!({"a": 1})),
+            Some(json!({"a": "1"})),
+            Some(delta(Op::Update, json!({"a": "1"}), &[])),
+        );
     }
 
     #[test]
     fn the_fixture_pair_gives_the_expected_delta() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
         let read = |p: &str| -> Value {
-            serde_json::from_str(&std::fs::read_to_string(dir.join(p)).expect("fixture")).expect("json")
+            serde_json::from_str(&std::fs::read_to_string(dir.join(p)).expect("fixture"))
+                .expect("json")
         };
         let expected = read("expected/permit-123-approved.delta.json");
-        let got = compute(Some(&flat(read("permits/permit-123.json"))), Some(&flat(read("permits/permit-123-approved.json"))))
-            .expect("a delta");
+        let got = compute(
+            Some(&flat(read("permits/permit-123.json"))),
+            Some(&flat(read("permits/permit-123-approved.json"))),
+        )
+        .expect("a delta");
         assert_eq!(got.op, Op::Update);
-        assert_eq!(Value::Object(got.set.into_iter().collect()), expected["set"]);
+        assert_eq!(
+            Value::Object(got.set.into_iter().collect()),
+            expected["set"]
+        );
         let unset: Vec<Value> = got.unset.into_iter().map(Value::String).collect();
         assert_eq!(Value::Array(unset), expected["unset"]);
     }
@@ -233,11 +318,28 @@ mod tests {
     fn projection_table() {
         let fields = vec!["status".to_string(), "address".to_string()];
         let f = Some(fields.as_slice());
-        let d = delta(Op::Update, json!({"status": "A", "address": {"city": "R"}, "addressee": 1}), &["fee", "address.zip"]);
-        assert_eq!(project(&d, f), Some(delta(Op::Update, json!({"status": "A", "address": {"city": "R"}}), &["address.zip"])));
+        let d = delta(
+            Op::Update,
+            json!({"status": "A", "address": {"city": "R"}, "addressee": 1}),
+            &["fee", "address.zip"],
+        );
+        assert_eq!(
+            project(&d, f),
+            Some(delta(
+                Op::Update,
+                json!({"status": "A", "address": {"city": "R"}}),
+                &["address.zip"]
+            ))
+        );
         assert_eq!(project(&delta(Op::Update, json!({"fee": 1}), &[]), f), None);
-        assert_eq!(project(&delta(Op::Create, json!({"fee": 1}), &[]), f), Some(delta(Op::Create, json!({}), &[])));
-        assert_eq!(project(&delta(Op::Delete, json!({}), &["fee"]), f), Some(delta(Op::Delete, json!({}), &[])));
+        assert_eq!(
+            project(&delta(Op::Create, json!({"fee": 1}), &[]), f),
+            Some(delta(Op::Create, json!({}), &[]))
+        );
+        assert_eq!(
+            project(&delta(Op::Delete, json!({}), &["fee"]), f),
+            Some(delta(Op::Delete, json!({}), &[]))
+        );
         assert_eq!(project(&d, None), Some(d.clone()));
     }
 
@@ -246,24 +348,42 @@ mod tests {
         let m = |a: Delta, b: Delta| merge(a, b);
         // create ∘ update: create with merged fields
         assert_eq!(
-            m(delta(Op::Create, json!({"a": 1, "b": 1}), &[]), delta(Op::Update, json!({"a": 2}), &["b"])),
+            m(
+                delta(Op::Create, json!({"a": 1, "b": 1}), &[]),
+                delta(Op::Update, json!({"a": 2}), &["b"])
+            ),
             Some(delta(Op::Create, json!({"a": 2}), &[]))
         );
         // create ∘ delete: nothing
-        assert_eq!(m(delta(Op::Create, json!({"a": 1}), &[]), delta(Op::Delete, json!({}), &["a"])), None);
+        assert_eq!(
+            m(
+                delta(Op::Create, json!({"a": 1}), &[]),
+                delta(Op::Delete, json!({}), &["a"])
+            ),
+            None
+        );
         // update ∘ update: later value wins, unset after set and set after unset
         assert_eq!(
-            m(delta(Op::Update, json!({"a": 1, "b": 1}), &["c"]), delta(Op::Update, json!({"a": 2, "c": 3}), &["b"])),
+            m(
+                delta(Op::Update, json!({"a": 1, "b": 1}), &["c"]),
+                delta(Op::Update, json!({"a": 2, "c": 3}), &["b"])
+            ),
             Some(delta(Op::Update, json!({"a": 2, "c": 3}), &["b"]))
         );
         // update ∘ delete: delete
         assert_eq!(
-            m(delta(Op::Update, json!({"a": 1}), &[]), delta(Op::Delete, json!({}), &["a", "b"])),
+            m(
+                delta(Op::Update, json!({"a": 1}), &[]),
+                delta(Op::Delete, json!({}), &["a", "b"])
+            ),
             Some(delta(Op::Delete, json!({}), &["a", "b"]))
         );
         // delete ∘ create: update that sets every new field, unsets old ones absent
         assert_eq!(
-            m(delta(Op::Delete, json!({}), &["a", "b"]), delta(Op::Create, json!({"a": 5, "c": 6}), &[])),
+            m(
+                delta(Op::Delete, json!({}), &["a", "b"]),
+                delta(Op::Create, json!({"a": 5, "c": 6}), &[])
+            ),
             Some(delta(Op::Update, json!({"a": 5, "c": 6}), &["b"]))
         );
     }

@@ -23,7 +23,10 @@ pub struct RecordId {
 
 impl RecordId {
     pub fn new(collection: impl Into<String>, key: impl Into<String>) -> Self {
-        RecordId { collection: collection.into(), key: key.into() }
+        RecordId {
+            collection: collection.into(),
+            key: key.into(),
+        }
     }
 }
 

@@ -24,7 +24,12 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
             Some(k) => format!("bare records keyed by `{k}`"),
             None => "envelopes".to_string(),
         };
-        println!("watch:  {} -> collection {} ({shape}{})", w.dir.display(), w.collection, if w.snapshot { ", full snapshots" } else { "" });
+        println!(
+            "watch:  {} -> collection {} ({shape}{})",
+            w.dir.display(),
+            w.collection,
+            if w.snapshot { ", full snapshots" } else { "" }
+        );
     }
     println!("socket: {}", cfg.socket.path.display());
     let mut warnings = 0;
@@ -42,19 +47,35 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
                 format!("file -> {}", dir.display())
             }
         };
-        println!("target: {} receives {} via {transport}", c.name, c.collections.join(", "));
+        println!(
+            "target: {} receives {} via {transport}",
+            c.name,
+            c.collections.join(", ")
+        );
     }
     if cfg.connectors.is_empty() {
         warnings += 1;
-        eprintln!("warning: no connectors in {}: changes will be sent nowhere", cfg.connectors_dir.display());
+        eprintln!(
+            "warning: no connectors in {}: changes will be sent nowhere",
+            cfg.connectors_dir.display()
+        );
     }
-    println!("ok{}", if warnings > 0 { format!(" ({warnings} warning(s))") } else { String::new() });
+    println!(
+        "ok{}",
+        if warnings > 0 {
+            format!(" ({warnings} warning(s))")
+        } else {
+            String::new()
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 fn writable_dir(dir: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
     // SAFETY: a valid NUL-terminated path.
     dir.is_dir() && unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0
 }

@@ -71,7 +71,11 @@ pub fn run(cfg: &Config, cmd: DeadCommand) -> anyhow::Result<ExitCode> {
                     d["op"].as_str().unwrap_or(""),
                     d["attempts"],
                     d["dead_at"].as_str().unwrap_or(""),
-                    if d["held"] == Value::Bool(true) { " (holds newer changes)" } else { "" },
+                    if d["held"] == Value::Bool(true) {
+                        " (holds newer changes)"
+                    } else {
+                        ""
+                    },
                     d["last_error"].as_str().unwrap_or("-"),
                 );
             }
@@ -86,7 +90,11 @@ pub fn run(cfg: &Config, cmd: DeadCommand) -> anyhow::Result<ExitCode> {
         }
         DeadCommand::Retry { ids, all, target } => {
             if ids.is_empty() && !all {
-                return Err(UsageError("name the dead letters to retry (IDs from `hms-sync dead list`), or --all".into()).into());
+                return Err(UsageError(
+                    "name the dead letters to retry (IDs from `hms-sync dead list`), or --all"
+                        .into(),
+                )
+                .into());
             }
             let done = answer(cfg, Request::DeadRetry { ids, all, target })?;
             let n = done["retried"].as_array().map(Vec::len).unwrap_or(0);

@@ -90,7 +90,12 @@ pub fn init_tracing(cli: &Cli) {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .init();
 }
 
 /// A failure the user caused (bad usage, invalid config): exit code 2.
@@ -139,13 +144,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     config::load(path).map_err(|e| {
-        anyhow::Error::new(UsageError(format!("the configuration is not valid:\n{e}\n(run `hms-sync check` for the full list)")))
+        anyhow::Error::new(UsageError(format!(
+            "the configuration is not valid:\n{e}\n(run `hms-sync check` for the full list)"
+        )))
     })
 }
 
 /// A small runtime for the commands that talk over sockets.
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime").block_on(f)
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(f)
 }
 
 /// Runs a control request on the running daemon, or directly on the queue when
@@ -158,7 +169,8 @@ pub fn request(cfg: &Config, req: Request) -> anyhow::Result<Result<Value, Strin
     if !cfg.state_dir.join("db").exists() {
         // Never ran: an empty queue, without creating one as a side effect.
         let empty_dir = tempfile_dir()?;
-        let mut q = crate::queue::Queue::open(empty_dir.path(), 1, crate::daemon::target_specs(cfg))?;
+        let mut q =
+            crate::queue::Queue::open(empty_dir.path(), 1, crate::daemon::target_specs(cfg))?;
         let log = crate::daemon::delivery_log(cfg);
         return Ok(control::execute(&mut q, req, &log).map_err(|e| e.to_string()));
     }
@@ -185,7 +197,11 @@ impl Drop for TempDir {
 }
 
 fn tempfile_dir() -> anyhow::Result<TempDir> {
-    let dir = std::env::temp_dir().join(format!("hms-sync-empty-{}-{}", std::process::id(), crate::record::now_ms()));
+    let dir = std::env::temp_dir().join(format!(
+        "hms-sync-empty-{}-{}",
+        std::process::id(),
+        crate::record::now_ms()
+    ));
     std::fs::create_dir_all(&dir)?;
     Ok(TempDir(dir))
 }

@@ -31,14 +31,28 @@ fn connectors_dir(config: Option<&Path>) -> PathBuf {
     // Read only `connectors_dir`, so that `new` works even while another
     // connector is broken.
     let (text, base) = match config {
-        Some(p) => (std::fs::read_to_string(p).unwrap_or_default(), p.parent().map(Path::to_path_buf).unwrap_or_default()),
-        None => (crate::config::DEFAULT_CONFIG.to_string(), PathBuf::from(".")),
+        Some(p) => (
+            std::fs::read_to_string(p).unwrap_or_default(),
+            p.parent().map(Path::to_path_buf).unwrap_or_default(),
+        ),
+        None => (
+            crate::config::DEFAULT_CONFIG.to_string(),
+            PathBuf::from("."),
+        ),
     };
     let dir = toml::from_str::<toml::Table>(&text)
         .ok()
-        .and_then(|t| t.get("connectors_dir").and_then(|v| v.as_str()).map(PathBuf::from))
+        .and_then(|t| {
+            t.get("connectors_dir")
+                .and_then(|v| v.as_str())
+                .map(PathBuf::from)
+        })
         .unwrap_or_else(|| PathBuf::from("connectors"));
-    if dir.is_absolute() { dir } else { base.join(dir) }
+    if dir.is_absolute() {
+        dir
+    } else {
+        base.join(dir)
+    }
 }
 
 pub fn run(config: Option<&Path>, args: NewArgs) -> anyhow::Result<ExitCode> {
@@ -52,16 +66,23 @@ pub fn run(config: Option<&Path>, args: NewArgs) -> anyhow::Result<ExitCode> {
     let text = match args.transport {
         TransportKind::File => file_template(&args.name, &args.collection),
         TransportKind::Soap | TransportKind::Serial => {
-            return Err(UsageError(format!(
-                "transport {:?} is not available in this build yet; available: file",
-                args.transport
-            ).to_lowercase())
+            return Err(UsageError(
+                format!(
+                    "transport {:?} is not available in this build yet; available: file",
+                    args.transport
+                )
+                .to_lowercase(),
+            )
             .into());
         }
     };
     let folder = connectors_dir(config).join(&args.name);
     if folder.join("connector.toml").exists() {
-        return Err(UsageError(format!("{} already exists; not overwriting it", folder.join("connector.toml").display())).into());
+        return Err(UsageError(format!(
+            "{} already exists; not overwriting it",
+            folder.join("connector.toml").display()
+        ))
+        .into());
     }
     std::fs::create_dir_all(&folder)?;
     std::fs::write(folder.join("connector.toml"), text)?;
@@ -94,6 +115,9 @@ columns = ["permit_number", "status"]
 kind = "file"
 # The outbox folder. Relative paths start at the folder of hms-sync.toml.
 dir = "var/outbox/{name}"
+# Create the folder at start-up if it is missing. Leave false for a network
+# share: an unmounted share is then an outage, not files on the local disk.
+create_dir = false
 # At most this many changes in one file.
 batch_max = 500
 # Wait this long to gather changes into one file ("0s": write at once).
@@ -116,7 +140,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let folder = tmp.path().join("x");
         std::fs::create_dir_all(&folder).unwrap();
-        std::fs::write(folder.join("connector.toml"), super::file_template("x", "permits")).unwrap();
+        std::fs::write(
+            folder.join("connector.toml"),
+            super::file_template("x", "permits"),
+        )
+        .unwrap();
         crate::connector::load(&folder, tmp.path()).unwrap();
     }
 }

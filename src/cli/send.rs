@@ -14,14 +14,24 @@ use crate::config::Config;
 pub fn run(cfg: &Config, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
     let mut lines: Vec<(String, usize, String)> = Vec::new();
-    let sources = if files.is_empty() { vec![PathBuf::from("-")] } else { files };
+    let sources = if files.is_empty() {
+        vec![PathBuf::from("-")]
+    } else {
+        files
+    };
     for f in sources {
         let reader: Box<dyn Read> = if f.as_os_str() == "-" {
             Box::new(std::io::stdin())
         } else {
-            Box::new(std::fs::File::open(&f).with_context(|| format!("cannot open {}", f.display()))?)
+            Box::new(
+                std::fs::File::open(&f).with_context(|| format!("cannot open {}", f.display()))?,
+            )
         };
-        let name = if f.as_os_str() == "-" { "stdin".to_string() } else { f.display().to_string() };
+        let name = if f.as_os_str() == "-" {
+            "stdin".to_string()
+        } else {
+            f.display().to_string()
+        };
         for (i, line) in BufReader::new(reader).lines().enumerate() {
             let line = line.with_context(|| format!("cannot read {name}"))?;
             if !line.trim().is_empty() {
@@ -38,7 +48,12 @@ pub fn run(cfg: &Config, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
         while !todo.is_empty() {
             let stream = tokio::net::UnixStream::connect(&socket)
                 .await
-                .with_context(|| format!("cannot connect to {} (is hms-sync running?)", socket.display()))?;
+                .with_context(|| {
+                    format!(
+                        "cannot connect to {} (is hms-sync running?)",
+                        socket.display()
+                    )
+                })?;
             let (read, mut write) = stream.into_split();
             let batch = todo.clone();
             let to_send: Vec<String> = batch.iter().map(|&i| lines[i].2.clone()).collect();
@@ -53,7 +68,10 @@ pub fn run(cfg: &Config, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
             let mut answers = tokio::io::BufReader::new(read).lines();
             let mut again = Vec::new();
             for &i in &batch {
-                let answer = answers.next_line().await?.context("the daemon closed the connection")?;
+                let answer = answers
+                    .next_line()
+                    .await?
+                    .context("the daemon closed the connection")?;
                 let v: Value = serde_json::from_str(&answer).unwrap_or(Value::Null);
                 if v["ok"] == Value::Bool(true) {
                     accepted += 1;
@@ -62,12 +80,19 @@ pub fn run(cfg: &Config, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
                 } else {
                     refused += 1;
                     let (name, n, _) = &lines[i];
-                    eprintln!("{name}: line {n}: refused: {}", v["error"].as_str().unwrap_or(&answer));
+                    eprintln!(
+                        "{name}: line {n}: refused: {}",
+                        v["error"].as_str().unwrap_or(&answer)
+                    );
                 }
             }
             let _ = writer.await;
             if !again.is_empty() {
-                eprintln!("{} line(s) answered busy; sending them again in {:?}", again.len(), pause);
+                eprintln!(
+                    "{} line(s) answered busy; sending them again in {:?}",
+                    again.len(),
+                    pause
+                );
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(10));
             }
@@ -76,5 +101,9 @@ pub fn run(cfg: &Config, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
         eprintln!("{accepted} accepted, {refused} refused");
         Ok::<_, anyhow::Error>(refused)
     })?;
-    Ok(if refused > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if refused > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -28,7 +28,11 @@ pub struct TailArgs {
 }
 
 pub fn run(cfg: &Config, args: TailArgs) -> anyhow::Result<ExitCode> {
-    let filter = Filter { target: args.target, key: args.key, outcome: args.outcome };
+    let filter = Filter {
+        target: args.target,
+        key: args.key,
+        outcome: args.outcome,
+    };
     let print = |e: &Entry| {
         if args.json {
             println!("{}", serde_json::to_string(e).unwrap_or_default());

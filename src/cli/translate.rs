@@ -30,9 +30,17 @@ fn read_change(cfg: &Config, collection: &str, path: &PathBuf) -> anyhow::Result
     let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let is_envelope = serde_json::from_slice::<Value>(&text)
         .ok()
-        .and_then(|v| v.as_object().map(|o| o.contains_key("collection") && (o.contains_key("doc") || o.contains_key("deleted"))))
+        .and_then(|v| {
+            v.as_object().map(|o| {
+                o.contains_key("collection") && (o.contains_key("doc") || o.contains_key("deleted"))
+            })
+        })
         .unwrap_or(false);
-    let key_field = cfg.watches.iter().find(|w| w.collection == collection).and_then(|w| w.key.clone());
+    let key_field = cfg
+        .watches
+        .iter()
+        .find(|w| w.collection == collection)
+        .and_then(|w| w.key.clone());
     let shape = match (&key_field, is_envelope) {
         (_, true) => Shape::Envelope,
         (Some(k), false) => Shape::Bare { collection, key: k },
@@ -44,25 +52,43 @@ fn read_change(cfg: &Config, collection: &str, path: &PathBuf) -> anyhow::Result
             .into());
         }
     };
-    parse::parse_line(&text.iter().map(|&b| if b == b'\n' { b' ' } else { b }).collect::<Vec<_>>(), &shape, &cfg.limits)
-        .map_err(|e| UsageError(format!("{}: {e}", path.display())).into())
+    parse::parse_line(
+        &text
+            .iter()
+            .map(|&b| if b == b'\n' { b' ' } else { b })
+            .collect::<Vec<_>>(),
+        &shape,
+        &cfg.limits,
+    )
+    .map_err(|e| UsageError(format!("{}: {e}", path.display())).into())
 }
 
 pub fn run(cfg: &Config, args: TranslateArgs) -> anyhow::Result<ExitCode> {
     let Some(connector) = cfg.connector(&args.name) else {
         let known: Vec<&str> = cfg.connectors.iter().map(|c| c.name.as_str()).collect();
-        return Err(UsageError(format!("unknown connector `{}`; known: {}", args.name, known.join(", "))).into());
+        return Err(UsageError(format!(
+            "unknown connector `{}`; known: {}",
+            args.name,
+            known.join(", ")
+        ))
+        .into());
     };
     let collection = connector.collections[0].clone();
     let change = read_change(cfg, &collection, &args.change)?;
     if !connector.receives(&change.record.collection) {
-        println!("{} does not receive collection `{}`: nothing would be sent", connector.name, change.record.collection);
+        println!(
+            "{} does not receive collection `{}`: nothing would be sent",
+            connector.name, change.record.collection
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let old: Option<Flat> = match &args.from {
         Some(p) => read_change(cfg, &collection, p)?.doc,
         None => {
-            let req = Request::Snapshot { collection: change.record.collection.clone(), key: change.record.key.clone() };
+            let req = Request::Snapshot {
+                collection: change.record.collection.clone(),
+                key: change.record.key.clone(),
+            };
             match super::request(cfg, req) {
                 Ok(Ok(Value::Object(map))) => Some(map.into_iter().collect()),
                 _ => None,
@@ -74,21 +100,32 @@ pub fn run(cfg: &Config, args: TranslateArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let Some(delta) = crate::diff::project(&delta, connector.fields.as_deref()) else {
-        println!("no field that {} receives changed: nothing would be sent", connector.name);
+        println!(
+            "no field that {} receives changed: nothing would be sent",
+            connector.name
+        );
         return Ok(ExitCode::SUCCESS);
     };
     let translator = Translator::new(&connector.format);
     let id = format!("{}:preview", connector.name);
-    let item = Item { id: &id, attempt: 1, record_id: &change.record, delta: &delta, record: change.doc.as_ref() };
+    let item = Item {
+        id: &id,
+        attempt: 1,
+        record_id: &change.record,
+        delta: &delta,
+        record: change.doc.as_ref(),
+    };
     let transport = crate::transport::Transport::new(connector, &translator);
     let bytes = match transport.rendering() {
         crate::transport::Rendering::Standalone => translator.render(&item),
-        crate::transport::Rendering::FileEntry => translator.render_file_entry(&item).map(|entry| {
-            let mut whole = translator.file_header();
-            whole.extend(entry);
-            whole.extend(translator.file_footer());
-            whole
-        }),
+        crate::transport::Rendering::FileEntry => {
+            translator.render_file_entry(&item).map(|entry| {
+                let mut whole = translator.file_header();
+                whole.extend(entry);
+                whole.extend(translator.file_footer());
+                whole
+            })
+        }
     }
     .map_err(|e| anyhow::anyhow!("{} cannot render this change: {e}", connector.name))?;
     use std::io::Write;

@@ -102,23 +102,29 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     if version != VERSION {
         return Err(CodecError::UnknownVersion(version));
     }
-    let (value, used) =
-        bincode::serde::decode_from_slice(body, config()).map_err(|e| CodecError::Corrupt(e.to_string()))?;
+    let (value, used) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| CodecError::Corrupt(e.to_string()))?;
     if used != body.len() {
-        return Err(CodecError::Corrupt(format!("{} trailing bytes", body.len() - used)));
+        return Err(CodecError::Corrupt(format!(
+            "{} trailing bytes",
+            body.len() - used
+        )));
     }
     Ok(value)
 }
 
 fn flat_out(flat: &Flat) -> Vec<(String, String)> {
-    flat.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()
+    flat.iter()
+        .map(|(k, v)| (k.clone(), v.to_string()))
+        .collect()
 }
 
 fn flat_in(pairs: Vec<(String, String)>) -> Result<Flat, CodecError> {
     pairs
         .into_iter()
         .map(|(k, v)| {
-            let value: Value = serde_json::from_str(&v).map_err(|e| CodecError::Corrupt(format!("value of {k}: {e}")))?;
+            let value: Value = serde_json::from_str(&v)
+                .map_err(|e| CodecError::Corrupt(format!("value of {k}: {e}")))?;
             Ok((k, value))
         })
         .collect()
@@ -130,7 +136,11 @@ fn delta_out(d: &Delta) -> StoredDelta {
         Op::Update => 1,
         Op::Delete => 2,
     };
-    StoredDelta { op, set: flat_out(&d.set), unset: d.unset.iter().cloned().collect() }
+    StoredDelta {
+        op,
+        set: flat_out(&d.set),
+        unset: d.unset.iter().cloned().collect(),
+    }
 }
 
 fn delta_in(s: StoredDelta) -> Result<Delta, CodecError> {
@@ -140,7 +150,11 @@ fn delta_in(s: StoredDelta) -> Result<Delta, CodecError> {
         2 => Op::Delete,
         n => return Err(CodecError::Corrupt(format!("unknown op {n}"))),
     };
-    Ok(Delta { op, set: flat_in(s.set)?, unset: s.unset.into_iter().collect() })
+    Ok(Delta {
+        op,
+        set: flat_in(s.set)?,
+        unset: s.unset.into_iter().collect(),
+    })
 }
 
 fn queued_out(q: &QueuedDelta) -> StoredQueued {
@@ -158,7 +172,10 @@ fn queued_out(q: &QueuedDelta) -> StoredQueued {
 fn queued_in(seq: u64, s: StoredQueued) -> Result<QueuedDelta, CodecError> {
     Ok(QueuedDelta {
         seq,
-        record: RecordId { collection: s.collection, key: s.key },
+        record: RecordId {
+            collection: s.collection,
+            key: s.key,
+        },
         delta: delta_in(s.delta)?,
         attempts: s.attempts,
         not_before_ms: s.not_before_ms,
@@ -184,12 +201,20 @@ pub fn decode_queued(seq: u64, bytes: &[u8]) -> Result<QueuedDelta, CodecError> 
 }
 
 pub fn encode_dead(d: &DeadLetter) -> Vec<u8> {
-    encode(&StoredDead { queued: queued_out(&d.queued), dead_at_ms: d.dead_at_ms, held: d.held.as_ref().map(delta_out) })
+    encode(&StoredDead {
+        queued: queued_out(&d.queued),
+        dead_at_ms: d.dead_at_ms,
+        held: d.held.as_ref().map(delta_out),
+    })
 }
 
 pub fn decode_dead(seq: u64, bytes: &[u8]) -> Result<DeadLetter, CodecError> {
     let s: StoredDead = decode(bytes)?;
-    Ok(DeadLetter { queued: queued_in(seq, s.queued)?, dead_at_ms: s.dead_at_ms, held: s.held.map(delta_in).transpose()? })
+    Ok(DeadLetter {
+        queued: queued_in(seq, s.queued)?,
+        dead_at_ms: s.dead_at_ms,
+        held: s.held.map(delta_in).transpose()?,
+    })
 }
 
 pub fn encode_counters(c: &Counters) -> Vec<u8> {
@@ -212,7 +237,11 @@ mod tests {
         QueuedDelta {
             seq: 42,
             record: RecordId::new("permits", "123"),
-            delta: Delta { op: Op::Update, set, unset: ["fee_waiver".to_string()].into_iter().collect() },
+            delta: Delta {
+                op: Op::Update,
+                set,
+                unset: ["fee_waiver".to_string()].into_iter().collect(),
+            },
             attempts: 3,
             not_before_ms: 1_700_000_000_000,
             queued_at_ms: 1_690_000_000_000,
@@ -235,14 +264,24 @@ mod tests {
 
     #[test]
     fn golden_bytes_of_counters() {
-        let c = Counters { next_seq: 7, pending: 2, pending_bytes: 300, dead: 1, delivered: 1000 };
+        let c = Counters {
+            next_seq: 7,
+            pending: 2,
+            pending_bytes: 300,
+            dead: 1,
+            delivered: 1000,
+        };
         assert_eq!(hex(&encode_counters(&c)), "010702fb2c0101fbe803");
         assert_eq!(decode_counters(&encode_counters(&c)).unwrap(), c);
     }
 
     #[test]
     fn round_trips_dead_letters_and_snapshots() {
-        let dead = DeadLetter { queued: sample(), dead_at_ms: 5, held: Some(sample().delta) };
+        let dead = DeadLetter {
+            queued: sample(),
+            dead_at_ms: 5,
+            held: Some(sample().delta),
+        };
         assert_eq!(decode_dead(42, &encode_dead(&dead)).unwrap(), dead);
         let flat = sample().delta.set;
         assert_eq!(decode_snapshot(&encode_snapshot(&flat)).unwrap(), flat);
@@ -251,10 +290,18 @@ mod tests {
     #[test]
     fn corrupt_input_is_an_error_not_an_abort() {
         assert!(matches!(decode_queued(1, &[]), Err(CodecError::Empty)));
-        assert!(matches!(decode_queued(1, &[9, 1, 2]), Err(CodecError::UnknownVersion(9))));
+        assert!(matches!(
+            decode_queued(1, &[9, 1, 2]),
+            Err(CodecError::UnknownVersion(9))
+        ));
         // A length prefix claiming ~2^64 bytes must not allocate.
-        let evil = [VERSION, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
-        assert!(matches!(decode_queued(1, &evil), Err(CodecError::Corrupt(_))));
+        let evil = [
+            VERSION, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+        ];
+        assert!(matches!(
+            decode_queued(1, &evil),
+            Err(CodecError::Corrupt(_))
+        ));
         let mut truncated = encode_queued(&sample());
         truncated.truncate(truncated.len() - 3);
         assert!(decode_queued(1, &truncated).is_err());

@@ -36,10 +36,19 @@ impl QueueHandle {
     /// Starts the writer thread. It ends when every handle is dropped.
     pub fn spawn(mut queue: Queue) -> (QueueHandle, std::thread::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Job>(16 * 1024);
-        let wake: Arc<HashMap<String, Arc<Notify>>> =
-            Arc::new(queue.target_names().into_iter().map(|n| (n, Arc::new(Notify::new()))).collect());
+        let wake: Arc<HashMap<String, Arc<Notify>>> = Arc::new(
+            queue
+                .target_names()
+                .into_iter()
+                .map(|n| (n, Arc::new(Notify::new())))
+                .collect(),
+        );
         let stats = Arc::new(CommitStats::default());
-        let handle = QueueHandle { jobs: tx, wake: wake.clone(), stats: stats.clone() };
+        let handle = QueueHandle {
+            jobs: tx,
+            wake: wake.clone(),
+            stats: stats.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("queue-writer".into())
             .spawn(move || {
@@ -98,8 +107,12 @@ impl QueueHandle {
                 let _ = tx.send(result);
             })
         });
-        self.jobs.send(job).await.map_err(|_| QueueError::CommitFailed("the queue writer has stopped".into()))?;
-        rx.await.map_err(|_| QueueError::CommitFailed("the queue writer has stopped".into()))?
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| QueueError::CommitFailed("the queue writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| QueueError::CommitFailed("the queue writer has stopped".into()))?
     }
 
     /// The notifier that wakes `target`'s worker when it has new work.
@@ -109,6 +122,9 @@ impl QueueHandle {
 
     /// Round trip through the writer thread, for the watchdog.
     pub async fn ping(&self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.call(|_| Ok(()))).await.map(|r| r.is_ok()).unwrap_or(false)
+        tokio::time::timeout(timeout, self.call(|_| Ok(())))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false)
     }
 }

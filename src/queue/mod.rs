@@ -42,9 +42,15 @@ pub enum QueueError {
     #[error("the queue database failed: {0}")]
     Sled(#[from] sled::Error),
     #[error("cannot make the queue durable (fsync of {path}): {source}")]
-    Sync { path: PathBuf, source: std::io::Error },
+    Sync {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("queue record under {key} cannot be read: {source}")]
-    Codec { key: String, source: codec::CodecError },
+    Codec {
+        key: String,
+        source: codec::CodecError,
+    },
     #[error("unknown target `{0}`")]
     UnknownTarget(String),
     #[error("no dead letter {0}")]
@@ -180,11 +186,17 @@ fn record_of_snapshot_key(k: &[u8]) -> Option<RecordId> {
         rest = &rest[4 + len..];
         Some(s)
     };
-    Some(RecordId { collection: take()?, key: take()? })
+    Some(RecordId {
+        collection: take()?,
+        key: take()?,
+    })
 }
 
 fn describe_key(k: &[u8]) -> String {
-    String::from_utf8_lossy(k).chars().map(|c| if c.is_control() { '.' } else { c }).collect()
+    String::from_utf8_lossy(k)
+        .chars()
+        .map(|c| if c.is_control() { '.' } else { c })
+        .collect()
 }
 
 /// A delivery id as users see it: `<target>:<seq>`.
@@ -208,7 +220,10 @@ struct Txn<'a> {
 
 impl<'a> Txn<'a> {
     fn new(tree: &'a sled::Tree) -> Self {
-        Txn { tree, writes: BTreeMap::new() }
+        Txn {
+            tree,
+            writes: BTreeMap::new(),
+        }
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, QueueError> {
@@ -263,13 +278,23 @@ impl<'a> Txn<'a> {
 }
 
 fn decode_err(key: &[u8]) -> impl FnOnce(codec::CodecError) -> QueueError + '_ {
-    move |source| QueueError::Codec { key: describe_key(key), source }
+    move |source| QueueError::Codec {
+        key: describe_key(key),
+        source,
+    }
 }
 
 impl Queue {
     /// Opens (or creates) the queue in `state_dir` for these targets.
-    pub fn open(state_dir: &Path, cache_mib: u64, specs: Vec<TargetSpec>) -> Result<Queue, QueueError> {
-        let open_err = |source| QueueError::Open { path: state_dir.to_path_buf(), source };
+    pub fn open(
+        state_dir: &Path,
+        cache_mib: u64,
+        specs: Vec<TargetSpec>,
+    ) -> Result<Queue, QueueError> {
+        let open_err = |source| QueueError::Open {
+            path: state_dir.to_path_buf(),
+            source,
+        };
         let db = sled::Config::new()
             .path(state_dir)
             .cache_capacity(cache_mib.max(1) * 1024 * 1024)
@@ -277,16 +302,26 @@ impl Queue {
             .map_err(open_err)?;
         let tree = db.open_tree("hms").map_err(open_err)?;
         let db_path = state_dir.join("db");
-        let db_file = File::open(&db_path).map_err(|source| QueueError::Sync { path: db_path.clone(), source })?;
+        let db_file = File::open(&db_path).map_err(|source| QueueError::Sync {
+            path: db_path.clone(),
+            source,
+        })?;
         let mut targets = BTreeMap::new();
         for spec in specs {
             let counters = match tree.get(counters_key(&spec.name))? {
-                Some(v) => codec::decode_counters(&v).map_err(decode_err(&counters_key(&spec.name)))?,
+                Some(v) => {
+                    codec::decode_counters(&v).map_err(decode_err(&counters_key(&spec.name)))?
+                }
                 None => Counters::default(),
             };
             targets.insert(
                 spec.name.clone(),
-                Target { spec, counters, in_flight: HashMap::new(), in_flight_records: HashSet::new() },
+                Target {
+                    spec,
+                    counters,
+                    in_flight: HashMap::new(),
+                    in_flight_records: HashSet::new(),
+                },
             );
         }
         Ok(Queue {
@@ -310,7 +345,10 @@ impl Queue {
             return Ok(());
         }
         self.db.flush()?;
-        self.db_file.sync_all().map_err(|source| QueueError::Sync { path: self.db_path.clone(), source })?;
+        self.db_file.sync_all().map_err(|source| QueueError::Sync {
+            path: self.db_path.clone(),
+            source,
+        })?;
         self.dirty = false;
         Ok(())
     }
@@ -340,7 +378,9 @@ impl Queue {
             ));
         }
         if self.min_free_bytes > 0 {
-            let fresh = self.disk_checked.is_some_and(|(at, _)| at.elapsed() < std::time::Duration::from_millis(500));
+            let fresh = self
+                .disk_checked
+                .is_some_and(|(at, _)| at.elapsed() < std::time::Duration::from_millis(500));
             if !fresh {
                 let free = free_bytes(&self.db_path).unwrap_or(u64::MAX);
                 self.disk_checked = Some((std::time::Instant::now(), free));
@@ -365,7 +405,9 @@ impl Queue {
     }
 
     fn target(&self, name: &str) -> Result<&Target, QueueError> {
-        self.targets.get(name).ok_or_else(|| QueueError::UnknownTarget(name.to_string()))
+        self.targets
+            .get(name)
+            .ok_or_else(|| QueueError::UnknownTarget(name.to_string()))
     }
 
     pub fn target_names(&self) -> Vec<String> {
@@ -374,7 +416,10 @@ impl Queue {
 
     /// Bytes of all waiting deltas, for backpressure.
     pub fn pending_bytes(&self) -> u64 {
-        self.targets.values().map(|t| t.counters.pending_bytes).sum()
+        self.targets
+            .values()
+            .map(|t| t.counters.pending_bytes)
+            .sum()
     }
 
     // ---- ingest ------------------------------------------------------------
@@ -385,16 +430,26 @@ impl Queue {
         let now = now_ms();
         let tree = self.tree.clone();
         let mut txn = Txn::new(&tree);
-        let mut counters: BTreeMap<String, Counters> =
-            self.targets.iter().map(|(n, t)| (n.clone(), t.counters)).collect();
+        let mut counters: BTreeMap<String, Counters> = self
+            .targets
+            .iter()
+            .map(|(n, t)| (n.clone(), t.counters))
+            .collect();
         let mut results = Vec::with_capacity(sets.len());
         for set in sets {
             let mut done = Ingested::default();
-            let mut changes: Vec<(RecordId, Option<&Flat>)> =
-                set.changes.iter().map(|c| (c.record.clone(), c.doc.as_ref())).collect();
+            let mut changes: Vec<(RecordId, Option<&Flat>)> = set
+                .changes
+                .iter()
+                .map(|c| (c.record.clone(), c.doc.as_ref()))
+                .collect();
             for collection in &set.full_collections {
-                let present: HashSet<&str> =
-                    set.changes.iter().filter(|c| &c.record.collection == collection).map(|c| c.record.key.as_str()).collect();
+                let present: HashSet<&str> = set
+                    .changes
+                    .iter()
+                    .filter(|c| &c.record.collection == collection)
+                    .map(|c| c.record.key.as_str())
+                    .collect();
                 for k in txn.keys_with_prefix(&key_of(b's', &[collection], None))? {
                     if let Some(r) = record_of_snapshot_key(&k)
                         && !present.contains(r.key.as_str())
@@ -410,7 +465,9 @@ impl Queue {
                     Some(v) => Some(codec::decode_snapshot(&v).map_err(decode_err(&skey))?),
                     None => None,
                 };
-                let Some(delta) = diff::compute(old.as_ref(), doc) else { continue };
+                let Some(delta) = diff::compute(old.as_ref(), doc) else {
+                    continue;
+                };
                 match doc {
                     Some(doc) => txn.insert(skey, codec::encode_snapshot(doc)),
                     None => txn.remove(skey),
@@ -419,8 +476,13 @@ impl Queue {
                     if !target.spec.collections.contains(&record.collection) {
                         continue;
                     }
-                    let Some(projected) = diff::project(&delta, target.spec.fields.as_deref()) else { continue };
-                    let c = counters.get_mut(&target.spec.name).expect("counters for every target");
+                    let Some(projected) = diff::project(&delta, target.spec.fields.as_deref())
+                    else {
+                        continue;
+                    };
+                    let c = counters
+                        .get_mut(&target.spec.name)
+                        .expect("counters for every target");
                     enqueue(&mut txn, target, c, &record, projected, now)?;
                     done.deltas += 1;
                 }
@@ -428,7 +490,9 @@ impl Queue {
             results.push(done);
         }
         for (name, c) in &counters {
-            if self.targets[name].counters.next_seq != c.next_seq || self.targets[name].counters.pending != c.pending {
+            if self.targets[name].counters.next_seq != c.next_seq
+                || self.targets[name].counters.pending != c.pending
+            {
                 self.touched.insert(name.clone());
             }
         }
@@ -440,7 +504,10 @@ impl Queue {
     /// Writes changed counters into the batch and adopts them in memory.
     fn save_counters(&mut self, txn: &mut Txn<'_>, counters: BTreeMap<String, Counters>) {
         for (name, c) in counters {
-            let t = self.targets.get_mut(&name).expect("counters only for known targets");
+            let t = self
+                .targets
+                .get_mut(&name)
+                .expect("counters only for known targets");
             if t.counters != c {
                 txn.insert(counters_key(&name), codec::encode_counters(&c));
                 t.counters = c;
@@ -454,7 +521,10 @@ impl Queue {
     /// per record, none for a record already in flight or waiting for a retry.
     pub fn lease(&mut self, name: &str, max: usize, now: u64) -> Result<Lease, QueueError> {
         let tree = self.tree.clone();
-        let target = self.targets.get_mut(name).ok_or_else(|| QueueError::UnknownTarget(name.to_string()))?;
+        let target = self
+            .targets
+            .get_mut(name)
+            .ok_or_else(|| QueueError::UnknownTarget(name.to_string()))?;
         let mut lease = Lease::default();
         let mut blocked: HashSet<RecordId> = target.in_flight_records.clone();
         for kv in tree.scan_prefix(key_of(b'p', &[name], None)) {
@@ -471,12 +541,19 @@ impl Queue {
                 continue;
             }
             if queued.not_before_ms > now {
-                lease.next_due_ms = Some(lease.next_due_ms.map_or(queued.not_before_ms, |d| d.min(queued.not_before_ms)));
+                lease.next_due_ms = Some(
+                    lease
+                        .next_due_ms
+                        .map_or(queued.not_before_ms, |d| d.min(queued.not_before_ms)),
+                );
                 blocked.insert(queued.record.clone());
                 continue;
             }
             let record = match tree.get(snapshot_key(&queued.record))? {
-                Some(v) => Some(codec::decode_snapshot(&v).map_err(decode_err(&snapshot_key(&queued.record)))?),
+                Some(v) => Some(
+                    codec::decode_snapshot(&v)
+                        .map_err(decode_err(&snapshot_key(&queued.record)))?,
+                ),
                 None => None,
             };
             blocked.insert(queued.record.clone());
@@ -488,7 +565,10 @@ impl Queue {
     }
 
     fn take_in_flight(&mut self, name: &str, seq: u64) -> Result<Option<RecordId>, QueueError> {
-        let target = self.targets.get_mut(name).ok_or_else(|| QueueError::UnknownTarget(name.to_string()))?;
+        let target = self
+            .targets
+            .get_mut(name)
+            .ok_or_else(|| QueueError::UnknownTarget(name.to_string()))?;
         let record = target.in_flight.remove(&seq);
         if let Some(r) = &record {
             target.in_flight_records.remove(r);
@@ -502,7 +582,9 @@ impl Queue {
         let mut txn = Txn::new(&tree);
         let mut c = self.target(name)?.counters;
         for &seq in seqs {
-            let Some(record) = self.take_in_flight(name, seq)? else { continue };
+            let Some(record) = self.take_in_flight(name, seq)? else {
+                continue;
+            };
             let pkey = pending_key(name, seq);
             let Some(old) = txn.get(&pkey)? else { continue };
             txn.remove(pkey);
@@ -530,7 +612,13 @@ impl Queue {
     }
 
     /// The legacy system refused: count the attempt and wait until `not_before_ms`.
-    pub fn retry_later(&mut self, name: &str, seq: u64, error: &str, not_before_ms: u64) -> Result<(), QueueError> {
+    pub fn retry_later(
+        &mut self,
+        name: &str,
+        seq: u64,
+        error: &str,
+        not_before_ms: u64,
+    ) -> Result<(), QueueError> {
         self.settle_failure(name, seq, |q| {
             q.attempts += 1;
             q.not_before_ms = not_before_ms;
@@ -540,13 +628,22 @@ impl Queue {
 
     /// A failed in-flight delta goes back to waiting; a newer delta that queued
     /// behind it is folded in, keeping the older one's place.
-    fn settle_failure(&mut self, name: &str, seq: u64, change: impl FnOnce(&mut QueuedDelta)) -> Result<(), QueueError> {
-        let Some(record) = self.take_in_flight(name, seq)? else { return Ok(()) };
+    fn settle_failure(
+        &mut self,
+        name: &str,
+        seq: u64,
+        change: impl FnOnce(&mut QueuedDelta),
+    ) -> Result<(), QueueError> {
+        let Some(record) = self.take_in_flight(name, seq)? else {
+            return Ok(());
+        };
         let tree = self.tree.clone();
         let mut txn = Txn::new(&tree);
         let mut c = self.target(name)?.counters;
         let pkey = pending_key(name, seq);
-        let Some(bytes) = txn.get(&pkey)? else { return Ok(()) };
+        let Some(bytes) = txn.get(&pkey)? else {
+            return Ok(());
+        };
         let mut queued = codec::decode_queued(seq, &bytes).map_err(decode_err(&pkey))?;
         change(&mut queued);
         let ikey = index_key(name, &record);
@@ -579,7 +676,12 @@ impl Queue {
 
     /// Rejected for the last time: the delta becomes a dead letter that holds its
     /// record. Returns the dead letter, for the log and the alert.
-    pub fn dead_letter(&mut self, name: &str, seq: u64, error: &str) -> Result<Option<DeadLetter>, QueueError> {
+    pub fn dead_letter(
+        &mut self,
+        name: &str,
+        seq: u64,
+        error: &str,
+    ) -> Result<Option<DeadLetter>, QueueError> {
         // Count the attempt and fold in a waiting newer delta first.
         self.settle_failure(name, seq, |q| {
             q.attempts += 1;
@@ -589,7 +691,9 @@ impl Queue {
         let mut txn = Txn::new(&tree);
         let mut c = self.target(name)?.counters;
         let pkey = pending_key(name, seq);
-        let Some(bytes) = txn.get(&pkey)? else { return Ok(None) };
+        let Some(bytes) = txn.get(&pkey)? else {
+            return Ok(None);
+        };
         let queued = codec::decode_queued(seq, &bytes).map_err(decode_err(&pkey))?;
         txn.remove(pkey);
         txn.remove(index_key(name, &queued.record));
@@ -597,7 +701,11 @@ impl Queue {
         c.pending -= 1;
         c.pending_bytes = c.pending_bytes.saturating_sub(bytes.len() as u64);
         c.dead += 1;
-        let dead = DeadLetter { queued, dead_at_ms: now_ms(), held: None };
+        let dead = DeadLetter {
+            queued,
+            dead_at_ms: now_ms(),
+            held: None,
+        };
         txn.insert(dead_key(name, seq), codec::encode_dead(&dead));
         self.finish(txn, name, c)?;
         Ok(Some(dead))
@@ -611,7 +719,11 @@ impl Queue {
             let oldest = match self.tree.scan_prefix(key_of(b'p', &[name], None)).next() {
                 Some(kv) => {
                     let (k, v) = kv?;
-                    Some(codec::decode_queued(seq_of_key(&k), &v).map_err(decode_err(&k))?.queued_at_ms)
+                    Some(
+                        codec::decode_queued(seq_of_key(&k), &v)
+                            .map_err(decode_err(&k))?
+                            .queued_at_ms,
+                    )
                 }
                 None => None,
             };
@@ -637,7 +749,10 @@ impl Queue {
             }
             for kv in self.tree.scan_prefix(key_of(b'd', &[name], None)) {
                 let (k, v) = kv?;
-                out.push((name.clone(), codec::decode_dead(seq_of_key(&k), &v).map_err(decode_err(&k))?));
+                out.push((
+                    name.clone(),
+                    codec::decode_dead(seq_of_key(&k), &v).map_err(decode_err(&k))?,
+                ));
             }
         }
         out.sort_by_key(|(_, d)| d.dead_at_ms);
@@ -645,11 +760,16 @@ impl Queue {
     }
 
     pub fn dead_get(&self, id: &str) -> Result<(String, DeadLetter), QueueError> {
-        let (name, seq) = parse_delivery_id(id).ok_or_else(|| QueueError::NoDeadLetter(id.to_string()))?;
-        self.target(name).map_err(|_| QueueError::NoDeadLetter(id.to_string()))?;
+        let (name, seq) =
+            parse_delivery_id(id).ok_or_else(|| QueueError::NoDeadLetter(id.to_string()))?;
+        self.target(name)
+            .map_err(|_| QueueError::NoDeadLetter(id.to_string()))?;
         let key = dead_key(name, seq);
         match self.tree.get(&key)? {
-            Some(v) => Ok((name.to_string(), codec::decode_dead(seq, &v).map_err(decode_err(&key))?)),
+            Some(v) => Ok((
+                name.to_string(),
+                codec::decode_dead(seq, &v).map_err(decode_err(&key))?,
+            )),
             None => Err(QueueError::NoDeadLetter(id.to_string())),
         }
     }
@@ -670,7 +790,13 @@ impl Queue {
             None => Some(dead.queued.delta.clone()),
         };
         if let Some(delta) = delta {
-            let queued = QueuedDelta { delta, attempts: 0, not_before_ms: 0, last_error: None, ..dead.queued.clone() };
+            let queued = QueuedDelta {
+                delta,
+                attempts: 0,
+                not_before_ms: 0,
+                last_error: None,
+                ..dead.queued.clone()
+            };
             let encoded = codec::encode_queued(&queued);
             c.pending += 1;
             c.pending_bytes += encoded.len() as u64;
@@ -693,7 +819,14 @@ impl Queue {
         c.dead -= 1;
         if let Some(held) = dead.held.clone() {
             let target = self.target(&name)?;
-            enqueue(&mut txn, target, &mut c, &dead.queued.record, held, now_ms())?;
+            enqueue(
+                &mut txn,
+                target,
+                &mut c,
+                &dead.queued.record,
+                held,
+                now_ms(),
+            )?;
         }
         self.finish(txn, &name, c)?;
         self.touched.insert(name.clone());
@@ -721,8 +854,11 @@ impl Queue {
     ) -> Result<(usize, Option<RecordId>), QueueError> {
         use std::ops::Bound;
         let spec = self.target(name)?.spec.clone();
-        let mut collections: Vec<&String> =
-            spec.collections.iter().filter(|c| collection.is_none_or(|want| want == c.as_str())).collect();
+        let mut collections: Vec<&String> = spec
+            .collections
+            .iter()
+            .filter(|c| collection.is_none_or(|want| want == c.as_str()))
+            .collect();
         collections.sort();
         let tree = self.tree.clone();
         let mut txn = Txn::new(&tree);
@@ -746,9 +882,15 @@ impl Queue {
                 if queued >= limit {
                     break 'outer;
                 }
-                let Some(record) = record_of_snapshot_key(&k) else { continue };
+                let Some(record) = record_of_snapshot_key(&k) else {
+                    continue;
+                };
                 let flat = codec::decode_snapshot(&v).map_err(decode_err(&k))?;
-                let delta = Delta { op: crate::record::Op::Update, set: flat, unset: Default::default() };
+                let delta = Delta {
+                    op: crate::record::Op::Update,
+                    set: flat,
+                    unset: Default::default(),
+                };
                 if let Some(delta) = diff::project(&delta, spec.fields.as_deref()) {
                     let target = self.target(name)?;
                     enqueue(&mut txn, target, &mut c, &record, delta, now_ms())?;
@@ -765,7 +907,10 @@ impl Queue {
 
     /// How many records `resync` would queue.
     pub fn count_records(&self, collections: &[String]) -> usize {
-        collections.iter().map(|c| self.tree.scan_prefix(key_of(b's', &[c], None)).count()).sum()
+        collections
+            .iter()
+            .map(|c| self.tree.scan_prefix(key_of(b's', &[c], None)).count())
+            .sum()
     }
 
     pub fn collections_of(&self, name: &str) -> Result<Vec<String>, QueueError> {
@@ -837,8 +982,15 @@ fn enqueue(
     }
     c.next_seq += 1;
     let seq = c.next_seq;
-    let queued =
-        QueuedDelta { seq, record: record.clone(), delta, attempts: 0, not_before_ms: 0, queued_at_ms: now, last_error: None };
+    let queued = QueuedDelta {
+        seq,
+        record: record.clone(),
+        delta,
+        attempts: 0,
+        not_before_ms: 0,
+        queued_at_ms: now,
+        last_error: None,
+    };
     let encoded = codec::encode_queued(&queued);
     c.pending += 1;
     c.pending_bytes += encoded.len() as u64;
@@ -847,5 +999,7 @@ fn enqueue(
     Ok(())
 }
 
+#[cfg(test)]
+mod model;
 #[cfg(test)]
 mod tests;

@@ -3,12 +3,26 @@ use crate::record::{Change, Op};
 use serde_json::json;
 
 fn spec(name: &str) -> TargetSpec {
-    TargetSpec { name: name.into(), collections: vec!["permits".into()], fields: None }
+    TargetSpec {
+        name: name.into(),
+        collections: vec!["permits".into()],
+        fields: None,
+    }
 }
 
 fn change(key: &str, doc: serde_json::Value) -> ChangeSet {
-    let doc = if doc.is_null() { None } else { Some(crate::diff::flatten(doc.as_object().unwrap(), 32).unwrap()) };
-    ChangeSet { changes: vec![Change { record: RecordId::new("permits", key), doc }], full_collections: vec![] }
+    let doc = if doc.is_null() {
+        None
+    } else {
+        Some(crate::diff::flatten(doc.as_object().unwrap(), 32).unwrap())
+    };
+    ChangeSet {
+        changes: vec![Change {
+            record: RecordId::new("permits", key),
+            doc,
+        }],
+        full_collections: vec![],
+    }
 }
 
 #[test]
@@ -28,10 +42,17 @@ fn ingest_lease_ack_and_reopen() {
     }
     let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
     let lease = q.lease("t", 10, now_ms()).unwrap();
-    assert_eq!(lease.items.len(), 1, "seq 2 was in flight, not acked: it comes back");
+    assert_eq!(
+        lease.items.len(),
+        1,
+        "seq 2 was in flight, not acked: it comes back"
+    );
     assert_eq!(lease.items[0].queued.seq, 2);
     let counts = q.counts().unwrap();
-    assert_eq!((counts[0].pending, counts[0].in_flight, counts[0].delivered), (0, 1, 1));
+    assert_eq!(
+        (counts[0].pending, counts[0].in_flight, counts[0].delivered),
+        (0, 1, 1)
+    );
 }
 
 #[test]
@@ -54,7 +75,10 @@ fn waiting_deltas_coalesce_and_in_flight_ones_do_not_change() {
     assert_eq!(lease.items.len(), 1);
     assert_eq!(lease.items[0].queued.seq, 1);
     assert_eq!(lease.items[0].queued.delta.set["a"], json!(4));
-    assert_eq!(q.counts().unwrap()[0].pending + q.counts().unwrap()[0].in_flight, 1);
+    assert_eq!(
+        q.counts().unwrap()[0].pending + q.counts().unwrap()[0].in_flight,
+        1
+    );
 }
 
 #[test]
@@ -74,7 +98,10 @@ fn dead_letters_hold_their_record_until_retry() {
     q.ingest(&[change("1", json!({"a": 1}))]).unwrap();
     q.ingest(&[change("2", json!({"a": 1}))]).unwrap();
     let lease = q.lease("t", 1, 0).unwrap();
-    let dead = q.dead_letter("t", lease.items[0].queued.seq, "Fault").unwrap().unwrap();
+    let dead = q
+        .dead_letter("t", lease.items[0].queued.seq, "Fault")
+        .unwrap()
+        .unwrap();
     assert_eq!(dead.queued.attempts, 1);
     q.ingest(&[change("1", json!({"a": 5}))]).unwrap();
     let lease = q.lease("t", 10, 0).unwrap();
@@ -86,7 +113,10 @@ fn dead_letters_hold_their_record_until_retry() {
     q.dead_retry("t:1").unwrap();
     let lease = q.lease("t", 10, 0).unwrap();
     assert_eq!(lease.items.len(), 1);
-    assert_eq!(lease.items[0].queued.seq, 1, "the merged delta keeps the dead letter's delivery id");
+    assert_eq!(
+        lease.items[0].queued.seq, 1,
+        "the merged delta keeps the dead letter's delivery id"
+    );
     assert_eq!(lease.items[0].queued.delta.op, Op::Create);
     assert_eq!(lease.items[0].queued.delta.set["a"], json!(5));
     assert_eq!(lease.items[0].queued.attempts, 0);
@@ -99,7 +129,8 @@ fn retry_waits_do_not_hold_other_records() {
     q.ingest(&[change("1", json!({"a": 1}))]).unwrap();
     q.ingest(&[change("2", json!({"a": 1}))]).unwrap();
     let lease = q.lease("t", 1, 1000).unwrap();
-    q.retry_later("t", lease.items[0].queued.seq, "no", 5000).unwrap();
+    q.retry_later("t", lease.items[0].queued.seq, "no", 5000)
+        .unwrap();
     let lease = q.lease("t", 10, 1000).unwrap();
     assert_eq!(lease.items.len(), 1);
     assert_eq!(lease.items[0].queued.record.key, "2");
@@ -110,12 +141,21 @@ fn retry_waits_do_not_hold_other_records() {
 fn snapshot_files_delete_absent_records() {
     let dir = tempfile::tempdir().unwrap();
     let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
-    q.ingest(&[change("1", json!({"a": 1})), change("2", json!({"a": 2}))]).unwrap();
+    q.ingest(&[change("1", json!({"a": 1})), change("2", json!({"a": 2}))])
+        .unwrap();
     let mut full = change("1", json!({"a": 1}));
     full.full_collections.push("permits".into());
     q.ingest(&[full]).unwrap();
-    assert!(q.snapshot(&RecordId::new("permits", "2")).unwrap().is_none());
-    assert!(q.snapshot(&RecordId::new("permits", "1")).unwrap().is_some());
+    assert!(
+        q.snapshot(&RecordId::new("permits", "2"))
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        q.snapshot(&RecordId::new("permits", "1"))
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[test]

@@ -19,7 +19,11 @@ pub struct TargetHealth {
 
 impl TargetHealth {
     pub fn outage_seconds(&self) -> f64 {
-        self.outage_seconds_closed + self.down_since.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0)
+        self.outage_seconds_closed
+            + self
+                .down_since
+                .map(|s| s.elapsed().as_secs_f64())
+                .unwrap_or(0.0)
     }
 }
 

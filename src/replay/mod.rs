@@ -26,7 +26,9 @@ pub use health::{Health, TargetHealth};
 /// Wait before try `n` (1-based) after a failure: `backoff * 2^(n-1)`, capped,
 /// then jittered down by up to a half so that many workers do not beat together.
 pub fn backoff_delay(policy: &RetryPolicy, n: u32) -> Duration {
-    let exp = policy.backoff.saturating_mul(1u32 << n.saturating_sub(1).min(20));
+    let exp = policy
+        .backoff
+        .saturating_mul(1u32 << n.saturating_sub(1).min(20));
     let capped = exp.min(policy.max_backoff);
     let jitter = fastrand::f64() * 0.5;
     capped.mul_f64(1.0 - jitter)
@@ -135,7 +137,11 @@ impl Worker {
 
     async fn lease(&self, max: usize) -> Option<crate::queue::Lease> {
         let name = self.name.clone();
-        match self.queue.call(move |q| q.lease(&name, max, now_ms())).await {
+        match self
+            .queue
+            .call(move |q| q.lease(&name, max, now_ms()))
+            .await
+        {
             Ok(l) => Some(l),
             Err(e) => {
                 tracing::error!(target_name = %self.name, error = %e, "cannot lease from the queue");
@@ -165,10 +171,17 @@ impl Worker {
             };
             match rendered {
                 Ok(bytes) => {
-                    payloads.push(Payload { id, attempt: q.attempts + 1, bytes });
+                    payloads.push(Payload {
+                        id,
+                        attempt: q.attempts + 1,
+                        bytes,
+                    });
                     sendable.push(leased);
                 }
-                Err(e) => self.reject(&leased, &format!("cannot translate: {e}"), None).await,
+                Err(e) => {
+                    self.reject(&leased, &format!("cannot translate: {e}"), None)
+                        .await
+                }
             }
         }
         if payloads.is_empty() {
@@ -233,7 +246,11 @@ impl Worker {
         self.health.rejected(&self.name, reason);
         let (name, seq, error) = (self.name.clone(), l.queued.seq, reason.to_string());
         if attempts >= self.retry.max_attempts {
-            match self.queue.call(move |q| q.dead_letter(&name, seq, &error)).await {
+            match self
+                .queue
+                .call(move |q| q.dead_letter(&name, seq, &error))
+                .await
+            {
                 Ok(Some(dead)) => {
                     let mut e = self.entry(l, "dead");
                     e.error = Some(reason.to_string());
@@ -243,11 +260,17 @@ impl Worker {
                     self.alert(&dead, reason);
                 }
                 Ok(None) => {}
-                Err(e) => tracing::error!(target_name = %self.name, error = %e, "cannot dead-letter a delta"),
+                Err(e) => {
+                    tracing::error!(target_name = %self.name, error = %e, "cannot dead-letter a delta")
+                }
             }
         } else {
             let not_before = now_ms() + backoff_delay(&self.retry, attempts).as_millis() as u64;
-            if let Err(e) = self.queue.call(move |q| q.retry_later(&name, seq, &error, not_before)).await {
+            if let Err(e) = self
+                .queue
+                .call(move |q| q.retry_later(&name, seq, &error, not_before))
+                .await
+            {
                 tracing::error!(target_name = %self.name, error = %e, "cannot schedule a retry");
             }
             let mut e = self.entry(l, "rejected");
@@ -260,7 +283,9 @@ impl Worker {
 
     /// Runs `alert_command` with the dead letter's facts in `HMS_*` variables.
     fn alert(&self, dead: &DeadLetter, error: &str) {
-        let Some(cmd) = self.alert_command.clone() else { return };
+        let Some(cmd) = self.alert_command.clone() else {
+            return;
+        };
         let q = &dead.queued;
         let mut command = tokio::process::Command::new("/bin/sh");
         command
@@ -280,8 +305,12 @@ impl Worker {
                 tokio::spawn(async move {
                     match child.wait().await {
                         Ok(s) if s.success() => {}
-                        Ok(s) => tracing::warn!(command = %cmd, status = %s, "alert_command failed"),
-                        Err(e) => tracing::warn!(command = %cmd, error = %e, "alert_command failed"),
+                        Ok(s) => {
+                            tracing::warn!(command = %cmd, status = %s, "alert_command failed")
+                        }
+                        Err(e) => {
+                            tracing::warn!(command = %cmd, error = %e, "alert_command failed")
+                        }
                     }
                 });
             }
@@ -296,7 +325,11 @@ mod tests {
 
     #[test]
     fn backoff_grows_is_capped_and_jittered_down_only() {
-        let p = RetryPolicy { max_attempts: 5, backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(60) };
+        let p = RetryPolicy {
+            max_attempts: 5,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        };
         for _ in 0..100 {
             let d1 = backoff_delay(&p, 1);
             assert!(d1 <= Duration::from_secs(1) && d1 >= Duration::from_millis(500));

@@ -35,7 +35,10 @@ pub fn report(counts: &[QueueCounts], health: Option<&Health>) -> Value {
                 }
                 None => ("down", Some("hms-sync is not running".to_string())),
             };
-            let age = c.oldest_queued_at_ms.map(|t| now.saturating_sub(t) as f64 / 1000.0).unwrap_or(0.0);
+            let age = c
+                .oldest_queued_at_ms
+                .map(|t| now.saturating_sub(t) as f64 / 1000.0)
+                .unwrap_or(0.0);
             json!({
                 "name": c.name,
                 "state": state,
@@ -60,7 +63,10 @@ struct Shared {
 
 impl Shared {
     async fn counts(&self) -> Result<Vec<QueueCounts>, String> {
-        self.queue.call(|q| q.counts()).await.map_err(|e| e.to_string())
+        self.queue
+            .call(|q| q.counts())
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -73,19 +79,27 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     use anyhow::Context;
-    let listener =
-        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ([status] listen)"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ([status] listen)"))?;
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/", get(page))
         .route("/status", get(status_json))
         .route("/metrics", get(metrics))
-        .with_state(Shared { queue, health, ingest });
+        .with_state(Shared {
+            queue,
+            health,
+            ingest,
+        });
     let task = tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.changed().await;
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
             tracing::error!(error = %e, "status listener failed");
         }
     });
@@ -94,7 +108,11 @@ pub async fn serve(
 
 async fn status_json(State(s): State<Shared>) -> Response {
     match s.counts().await {
-        Ok(c) => ([(header::CONTENT_TYPE, "application/json")], report(&c, Some(&s.health)).to_string()).into_response(),
+        Ok(c) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            report(&c, Some(&s.health)).to_string(),
+        )
+            .into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
     }
 }
@@ -105,7 +123,11 @@ async fn page(State(s): State<Shared>) -> Response {
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
     };
     let mut rows = String::new();
-    for t in report(&counts, Some(&s.health))["targets"].as_array().into_iter().flatten() {
+    for t in report(&counts, Some(&s.health))["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         rows.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             esc(t["name"].as_str().unwrap_or("")),
@@ -127,12 +149,17 @@ async fn page(State(s): State<Shared>) -> Response {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Prometheus label values escape `\`, `"` and newlines.
 fn label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 async fn metrics(State(s): State<Shared>) -> Response {
@@ -148,32 +175,113 @@ async fn metrics(State(s): State<Shared>) -> Response {
         }
     };
     let per = |f: &dyn Fn(&QueueCounts) -> f64| -> Vec<(String, f64)> {
-        counts.iter().map(|c| (format!("{{target=\"{}\"}}", label(&c.name)), f(c))).collect()
+        counts
+            .iter()
+            .map(|c| (format!("{{target=\"{}\"}}", label(&c.name)), f(c)))
+            .collect()
     };
-    family("hms_sync_pending", "gauge", "Deltas waiting for delivery.", per(&|c| c.pending as f64));
-    family("hms_sync_in_flight", "gauge", "Deltas handed to the transport.", per(&|c| c.in_flight as f64));
-    family("hms_sync_dead", "gauge", "Dead letters waiting for an operator.", per(&|c| c.dead as f64));
-    family("hms_sync_delivered_total", "counter", "Deltas delivered (kept across restarts).", per(&|c| c.delivered as f64));
-    let health: Vec<_> = counts.iter().map(|c| (c.name.clone(), s.health.get(&c.name))).collect();
+    family(
+        "hms_sync_pending",
+        "gauge",
+        "Deltas waiting for delivery.",
+        per(&|c| c.pending as f64),
+    );
+    family(
+        "hms_sync_in_flight",
+        "gauge",
+        "Deltas handed to the transport.",
+        per(&|c| c.in_flight as f64),
+    );
+    family(
+        "hms_sync_dead",
+        "gauge",
+        "Dead letters waiting for an operator.",
+        per(&|c| c.dead as f64),
+    );
+    family(
+        "hms_sync_delivered_total",
+        "counter",
+        "Deltas delivered (kept across restarts).",
+        per(&|c| c.delivered as f64),
+    );
+    let health: Vec<_> = counts
+        .iter()
+        .map(|c| (c.name.clone(), s.health.get(&c.name)))
+        .collect();
     let per_health = |f: &dyn Fn(&crate::replay::TargetHealth) -> f64| -> Vec<(String, f64)> {
-        health.iter().map(|(n, h)| (format!("{{target=\"{}\"}}", label(n)), f(h))).collect()
+        health
+            .iter()
+            .map(|(n, h)| (format!("{{target=\"{}\"}}", label(n)), f(h)))
+            .collect()
     };
-    family("hms_sync_rejected_total", "counter", "Rejections since start.", per_health(&|h| h.rejected as f64));
-    family("hms_sync_up", "gauge", "1 if the target answered last time, 0 if it is down.", per_health(&|h| if h.down { 0.0 } else { 1.0 }));
-    family("hms_sync_outage_seconds_total", "counter", "Seconds the target was down since start.", per_health(&|h| h.outage_seconds()));
+    family(
+        "hms_sync_rejected_total",
+        "counter",
+        "Rejections since start.",
+        per_health(&|h| h.rejected as f64),
+    );
+    family(
+        "hms_sync_up",
+        "gauge",
+        "1 if the target answered last time, 0 if it is down.",
+        per_health(&|h| if h.down { 0.0 } else { 1.0 }),
+    );
+    family(
+        "hms_sync_outage_seconds_total",
+        "counter",
+        "Seconds the target was down since start.",
+        per_health(&|h| h.outage_seconds()),
+    );
     let i = &s.ingest;
-    family("hms_sync_ingest_files_total", "counter", "Dropped files by result.", vec![
-        ("{result=\"accepted\"}".into(), i.files_accepted.load(Relaxed) as f64),
-        ("{result=\"rejected\"}".into(), i.files_rejected.load(Relaxed) as f64),
-    ]);
-    family("hms_sync_ingest_lines_total", "counter", "Socket lines by result.", vec![
-        ("{result=\"accepted\"}".into(), i.lines_accepted.load(Relaxed) as f64),
-        ("{result=\"refused\"}".into(), i.lines_refused.load(Relaxed) as f64),
-    ]);
-    family("hms_sync_ingest_changes_total", "counter", "Changes accepted from all sources.", vec![(String::new(), i.changes.load(Relaxed) as f64)]);
-    family("hms_sync_ingest_busy_total", "counter", "Times ingestion was paused by backpressure.", vec![(String::new(), i.busy.load(Relaxed) as f64)]);
+    family(
+        "hms_sync_ingest_files_total",
+        "counter",
+        "Dropped files by result.",
+        vec![
+            (
+                "{result=\"accepted\"}".into(),
+                i.files_accepted.load(Relaxed) as f64,
+            ),
+            (
+                "{result=\"rejected\"}".into(),
+                i.files_rejected.load(Relaxed) as f64,
+            ),
+        ],
+    );
+    family(
+        "hms_sync_ingest_lines_total",
+        "counter",
+        "Socket lines by result.",
+        vec![
+            (
+                "{result=\"accepted\"}".into(),
+                i.lines_accepted.load(Relaxed) as f64,
+            ),
+            (
+                "{result=\"refused\"}".into(),
+                i.lines_refused.load(Relaxed) as f64,
+            ),
+        ],
+    );
+    family(
+        "hms_sync_ingest_changes_total",
+        "counter",
+        "Changes accepted from all sources.",
+        vec![(String::new(), i.changes.load(Relaxed) as f64)],
+    );
+    family(
+        "hms_sync_ingest_busy_total",
+        "counter",
+        "Times ingestion was paused by backpressure.",
+        vec![(String::new(), i.busy.load(Relaxed) as f64)],
+    );
     let st = &s.queue.stats;
-    family("hms_sync_commit_seconds", "summary", "Queue commits (flush + fsync).", Vec::new());
+    family(
+        "hms_sync_commit_seconds",
+        "summary",
+        "Queue commits (flush + fsync).",
+        Vec::new(),
+    );
     out.push_str(&format!(
         "hms_sync_commit_seconds_sum {}\nhms_sync_commit_seconds_count {}\n",
         st.commit_micros_total.load(Relaxed) as f64 / 1e6,

@@ -11,9 +11,13 @@ pub struct CsvFormat {
 }
 
 fn write_row(fields: &[String]) -> Result<Vec<u8>, TranslateError> {
-    let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(Vec::new());
-    w.write_record(fields).map_err(|e| TranslateError::Other(format!("writing CSV: {e}")))?;
-    w.into_inner().map_err(|e| TranslateError::Other(format!("writing CSV: {e}")))
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::new());
+    w.write_record(fields)
+        .map_err(|e| TranslateError::Other(format!("writing CSV: {e}")))?;
+    w.into_inner()
+        .map_err(|e| TranslateError::Other(format!("writing CSV: {e}")))
 }
 
 impl CsvFormat {
@@ -33,7 +37,10 @@ impl CsvFormat {
             } else {
                 // The record's latest known state; the delta's own value if the
                 // record is gone (deleted after this delta was queued).
-                let value = item.record.and_then(|r| r.get(column)).or_else(|| item.delta.set.get(column));
+                let value = item
+                    .record
+                    .and_then(|r| r.get(column))
+                    .or_else(|| item.delta.set.get(column));
                 value.and_then(value_text).unwrap_or_default()
             };
             fields.push(text);
@@ -50,8 +57,19 @@ mod tests {
 
     #[test]
     fn rows_hold_latest_values_quoted_and_deletes_hold_the_key() {
-        let f = CsvFormat { columns: vec!["permit_number".into(), "status".into(), "address.street".into(), "fee".into()], key_column: "permit_number".into() };
-        assert_eq!(String::from_utf8(f.header()).unwrap(), "delivery_id,op,permit_number,status,address.street,fee\r\n");
+        let f = CsvFormat {
+            columns: vec![
+                "permit_number".into(),
+                "status".into(),
+                "address.street".into(),
+                "fee".into(),
+            ],
+            key_column: "permit_number".into(),
+        };
+        assert_eq!(
+            String::from_utf8(f.header()).unwrap(),
+            "delivery_id,op,permit_number,status,address.street,fee\r\n"
+        );
         let mut record = Flat::new();
         record.insert("status".into(), json!("APPROVED"));
         record.insert("address.street".into(), json!("9 Main St, \"Apt\" 2"));
@@ -59,11 +77,35 @@ mod tests {
         let mut set = Flat::new();
         set.insert("status".into(), json!("OLD"));
         let rid = RecordId::new("permits", "125");
-        let delta = Delta { op: Op::Update, set, unset: Default::default() };
-        let item = Item { id: "h:7", attempt: 1, record_id: &rid, delta: &delta, record: Some(&record) };
-        assert_eq!(String::from_utf8(f.row(&item).unwrap()).unwrap(), "h:7,update,125,APPROVED,\"9 Main St, \"\"Apt\"\" 2\",95.0\r\n");
-        let del = Delta { op: Op::Delete, set: Flat::new(), unset: Default::default() };
-        let item = Item { delta: &del, record: None, ..item };
-        assert_eq!(String::from_utf8(f.row(&item).unwrap()).unwrap(), "h:7,delete,125,,,\r\n");
+        let delta = Delta {
+            op: Op::Update,
+            set,
+            unset: Default::default(),
+        };
+        let item = Item {
+            id: "h:7",
+            attempt: 1,
+            record_id: &rid,
+            delta: &delta,
+            record: Some(&record),
+        };
+        assert_eq!(
+            String::from_utf8(f.row(&item).unwrap()).unwrap(),
+            "h:7,update,125,APPROVED,\"9 Main St, \"\"Apt\"\" 2\",95.0\r\n"
+        );
+        let del = Delta {
+            op: Op::Delete,
+            set: Flat::new(),
+            unset: Default::default(),
+        };
+        let item = Item {
+            delta: &del,
+            record: None,
+            ..item
+        };
+        assert_eq!(
+            String::from_utf8(f.row(&item).unwrap()).unwrap(),
+            "h:7,delete,125,,,\r\n"
+        );
     }
 }

@@ -6,8 +6,17 @@ use super::{Item, TranslateError};
 
 pub fn render(item: &Item<'_>) -> Result<Vec<u8>, TranslateError> {
     let delete = item.delta.op == crate::record::Op::Delete;
-    let unset: Vec<&String> = if delete { Vec::new() } else { item.delta.unset.iter().collect() };
-    let set: Map<String, Value> = item.delta.set.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let unset: Vec<&String> = if delete {
+        Vec::new()
+    } else {
+        item.delta.unset.iter().collect()
+    };
+    let set: Map<String, Value> = item
+        .delta
+        .set
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let value = json!({
         "id": item.id,
         "attempt": item.attempt,

@@ -31,7 +31,11 @@ pub struct Item<'a> {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TranslateError {
     #[error("field `{path}` holds a character {format} cannot carry ({what})")]
-    Unrepresentable { path: String, format: &'static str, what: String },
+    Unrepresentable {
+        path: String,
+        format: &'static str,
+        what: String,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -47,12 +51,17 @@ pub enum Translator {
 impl Translator {
     pub fn new(format: &Format) -> Translator {
         match format {
-            Format::Xml { root, key_element } => {
-                Translator::Xml(xml::XmlFormat { root: root.clone(), key_element: key_element.clone() })
-            }
-            Format::Csv { columns, key_column } => {
-                Translator::Csv(csv::CsvFormat { columns: columns.clone(), key_column: key_column.clone() })
-            }
+            Format::Xml { root, key_element } => Translator::Xml(xml::XmlFormat {
+                root: root.clone(),
+                key_element: key_element.clone(),
+            }),
+            Format::Csv {
+                columns,
+                key_column,
+            } => Translator::Csv(csv::CsvFormat {
+                columns: columns.clone(),
+                key_column: key_column.clone(),
+            }),
             Format::Json => Translator::Json,
         }
     }
@@ -80,7 +89,9 @@ impl Translator {
 
     pub fn file_header(&self) -> Vec<u8> {
         match self {
-            Translator::Xml(_) => b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Deliveries>\n".to_vec(),
+            Translator::Xml(_) => {
+                b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Deliveries>\n".to_vec()
+            }
             Translator::Csv(f) => f.header(),
             Translator::Json => Vec::new(),
         }

@@ -25,7 +25,9 @@ pub fn valid_element_name(name: &str) -> bool {
 
 /// XML 1.0 cannot carry most control characters, even escaped.
 fn check_chars(path: &str, text: &str) -> Result<(), TranslateError> {
-    match text.chars().find(|&c| (c < ' ' && !matches!(c, '\t' | '\n' | '\r')) || c == '\u{FFFE}' || c == '\u{FFFF}') {
+    match text.chars().find(|&c| {
+        (c < ' ' && !matches!(c, '\t' | '\n' | '\r')) || c == '\u{FFFE}' || c == '\u{FFFF}'
+    }) {
         Some(c) => Err(TranslateError::Unrepresentable {
             path: path.to_string(),
             format: "XML",
@@ -45,7 +47,10 @@ fn text(s: &str) -> BytesText<'_> {
 /// An attribute whose value has `&`, `<`, `>` and `"` escaped.
 fn attr<'a>(name: &'a str, value: &str) -> Attribute<'a> {
     let escaped = quick_xml::escape::partial_escape(value).replace('"', "&quot;");
-    Attribute { key: QName(name), value: escaped.into() }
+    Attribute {
+        key: QName(name),
+        value: escaped.into(),
+    }
 }
 
 fn io(e: std::io::Error) -> TranslateError {
@@ -66,11 +71,13 @@ impl XmlFormat {
         let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
         let attempt = item.attempt.to_string();
         w.write_event(Event::Start(
-            BytesStart::new("Delivery").with_attributes([attr("id", item.id), attr("attempt", &attempt)]),
+            BytesStart::new("Delivery")
+                .with_attributes([attr("id", item.id), attr("attempt", &attempt)]),
         ))
         .map_err(io)?;
         self.write(&mut w, item)?;
-        w.write_event(Event::End(BytesEnd::new("Delivery"))).map_err(io)?;
+        w.write_event(Event::End(BytesEnd::new("Delivery")))
+            .map_err(io)?;
         let mut out = w.into_inner();
         out.push(b'\n');
         Ok(out)
@@ -80,8 +87,10 @@ impl XmlFormat {
     pub fn write(&self, w: &mut W, item: &Item<'_>) -> Result<(), TranslateError> {
         let delta = item.delta;
         check_chars("(key)", &item.record_id.key)?;
-        w.write_event(Event::Start(BytesStart::new(self.root.as_str()).with_attributes([attr("op", delta.op.as_str())])))
-            .map_err(io)?;
+        w.write_event(Event::Start(
+            BytesStart::new(self.root.as_str()).with_attributes([attr("op", delta.op.as_str())]),
+        ))
+        .map_err(io)?;
         w.create_element(self.key_element.as_str())
             .write_text_content(text(&item.record_id.key))
             .map_err(io)?;
@@ -91,7 +100,10 @@ impl XmlFormat {
                 let field = w.create_element("Field").with_attribute(attr("name", path));
                 match value_text(value) {
                     None => {
-                        field.with_attribute(attr("null", "true")).write_empty().map_err(io)?;
+                        field
+                            .with_attribute(attr("null", "true"))
+                            .write_empty()
+                            .map_err(io)?;
                     }
                     Some(value) => {
                         check_chars(path, &value)?;
@@ -107,7 +119,8 @@ impl XmlFormat {
                     .map_err(io)?;
             }
         }
-        w.write_event(Event::End(BytesEnd::new(self.root.as_str()))).map_err(io)?;
+        w.write_event(Event::End(BytesEnd::new(self.root.as_str())))
+            .map_err(io)?;
         Ok(())
     }
 }
@@ -128,7 +141,10 @@ mod tests {
     }
 
     fn permit_format() -> XmlFormat {
-        XmlFormat { root: "PermitUpdate".into(), key_element: "PermitNumber".into() }
+        XmlFormat {
+            root: "PermitUpdate".into(),
+            key_element: "PermitNumber".into(),
+        }
     }
 
     #[test]
@@ -137,12 +153,25 @@ mod tests {
             let v: Value = serde_json::from_str(&fixture(p)).unwrap();
             crate::diff::flatten(v.as_object().unwrap(), 32).unwrap()
         };
-        let delta =
-            crate::diff::compute(Some(&flat("permits/permit-123.json")), Some(&flat("permits/permit-123-approved.json"))).unwrap();
+        let delta = crate::diff::compute(
+            Some(&flat("permits/permit-123.json")),
+            Some(&flat("permits/permit-123-approved.json")),
+        )
+        .unwrap();
         let rid = RecordId::new("permits", "123");
-        let item = Item { id: "t:1", attempt: 1, record_id: &rid, delta: &delta, record: None };
+        let item = Item {
+            id: "t:1",
+            attempt: 1,
+            record_id: &rid,
+            delta: &delta,
+            record: None,
+        };
         let got = String::from_utf8(permit_format().render(&item).unwrap()).unwrap();
-        assert_eq!(squash(&got), squash(&fixture("expected/permit-123-approved.xml")), "{got}");
+        assert_eq!(
+            squash(&got),
+            squash(&fixture("expected/permit-123-approved.xml")),
+            "{got}"
+        );
     }
 
     #[test]
@@ -153,18 +182,48 @@ mod tests {
         set.insert("tags".into(), json!(["a", "b"]));
         set.insert("a\"b".into(), json!(true));
         let rid = RecordId::new("permits", "1<2");
-        let delta = Delta { op: Op::Create, set, unset: Default::default() };
-        let item = Item { id: "t:1", attempt: 1, record_id: &rid, delta: &delta, record: None };
+        let delta = Delta {
+            op: Op::Create,
+            set,
+            unset: Default::default(),
+        };
+        let item = Item {
+            id: "t:1",
+            attempt: 1,
+            record_id: &rid,
+            delta: &delta,
+            record: None,
+        };
         let got = squash(&String::from_utf8(permit_format().render(&item).unwrap()).unwrap());
         assert!(got.contains("<PermitNumber>1&lt;2</PermitNumber>"), "{got}");
-        assert!(got.contains(r#"<Field name="notes" null="true"/>"#), "{got}");
+        assert!(
+            got.contains(r#"<Field name="notes" null="true"/>"#),
+            "{got}"
+        );
         assert!(got.contains(r#"<Field name="fee">12.5</Field>"#), "{got}");
-        assert!(got.contains(r#"<Field name="tags">["a","b"]</Field>"#) || got.contains("[&quot;a&quot;"), "{got}");
-        assert!(got.contains(r#"<Field name="a&quot;b">true</Field>"#), "{got}");
-        let del = Delta { op: Op::Delete, set: Flat::new(), unset: ["fee".to_string()].into_iter().collect() };
-        let item = Item { delta: &del, ..item };
+        assert!(
+            got.contains(r#"<Field name="tags">["a","b"]</Field>"#)
+                || got.contains("[&quot;a&quot;"),
+            "{got}"
+        );
+        assert!(
+            got.contains(r#"<Field name="a&quot;b">true</Field>"#),
+            "{got}"
+        );
+        let del = Delta {
+            op: Op::Delete,
+            set: Flat::new(),
+            unset: ["fee".to_string()].into_iter().collect(),
+        };
+        let item = Item {
+            delta: &del,
+            ..item
+        };
         let got = squash(&String::from_utf8(permit_format().render(&item).unwrap()).unwrap());
-        assert_eq!(got, r#"<PermitUpdate op="delete"><PermitNumber>1&lt;2</PermitNumber></PermitUpdate>"#);
+        assert_eq!(
+            got,
+            r#"<PermitUpdate op="delete"><PermitNumber>1&lt;2</PermitNumber></PermitUpdate>"#
+        );
     }
 
     #[test]
@@ -172,10 +231,23 @@ mod tests {
         let mut set = Flat::new();
         set.insert("notes".into(), json!("bell\u{7}"));
         let rid = RecordId::new("p", "1");
-        let delta = Delta { op: Op::Update, set, unset: Default::default() };
-        let item = Item { id: "t:1", attempt: 1, record_id: &rid, delta: &delta, record: None };
+        let delta = Delta {
+            op: Op::Update,
+            set,
+            unset: Default::default(),
+        };
+        let item = Item {
+            id: "t:1",
+            attempt: 1,
+            record_id: &rid,
+            delta: &delta,
+            record: None,
+        };
         let err = permit_format().render(&item).unwrap_err();
-        assert!(err.to_string().contains("notes") && err.to_string().contains("U+0007"), "{err}");
+        assert!(
+            err.to_string().contains("notes") && err.to_string().contains("U+0007"),
+            "{err}"
+        );
     }
 
     #[test]

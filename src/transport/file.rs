@@ -27,7 +27,13 @@ pub struct FileTransport {
 }
 
 impl FileTransport {
-    pub fn new(target: &str, dir: PathBuf, batch_max: usize, batch_window: Duration, translator: &Translator) -> Self {
+    pub fn new(
+        target: &str,
+        dir: PathBuf,
+        batch_max: usize,
+        batch_window: Duration,
+        translator: &Translator,
+    ) -> Self {
         FileTransport {
             target: target.to_string(),
             dir,
@@ -51,14 +57,17 @@ impl FileTransport {
         let extension = self.extension;
         let last = self.last_number;
         let result =
-            tokio::task::spawn_blocking(move || write_batch(&dir, &target, extension, last, &body)).await;
+            tokio::task::spawn_blocking(move || write_batch(&dir, &target, extension, last, &body))
+                .await;
         match result {
             Ok(Ok(number)) => {
                 self.last_number = Some(number);
                 Outcome::Delivered
             }
             Ok(Err(reason)) => Outcome::Down { reason },
-            Err(e) => Outcome::Down { reason: format!("file writer task failed: {e}") },
+            Err(e) => Outcome::Down {
+                reason: format!("file writer task failed: {e}"),
+            },
         }
     }
 }
@@ -69,8 +78,12 @@ fn marker_path(dir: &Path, target: &str) -> PathBuf {
 
 /// The highest number already used: from the marker file and the folder's names.
 fn last_used(dir: &Path, target: &str) -> Result<u64, String> {
-    let mut last = fs::read_to_string(marker_path(dir, target)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-    let entries = fs::read_dir(dir).map_err(|e| format!("outbox {} cannot be read: {e}", dir.display()))?;
+    let mut last = fs::read_to_string(marker_path(dir, target))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let entries =
+        fs::read_dir(dir).map_err(|e| format!("outbox {} cannot be read: {e}", dir.display()))?;
     let prefix = format!("{target}-");
     for entry in entries.flatten() {
         let name = entry.file_name();
@@ -84,8 +97,16 @@ fn last_used(dir: &Path, target: &str) -> Result<u64, String> {
     Ok(last)
 }
 
-fn write_batch(dir: &Path, target: &str, extension: &str, last: Option<u64>, body: &[u8]) -> Result<u64, String> {
-    let fail = |what: &str, path: &Path, e: std::io::Error| format!("outbox: cannot {what} {}: {e}", path.display());
+fn write_batch(
+    dir: &Path,
+    target: &str,
+    extension: &str,
+    last: Option<u64>,
+    body: &[u8],
+) -> Result<u64, String> {
+    let fail = |what: &str, path: &Path, e: std::io::Error| {
+        format!("outbox: cannot {what} {}: {e}", path.display())
+    };
     if !dir.is_dir() {
         return Err(format!("outbox folder {} does not exist", dir.display()));
     }
@@ -97,7 +118,12 @@ fn write_batch(dir: &Path, target: &str, extension: &str, last: Option<u64>, bod
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(&name);
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(|e| fail("create", &tmp, e))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| fail("create", &tmp, e))?;
         f.write_all(body).map_err(|e| fail("write", &tmp, e))?;
         f.sync_all().map_err(|e| fail("fsync", &tmp, e))?;
         drop(f);
@@ -105,7 +131,9 @@ fn write_batch(dir: &Path, target: &str, extension: &str, last: Option<u64>, bod
         // Remember the number before the folder fsync makes both durable.
         let marker = marker_path(dir, target);
         fs::write(&marker, number.to_string()).map_err(|e| fail("write", &marker, e))?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fail("fsync folder", dir, e))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| fail("fsync folder", dir, e))?;
         Ok(number)
     })();
     if result.is_err() {
@@ -120,19 +148,29 @@ mod tests {
     use crate::connector::Format;
 
     fn transport(dir: &Path) -> FileTransport {
-        let t = Translator::new(&Format::Csv { columns: vec!["k".into()], key_column: "k".into() });
+        let t = Translator::new(&Format::Csv {
+            columns: vec!["k".into()],
+            key_column: "k".into(),
+        });
         FileTransport::new("out", dir.to_path_buf(), 10, Duration::ZERO, &t)
     }
 
     fn payload(id: &str) -> Payload {
-        Payload { id: id.into(), attempt: 1, bytes: format!("{id},create,1\r\n").into_bytes() }
+        Payload {
+            id: id.into(),
+            attempt: 1,
+            bytes: format!("{id},create,1\r\n").into_bytes(),
+        }
     }
 
     #[tokio::test]
     async fn files_are_whole_and_numbers_grow_across_restarts() {
         let tmp = tempfile::tempdir().unwrap();
         let mut t = transport(tmp.path());
-        assert_eq!(t.deliver(&[payload("out:1"), payload("out:2")]).await, Outcome::Delivered);
+        assert_eq!(
+            t.deliver(&[payload("out:1"), payload("out:2")]).await,
+            Outcome::Delivered
+        );
         assert_eq!(
             fs::read_to_string(tmp.path().join("out-000000000001.csv")).unwrap(),
             "delivery_id,op,k\r\nout:1,create,1\r\nout:2,create,1\r\n"
@@ -148,6 +186,9 @@ mod tests {
     async fn a_missing_outbox_is_an_outage() {
         let tmp = tempfile::tempdir().unwrap();
         let mut t = transport(&tmp.path().join("gone"));
-        assert!(matches!(t.deliver(&[payload("out:1")]).await, Outcome::Down { .. }));
+        assert!(matches!(
+            t.deliver(&[payload("out:1")]).await,
+            Outcome::Down { .. }
+        ));
     }
 }

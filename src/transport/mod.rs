@@ -50,7 +50,12 @@ pub enum Transport {
 impl Transport {
     pub fn new(connector: &Connector, translator: &Translator) -> Transport {
         match &connector.transport {
-            TransportSpec::File { dir, batch_max, batch_window } => Transport::File(file::FileTransport::new(
+            TransportSpec::File {
+                dir,
+                batch_max,
+                batch_window,
+                ..
+            } => Transport::File(file::FileTransport::new(
                 &connector.name,
                 dir.clone(),
                 *batch_max,

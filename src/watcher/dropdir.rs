@@ -64,7 +64,8 @@ impl DropDir {
     pub fn start(self) -> anyhow::Result<tokio::task::JoinHandle<()>> {
         use anyhow::Context;
         let dir = &self.watch.dir;
-        fs::create_dir_all(dir).with_context(|| format!("cannot create the drop folder {}", dir.display()))?;
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the drop folder {}", dir.display()))?;
         fs::create_dir_all(dir.join(".rejected"))
             .with_context(|| format!("cannot create {}", dir.join(".rejected").display()))?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -153,7 +154,9 @@ impl DropDir {
             if ignored(&name.to_string_lossy()) {
                 continue;
             }
-            let Ok(meta) = entry.path().symlink_metadata() else { continue };
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
             if meta.is_dir() {
                 continue;
             }
@@ -169,7 +172,9 @@ impl DropDir {
     }
 
     async fn take(&self, path: &Path) -> Taken {
-        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else { return Taken::Gone };
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            return Taken::Gone;
+        };
         if ignored(&name) || path.parent() != Some(self.watch.dir.as_path()) {
             return Taken::Gone;
         }
@@ -231,7 +236,10 @@ impl DropDir {
             tracing::error!(file = %path.display(), error = %e, "cannot move a bad file to .rejected; leaving it");
             return Taken::Later;
         }
-        let dest_name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let dest_name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let note = format!(
             "hms-sync could not take this file; nothing from it was ingested.\n\
              file:   {}\n\
@@ -251,7 +259,9 @@ impl DropDir {
 }
 
 fn modified(p: &Path) -> SystemTime {
-    p.symlink_metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH)
+    p.symlink_metadata()
+        .and_then(|m| m.modified())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 /// `dir/name`, or `dir/name.<ms>` if that is taken.
@@ -313,10 +323,14 @@ fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
         } else {
             "a device"
         };
-        return Err(ReadError::Bad(format!("not a regular file but {what}; drop plain files only")));
+        return Err(ReadError::Bad(format!(
+            "not a regular file but {what}; drop plain files only"
+        )));
     }
     let too_big = |len: u64| {
-        ReadError::Bad(format!("file is {len} bytes, over the limit of {limit} bytes ([limits] max_file_bytes)"))
+        ReadError::Bad(format!(
+            "file is {len} bytes, over the limit of {limit} bytes ([limits] max_file_bytes)"
+        ))
     };
     if meta.len() > limit {
         return Err(too_big(meta.len()));
@@ -331,17 +345,25 @@ fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
         })?;
     let meta = file.metadata().map_err(ReadError::Io)?;
     if !meta.is_file() {
-        return Err(ReadError::Bad("the file was replaced by something that is not a regular file".into()));
+        return Err(ReadError::Bad(
+            "the file was replaced by something that is not a regular file".into(),
+        ));
     }
     let mut bytes = Vec::with_capacity(meta.len().min(limit) as usize);
-    file.take(limit + 1).read_to_end(&mut bytes).map_err(ReadError::Io)?;
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ReadError::Io)?;
     if bytes.len() as u64 > limit {
         return Err(too_big(bytes.len() as u64));
     }
     Ok(bytes)
 }
 
-fn make_watcher(dir: &Path, poll: bool, tx: mpsc::UnboundedSender<Signal>) -> notify::Result<Box<dyn Watcher + Send>> {
+fn make_watcher(
+    dir: &Path,
+    poll: bool,
+    tx: mpsc::UnboundedSender<Signal>,
+) -> notify::Result<Box<dyn Watcher + Send>> {
     // Never block notify's thread: forward into the channel.
     let handler = move |res: notify::Result<notify::Event>| {
         let event = match res {
@@ -403,11 +425,21 @@ mod tests {
         fs::write(&target, "{}").unwrap();
         let link = tmp.path().join("l.json");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        assert!(matches!(read_limited(&link, 100), Err(ReadError::Bad(m)) if m.contains("symbolic link")));
+        assert!(
+            matches!(read_limited(&link, 100), Err(ReadError::Bad(m)) if m.contains("symbolic link"))
+        );
         let sparse = tmp.path().join("big.json");
-        fs::File::create(&sparse).unwrap().set_len(10 << 30).unwrap();
-        assert!(matches!(read_limited(&sparse, 1 << 20), Err(ReadError::Bad(m)) if m.contains("max_file_bytes")));
-        assert!(matches!(read_limited(&tmp.path().join("nope"), 100), Err(ReadError::Gone)));
+        fs::File::create(&sparse)
+            .unwrap()
+            .set_len(10 << 30)
+            .unwrap();
+        assert!(
+            matches!(read_limited(&sparse, 1 << 20), Err(ReadError::Bad(m)) if m.contains("max_file_bytes"))
+        );
+        assert!(matches!(
+            read_limited(&tmp.path().join("nope"), 100),
+            Err(ReadError::Gone)
+        ));
         assert_eq!(read_limited(&target, 100).ok(), Some(b"{}".to_vec()));
     }
 }

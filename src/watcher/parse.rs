@@ -37,7 +37,12 @@ fn where_(line: &Option<usize>, column: &Option<usize>, element: &Option<usize>)
 
 impl ParseError {
     fn msg(message: impl Into<String>) -> Self {
-        ParseError { line: None, column: None, element: None, message: message.into() }
+        ParseError {
+            line: None,
+            column: None,
+            element: None,
+            message: message.into(),
+        }
     }
     fn at_line(mut self, line: usize) -> Self {
         self.line.get_or_insert(line);
@@ -46,7 +51,10 @@ impl ParseError {
     fn from_json(e: &serde_json::Error, line_offset: usize) -> Self {
         let message = e.to_string();
         // serde_json appends " at line L column C"; we say it in front instead.
-        let message = message.rsplit_once(" at line ").map(|(m, _)| m.to_string()).unwrap_or(message);
+        let message = message
+            .rsplit_once(" at line ")
+            .map(|(m, _)| m.to_string())
+            .unwrap_or(message);
         ParseError {
             line: (e.line() > 0).then(|| e.line() + line_offset),
             column: (e.column() > 0).then_some(e.column()),
@@ -68,14 +76,22 @@ pub enum Shape<'a> {
 impl<'a> Shape<'a> {
     pub fn of(watch: &'a Watch) -> Shape<'a> {
         match &watch.key {
-            Some(key) => Shape::Bare { collection: &watch.collection, key },
+            Some(key) => Shape::Bare {
+                collection: &watch.collection,
+                key,
+            },
             None => Shape::Envelope,
         }
     }
 }
 
 /// Parses a whole dropped file by its name's extension.
-pub fn parse_file(name: &str, bytes: &[u8], watch: &Watch, limits: &Limits) -> Result<ChangeSet, ParseError> {
+pub fn parse_file(
+    name: &str,
+    bytes: &[u8],
+    watch: &Watch,
+    limits: &Limits,
+) -> Result<ChangeSet, ParseError> {
     let shape = Shape::of(watch);
     let lower = name.to_ascii_lowercase();
     let changes = if lower.ends_with(".json") {
@@ -85,18 +101,29 @@ pub fn parse_file(name: &str, bytes: &[u8], watch: &Watch, limits: &Limits) -> R
     } else if lower.ends_with(".csv") {
         parse_csv(bytes, &shape, limits)?
     } else {
-        return Err(ParseError::msg("unknown file type: hms-sync takes *.json, *.ndjson, *.jsonl and *.csv"));
+        return Err(ParseError::msg(
+            "unknown file type: hms-sync takes *.json, *.ndjson, *.jsonl and *.csv",
+        ));
     };
-    let full_collections = if watch.snapshot { vec![watch.collection.clone()] } else { Vec::new() };
+    let full_collections = if watch.snapshot {
+        vec![watch.collection.clone()]
+    } else {
+        Vec::new()
+    };
     if watch.snapshot
-        && let Some(c) = changes.iter().find(|c| c.record.collection != watch.collection)
+        && let Some(c) = changes
+            .iter()
+            .find(|c| c.record.collection != watch.collection)
     {
         return Err(ParseError::msg(format!(
             "this snapshot folder holds collection `{}`, but a record is for `{}`",
             watch.collection, c.record.collection
         )));
     }
-    Ok(ChangeSet { changes, full_collections })
+    Ok(ChangeSet {
+        changes,
+        full_collections,
+    })
 }
 
 fn parse_json(bytes: &[u8], shape: &Shape<'_>, limits: &Limits) -> Result<Vec<Change>, ParseError> {
@@ -106,20 +133,32 @@ fn parse_json(bytes: &[u8], shape: &Shape<'_>, limits: &Limits) -> Result<Vec<Ch
         Value::Array(items) => items
             .into_iter()
             .enumerate()
-            .map(|(i, item)| match item {
-                Value::Object(map) => change_of(map, shape, limits),
-                other => Err(ParseError::msg(format!("expected an object, found {}", kind(&other)))),
-            }
-            .map_err(|mut e| {
-                e.element = Some(i + 1);
-                e
-            }))
+            .map(|(i, item)| {
+                match item {
+                    Value::Object(map) => change_of(map, shape, limits),
+                    other => Err(ParseError::msg(format!(
+                        "expected an object, found {}",
+                        kind(&other)
+                    ))),
+                }
+                .map_err(|mut e| {
+                    e.element = Some(i + 1);
+                    e
+                })
+            })
             .collect(),
-        other => Err(ParseError::msg(format!("expected an object or an array of objects, found {}", kind(&other)))),
+        other => Err(ParseError::msg(format!(
+            "expected an object or an array of objects, found {}",
+            kind(&other)
+        ))),
     }
 }
 
-fn parse_ndjson(bytes: &[u8], shape: &Shape<'_>, limits: &Limits) -> Result<Vec<Change>, ParseError> {
+fn parse_ndjson(
+    bytes: &[u8],
+    shape: &Shape<'_>,
+    limits: &Limits,
+) -> Result<Vec<Change>, ParseError> {
     let mut out = Vec::new();
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let n = i + 1;
@@ -148,29 +187,49 @@ pub fn parse_line(line: &[u8], shape: &Shape<'_>, limits: &Limits) -> Result<Cha
     })?;
     match value {
         Value::Object(map) => change_of(map, shape, limits),
-        other => Err(ParseError::msg(format!("expected a JSON object, found {}", kind(&other)))),
+        other => Err(ParseError::msg(format!(
+            "expected a JSON object, found {}",
+            kind(&other)
+        ))),
     }
 }
 
 fn parse_csv(bytes: &[u8], shape: &Shape<'_>, limits: &Limits) -> Result<Vec<Change>, ParseError> {
     let Shape::Bare { collection, key } = shape else {
-        return Err(ParseError::msg("CSV files hold bare records: set `key` in this folder's [[watch]]"));
+        return Err(ParseError::msg(
+            "CSV files hold bare records: set `key` in this folder's [[watch]]",
+        ));
     };
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(bytes);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(bytes);
     let csv_err = |e: csv::Error| {
         let line = e.position().map(|p| p.line() as usize);
         let message = match e.kind() {
-            csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+            csv::ErrorKind::UnequalLengths {
+                expected_len, len, ..
+            } => {
                 format!("row has {len} fields but the header has {expected_len}")
             }
-            csv::ErrorKind::Utf8 { err, .. } => format!("not valid UTF-8 (field {})", err.field() + 1),
+            csv::ErrorKind::Utf8 { err, .. } => {
+                format!("not valid UTF-8 (field {})", err.field() + 1)
+            }
             _ => e.to_string(),
         };
-        ParseError { line, column: None, element: None, message }
+        ParseError {
+            line,
+            column: None,
+            element: None,
+            message,
+        }
     };
     let headers = reader.headers().map_err(csv_err)?.clone();
     if !headers.iter().any(|h| h == *key) {
-        return Err(ParseError::msg(format!("the header has no column `{key}` (the key of this folder)")).at_line(1));
+        return Err(ParseError::msg(format!(
+            "the header has no column `{key}` (the key of this folder)"
+        ))
+        .at_line(1));
     }
     let mut out = Vec::new();
     for row in reader.records() {
@@ -179,8 +238,11 @@ fn parse_csv(bytes: &[u8], shape: &Shape<'_>, limits: &Limits) -> Result<Vec<Cha
         if row.as_slice().len() > limits.max_line_bytes {
             return Err(ParseError::msg("row is over max_line_bytes").at_line(line));
         }
-        let doc: Map<String, Value> =
-            headers.iter().zip(row.iter()).map(|(h, v)| (h.to_string(), Value::String(v.to_string()))).collect();
+        let doc: Map<String, Value> = headers
+            .iter()
+            .zip(row.iter())
+            .map(|(h, v)| (h.to_string(), Value::String(v.to_string())))
+            .collect();
         // A header like `address.street` already is a path: insert it as one.
         let flat = doc.into_iter().collect();
         out.push(bare_change(flat, collection, key).map_err(|e| e.at_line(line))?);
@@ -205,7 +267,10 @@ fn key_text(v: &Value, field: &str) -> Result<String, ParseError> {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         other => {
-            return Err(ParseError::msg(format!("key field `{field}` must be a string or a number, found {}", kind(other))));
+            return Err(ParseError::msg(format!(
+                "key field `{field}` must be a string or a number, found {}",
+                kind(other)
+            )));
         }
     };
     if text.is_empty() {
@@ -214,32 +279,53 @@ fn key_text(v: &Value, field: &str) -> Result<String, ParseError> {
     Ok(text)
 }
 
-fn change_of(map: Map<String, Value>, shape: &Shape<'_>, limits: &Limits) -> Result<Change, ParseError> {
+fn change_of(
+    map: Map<String, Value>,
+    shape: &Shape<'_>,
+    limits: &Limits,
+) -> Result<Change, ParseError> {
     match shape {
         Shape::Bare { collection, key } => {
-            let flat = diff::flatten(&map, limits.max_depth).map_err(|e| ParseError::msg(e.to_string()))?;
+            let flat = diff::flatten(&map, limits.max_depth)
+                .map_err(|e| ParseError::msg(e.to_string()))?;
             bare_change(flat, collection, key)
         }
         Shape::Envelope => envelope(map, limits),
     }
 }
 
-fn bare_change(flat: crate::record::Flat, collection: &str, key: &str) -> Result<Change, ParseError> {
-    let value = flat.get(key).ok_or_else(|| ParseError::msg(format!("record has no key field `{key}`")))?;
+fn bare_change(
+    flat: crate::record::Flat,
+    collection: &str,
+    key: &str,
+) -> Result<Change, ParseError> {
+    let value = flat
+        .get(key)
+        .ok_or_else(|| ParseError::msg(format!("record has no key field `{key}`")))?;
     let key = key_text(value, key)?;
-    Ok(Change { record: RecordId::new(collection, key), doc: Some(flat) })
+    Ok(Change {
+        record: RecordId::new(collection, key),
+        doc: Some(flat),
+    })
 }
 
 /// `{"collection":"permits","key":"123","doc":{…}}` or `{…,"deleted":true}`.
 pub fn envelope(mut map: Map<String, Value>, limits: &Limits) -> Result<Change, ParseError> {
-    if let Some(unknown) = map.keys().find(|k| !matches!(k.as_str(), "collection" | "key" | "doc" | "deleted")) {
+    if let Some(unknown) = map
+        .keys()
+        .find(|k| !matches!(k.as_str(), "collection" | "key" | "doc" | "deleted"))
+    {
         return Err(ParseError::msg(format!(
             "unknown envelope field `{unknown}`; an envelope has collection, key, and doc or deleted"
         )));
     }
     let collection = match map.remove("collection") {
         Some(Value::String(c)) if !c.is_empty() => c,
-        Some(_) => return Err(ParseError::msg("envelope field `collection` must be a non-empty string")),
+        Some(_) => {
+            return Err(ParseError::msg(
+                "envelope field `collection` must be a non-empty string",
+            ));
+        }
         None => return Err(ParseError::msg("envelope has no `collection`")),
     };
     let key = match map.remove("key") {
@@ -249,20 +335,38 @@ pub fn envelope(mut map: Map<String, Value>, limits: &Limits) -> Result<Change, 
     let deleted = match map.remove("deleted") {
         None | Some(Value::Bool(false)) => false,
         Some(Value::Bool(true)) => true,
-        Some(_) => return Err(ParseError::msg("envelope field `deleted` must be true or false")),
+        Some(_) => {
+            return Err(ParseError::msg(
+                "envelope field `deleted` must be true or false",
+            ));
+        }
     };
     let doc = match (map.remove("doc"), deleted) {
-        (Some(_), true) => return Err(ParseError::msg("envelope has both `doc` and `deleted: true`; send one")),
+        (Some(_), true) => {
+            return Err(ParseError::msg(
+                "envelope has both `doc` and `deleted: true`; send one",
+            ));
+        }
         (None, true) => None,
-        (Some(Value::Object(doc)), false) => {
-            Some(diff::flatten(&doc, limits.max_depth).map_err(|e| ParseError::msg(e.to_string()))?)
-        }
+        (Some(Value::Object(doc)), false) => Some(
+            diff::flatten(&doc, limits.max_depth).map_err(|e| ParseError::msg(e.to_string()))?,
+        ),
         (Some(other), false) => {
-            return Err(ParseError::msg(format!("envelope field `doc` must be an object, found {}", kind(&other))));
+            return Err(ParseError::msg(format!(
+                "envelope field `doc` must be an object, found {}",
+                kind(&other)
+            )));
         }
-        (None, false) => return Err(ParseError::msg("envelope has neither `doc` nor `deleted: true`")),
+        (None, false) => {
+            return Err(ParseError::msg(
+                "envelope has neither `doc` nor `deleted: true`",
+            ));
+        }
     };
-    Ok(Change { record: RecordId::new(collection, key), doc })
+    Ok(Change {
+        record: RecordId::new(collection, key),
+        doc,
+    })
 }
 
 #[cfg(test)]
@@ -287,7 +391,12 @@ mod tests {
 
     #[test]
     fn json_object_array_and_numeric_keys() {
-        let set = parse("a.json", r#"[{"id": 7, "a": {"b": 1}}, {"id": "8"}]"#, Some("id")).unwrap();
+        let set = parse(
+            "a.json",
+            r#"[{"id": 7, "a": {"b": 1}}, {"id": "8"}]"#,
+            Some("id"),
+        )
+        .unwrap();
         assert_eq!(set.changes.len(), 2);
         assert_eq!(set.changes[0].record, RecordId::new("permits", "7"));
         assert!(set.changes[0].doc.as_ref().unwrap().contains_key("a.b"));
@@ -298,7 +407,10 @@ mod tests {
         let e = parse("a.json", "{\n\"id\": 1,\n\"x\": ", Some("id")).unwrap_err();
         assert_eq!(e.line, Some(3), "{e}");
         let e = parse("a.json", r#"[{"id": 1}, {"x": 2}]"#, Some("id")).unwrap_err();
-        assert_eq!(e.to_string(), "array element 2: record has no key field `id`");
+        assert_eq!(
+            e.to_string(),
+            "array element 2: record has no key field `id`"
+        );
         let mut nd = String::new();
         for i in 1..5000 {
             nd.push_str(&format!("{{\"id\": {i}}}\n"));
@@ -314,13 +426,17 @@ mod tests {
     #[test]
     fn csv_headers_are_paths_and_values_strings() {
         let text = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/permits/export-2026-11-25.csv"),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../shared/fixtures/permits/export-2026-11-25.csv"),
         )
         .unwrap();
         let set = parse("e.csv", &text, Some("permit_number")).unwrap();
         assert_eq!(set.changes.len(), 4);
         let doc = set.changes[2].doc.as_ref().unwrap();
-        assert_eq!(doc["address.street"], Value::String("9 Main St, Apt 2".into()));
+        assert_eq!(
+            doc["address.street"],
+            Value::String("9 Main St, Apt 2".into())
+        );
         assert_eq!(doc["inspector.name"], Value::String(String::new()));
     }
 
@@ -334,23 +450,54 @@ mod tests {
         .unwrap();
         assert_eq!(set.changes[1].doc, None);
         assert_eq!(set.changes[1].record.key, "2");
-        let e = parse("e.ndjson", "{\"collection\":\"p\",\"key\":\"1\",\"dco\":{}}\n", None).unwrap_err();
-        assert!(e.to_string().contains("line 1") && e.to_string().contains("dco"), "{e}");
+        let e = parse(
+            "e.ndjson",
+            "{\"collection\":\"p\",\"key\":\"1\",\"dco\":{}}\n",
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("line 1") && e.to_string().contains("dco"),
+            "{e}"
+        );
     }
 
     #[test]
     fn deep_nesting_invalid_utf8_and_unknown_types_are_refused() {
         let deep = format!("{}1{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
         assert!(parse("d.json", &deep, Some("a")).is_err());
-        let e = parse_file("u.json", b"{\"id\": \"\xff\"}", &watch(Some("id")), &Limits::default()).unwrap_err();
+        let e = parse_file(
+            "u.json",
+            b"{\"id\": \"\xff\"}",
+            &watch(Some("id")),
+            &Limits::default(),
+        )
+        .unwrap_err();
         assert_eq!(e.line, Some(1), "{e}");
-        assert!(parse_file("u.csv", b"id\n\xff\n", &watch(Some("id")), &Limits::default()).is_err());
+        assert!(
+            parse_file(
+                "u.csv",
+                b"id\n\xff\n",
+                &watch(Some("id")),
+                &Limits::default()
+            )
+            .is_err()
+        );
         assert!(parse("x.txt", "{}", Some("id")).is_err());
     }
 
     #[test]
     fn the_same_record_twice_applies_in_file_order() {
-        let set = parse("a.json", r#"[{"id": 1, "a": 1}, {"id": 1, "a": 2}]"#, Some("id")).unwrap();
-        assert_eq!(set.changes.len(), 2, "both kept; the queue applies them in order, the last wins");
+        let set = parse(
+            "a.json",
+            r#"[{"id": 1, "a": 1}, {"id": 1, "a": 2}]"#,
+            Some("id"),
+        )
+        .unwrap();
+        assert_eq!(
+            set.changes.len(),
+            2,
+            "both kept; the queue applies them in order, the last wins"
+        );
     }
 }

@@ -30,16 +30,21 @@ const PIPELINE_DEPTH: usize = 4096;
 pub async fn bind(cfg: &SocketConfig) -> anyhow::Result<UnixListener> {
     use anyhow::{Context, bail};
     if let Some(dir) = cfg.path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the socket folder {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the socket folder {}", dir.display()))?;
     }
     if cfg.path.exists() {
         if UnixStream::connect(&cfg.path).await.is_ok() {
-            bail!("another process is already listening on {}; is hms-sync running twice?", cfg.path.display());
+            bail!(
+                "another process is already listening on {}; is hms-sync running twice?",
+                cfg.path.display()
+            );
         }
-        std::fs::remove_file(&cfg.path).with_context(|| format!("cannot remove the stale socket {}", cfg.path.display()))?;
+        std::fs::remove_file(&cfg.path)
+            .with_context(|| format!("cannot remove the stale socket {}", cfg.path.display()))?;
     }
-    let listener =
-        UnixListener::bind(&cfg.path).with_context(|| format!("cannot listen on {}", cfg.path.display()))?;
+    let listener = UnixListener::bind(&cfg.path)
+        .with_context(|| format!("cannot listen on {}", cfg.path.display()))?;
     std::fs::set_permissions(&cfg.path, std::fs::Permissions::from_mode(cfg.mode))
         .with_context(|| format!("cannot set the mode of {}", cfg.path.display()))?;
     Ok(listener)
@@ -80,7 +85,10 @@ impl IngestSocket {
                 Err(_) => false,
             };
             if !allowed {
-                let who = stream.peer_cred().map(|c| format!("uid {} gid {}", c.uid(), c.gid())).unwrap_or_default();
+                let who = stream
+                    .peer_cred()
+                    .map(|c| format!("uid {} gid {}", c.uid(), c.gid()))
+                    .unwrap_or_default();
                 tracing::warn!(peer = %who, "ingest socket: peer not in allow_uids/allow_gids, refused");
                 tokio::spawn(async move {
                     let mut stream = stream;
@@ -115,13 +123,23 @@ enum Line {
 }
 
 /// Reads one line into `buf` (without the newline), holding at most `max` bytes.
-async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Line> {
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Line> {
     buf.clear();
     let mut total = 0usize;
     loop {
         let available = r.fill_buf().await?;
         if available.is_empty() {
-            return Ok(if total == 0 { Line::Eof } else if total > max { Line::TooLong(total) } else { Line::Full });
+            return Ok(if total == 0 {
+                Line::Eof
+            } else if total > max {
+                Line::TooLong(total)
+            } else {
+                Line::Full
+            });
         }
         let (chunk, found) = match available.iter().position(|&b| b == b'\n') {
             Some(i) => (&available[..i], Some(i)),
@@ -136,7 +154,11 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<
         let used = found.map(|i| i + 1).unwrap_or(available.len());
         r.consume(used);
         if found.is_some() {
-            return Ok(if total > max { Line::TooLong(total) } else { Line::Full });
+            return Ok(if total > max {
+                Line::TooLong(total)
+            } else {
+                Line::Full
+            });
         }
     }
 }
@@ -152,8 +174,12 @@ impl Connection {
         let writer = tokio::spawn(async move {
             let mut out = BufWriter::new(write);
             while let Some(answer) = rx.recv().await {
-                let line = answer.await.unwrap_or_else(|_| refused("internal error: the answer was lost"));
-                if out.write_all(line.as_bytes()).await.is_err() || out.write_all(b"\n").await.is_err() {
+                let line = answer
+                    .await
+                    .unwrap_or_else(|_| refused("internal error: the answer was lost"));
+                if out.write_all(line.as_bytes()).await.is_err()
+                    || out.write_all(b"\n").await.is_err()
+                {
                     return;
                 }
                 if rx.is_empty() && out.flush().await.is_err() {
@@ -196,7 +222,10 @@ impl Connection {
                             let queue = self.queue.clone();
                             let stats = self.stats.clone();
                             tokio::spawn(async move {
-                                let set = ChangeSet { changes: vec![change], full_collections: Vec::new() };
+                                let set = ChangeSet {
+                                    changes: vec![change],
+                                    full_collections: Vec::new(),
+                                };
                                 let answer = match queue.call(move |q| q.ingest(&[set])).await {
                                     Ok(_) => {
                                         IngestStats::add(&stats.lines_accepted, 1);
@@ -205,11 +234,13 @@ impl Connection {
                                     }
                                     Err(QueueError::Busy(reason)) => {
                                         IngestStats::add(&stats.busy, 1);
-                                        json!({"ok": false, "error": reason, "retry": true}).to_string()
+                                        json!({"ok": false, "error": reason, "retry": true})
+                                            .to_string()
                                     }
                                     Err(e) => {
                                         IngestStats::add(&stats.lines_refused, 1);
-                                        json!({"ok": false, "error": e.to_string(), "retry": true}).to_string()
+                                        json!({"ok": false, "error": e.to_string(), "retry": true})
+                                            .to_string()
                                     }
                                 };
                                 let _ = answer_tx.send(answer);
@@ -241,12 +272,24 @@ mod tests {
         let data = format!("{}\nshort\n{}", "x".repeat(100), "y".repeat(5));
         let mut r = BufReader::with_capacity(8, data.as_bytes());
         let mut buf = Vec::new();
-        assert!(matches!(read_line(&mut r, &mut buf, 10).await.unwrap(), Line::TooLong(100)));
+        assert!(matches!(
+            read_line(&mut r, &mut buf, 10).await.unwrap(),
+            Line::TooLong(100)
+        ));
         assert!(buf.len() <= 10);
-        assert!(matches!(read_line(&mut r, &mut buf, 10).await.unwrap(), Line::Full));
+        assert!(matches!(
+            read_line(&mut r, &mut buf, 10).await.unwrap(),
+            Line::Full
+        ));
         assert_eq!(buf, b"short");
-        assert!(matches!(read_line(&mut r, &mut buf, 10).await.unwrap(), Line::Full));
+        assert!(matches!(
+            read_line(&mut r, &mut buf, 10).await.unwrap(),
+            Line::Full
+        ));
         assert_eq!(buf, b"yyyyy");
-        assert!(matches!(read_line(&mut r, &mut buf, 10).await.unwrap(), Line::Eof));
+        assert!(matches!(
+            read_line(&mut r, &mut buf, 10).await.unwrap(),
+            Line::Eof
+        ));
     }
 }

@@ -1,1 +1,10 @@
+//! Integration tests: the real `hms-sync` binary on temp folders, driven the way
+//! a county's scripts and operators drive it.
 
+mod harness;
+
+mod bad_input;
+mod cli;
+mod pipeline;
+mod crash;
+mod durability;

@@ -1,0 +1,1 @@
+//! Model test of the queue (proptest against an in-memory model).

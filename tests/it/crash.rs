@@ -1,0 +1,1 @@
+//! Crash safety under SIGKILL (written by the durability work).

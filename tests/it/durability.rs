@@ -1,0 +1,1 @@
+//! fsync before every answer, shown with strace (written by the durability work).

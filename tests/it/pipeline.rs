@@ -1,0 +1,355 @@
+//! The whole path, from outside: drop folder and socket in, outbox files out.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::*;
+
+const COLUMNS: &[&str] = &["permit_number", "status", "inspector.name"];
+
+fn daemon() -> TestDaemon {
+    TestDaemon::new()
+        .connector(
+            "housing",
+            &csv_connector(
+                COLUMNS,
+                "",
+                "max_attempts = 3\nbackoff = \"50ms\"\nmax_backoff = \"200ms\"",
+            ),
+        )
+        .start()
+}
+
+#[test]
+fn fixture_files_become_csv_batches_and_a_repeat_sends_nothing() {
+    let d = daemon();
+    d.drop_fixture("permits/permit-123.json", "a.json");
+    d.wait_for(Duration::from_secs(10), "the first batch", |d| {
+        d.outbox_files("housing").len() == 1
+    });
+    d.drop_fixture("permits/permit-123-approved.json", "b.json");
+    d.wait_for(Duration::from_secs(10), "the second batch", |d| {
+        d.outbox_files("housing").len() == 2
+    });
+    let rows = d.outbox_rows("housing");
+    assert_eq!(
+        rows[0],
+        ["housing:1", "create", "123", "UNDER_REVIEW", "T. Lee"]
+    );
+    assert_eq!(
+        rows[1],
+        [
+            "housing:2",
+            "update",
+            "123",
+            "APPROVED",
+            "M. O'Brien & Sons <contract>"
+        ]
+    );
+    // The same file again: no delta, no file.
+    d.drop_fixture("permits/permit-123-approved.json", "c.json");
+    d.wait_inbox_empty();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.outbox_files("housing").len(), 2);
+    let st = d.target_status("housing");
+    assert_eq!(
+        (
+            st["state"].as_str(),
+            st["delivered"].as_u64(),
+            st["pending"].as_u64()
+        ),
+        (Some("up"), Some(2), Some(0))
+    );
+    // The delivery log says so too.
+    let tail = d.cli(&["tail", "--json", "--outcome", "delivered"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&tail.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["id"], "housing:2");
+    assert_eq!(lines[1]["key"], "123");
+    assert_eq!(lines[1]["attempt"], 1);
+}
+
+#[test]
+fn csv_ndjson_and_envelope_files_all_ingest() {
+    let d = daemon();
+    d.drop_fixture("permits/export-2026-11-25.csv", "export.csv");
+    d.wait_for(Duration::from_secs(10), "4 rows", |d| {
+        d.outbox_rows("housing").len() == 4
+    });
+    let envelopes = format!(
+        "{}\n{}\n",
+        json!({"collection": "permits", "key": "124", "deleted": true}),
+        json!({"collection": "permits", "key": 900, "doc": {"permit_number": "900", "status": "NEW"}})
+    );
+    drop_into(
+        &d.path().join("inbox/envelopes"),
+        "e.ndjson",
+        envelopes.as_bytes(),
+    );
+    d.wait_for(Duration::from_secs(10), "6 rows", |d| {
+        d.outbox_rows("housing").len() == 6
+    });
+    let rows = d.outbox_rows("housing");
+    assert!(
+        rows.iter()
+            .any(|r| r[1] == "delete" && r[2] == "124" && r[3].is_empty())
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r[1] == "create" && r[2] == "900" && r[3] == "NEW")
+    );
+}
+
+#[test]
+fn snapshot_folders_delete_records_absent_from_the_file() {
+    let d = TestDaemon::new()
+        .tables("[[watch]]\ndir = \"inbox/full\"\ncollection = \"permits\"\nkey = \"permit_number\"\nsnapshot = true")
+        .connector("housing", &csv_connector(COLUMNS, "", ""))
+        .start();
+    drop_into(
+        &d.path().join("inbox/full"),
+        "all.csv",
+        b"permit_number,status\n1,A\n2,B\n",
+    );
+    d.wait_for(Duration::from_secs(10), "2 rows", |d| {
+        d.outbox_rows("housing").len() == 2
+    });
+    drop_into(
+        &d.path().join("inbox/full"),
+        "all2.csv",
+        b"permit_number,status\n2,B\n",
+    );
+    d.wait_for(Duration::from_secs(10), "the delete", |d| {
+        d.outbox_rows("housing").len() == 3
+    });
+    let rows = d.outbox_rows("housing");
+    assert_eq!(rows[2][1..3], ["delete".to_string(), "1".to_string()]);
+}
+
+#[test]
+fn socket_pipelines_answers_in_order_and_bad_lines_keep_the_connection() {
+    let d = daemon();
+    let mut c = d.client();
+    for i in 0..200 {
+        c.send_line(&envelope(
+            &i.to_string(),
+            json!({"permit_number": i.to_string(), "status": "S"}),
+        ));
+        if i == 100 {
+            c.send_line("{not json");
+            c.send_line(&json!({"collection": "permits", "key": "x"}).to_string());
+        }
+    }
+    let answers: Vec<serde_json::Value> = (0..202).map(|_| c.answer()).collect();
+    assert_eq!(answers.iter().filter(|a| a["ok"] == true).count(), 200);
+    assert_eq!(answers[101]["ok"], false);
+    assert!(
+        answers[101]["error"].as_str().unwrap().contains("line 102"),
+        "{}",
+        answers[101]
+    );
+    assert!(
+        answers[102]["error"]
+            .as_str()
+            .unwrap()
+            .contains("neither `doc`"),
+        "{}",
+        answers[102]
+    );
+    assert_eq!(
+        c.call(&envelope("500", json!({"permit_number": "500"})))["ok"],
+        true,
+        "the connection stays open"
+    );
+    d.wait_for(Duration::from_secs(10), "201 rows", |d| {
+        d.outbox_rows("housing").len() == 201
+    });
+}
+
+#[test]
+fn a_missing_outbox_is_an_outage_that_ends_with_every_delta_delivered() {
+    let d = daemon();
+    std::fs::remove_dir(d.outbox("housing")).unwrap();
+    let mut c = d.client();
+    for i in 0..5 {
+        assert_eq!(
+            c.call(&envelope(
+                "1",
+                json!({"permit_number": "1", "status": format!("S{i}")})
+            ))["ok"],
+            true
+        );
+        assert_eq!(
+            c.call(&envelope(
+                &format!("k{i}"),
+                json!({"permit_number": format!("k{i}")})
+            ))["ok"],
+            true
+        );
+    }
+    d.wait_for(Duration::from_secs(10), "state down", |d| {
+        d.target_status("housing")["state"] == "down"
+    });
+    let st = d.target_status("housing");
+    assert!(
+        st["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{st}"
+    );
+    // Outages never count against deltas, however long they last (max_attempts is 3).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(d.target_status("housing")["dead"], 0);
+    std::fs::create_dir(d.outbox("housing")).unwrap();
+    d.wait_for(Duration::from_secs(10), "delivery after the outage", |d| {
+        d.target_status("housing")["pending"] == 0 && d.target_status("housing")["in_flight"] == 0
+    });
+    let rows = d.outbox_rows("housing");
+    // Record 1 changed five times while down: coalesced into one create with the last state.
+    let one: Vec<_> = rows.iter().filter(|r| r[2] == "1").collect();
+    assert_eq!(one.len(), 1, "{rows:?}");
+    assert_eq!(one[0][3], "S4");
+    assert_eq!(rows.len(), 6);
+    assert_eq!(d.target_status("housing")["state"], "up");
+}
+
+#[test]
+fn rejections_dead_letter_hold_the_record_and_retry_sends_the_merged_state() {
+    // XML cannot carry U+0007: the translator refuses, which counts as a rejection.
+    let connector = "collections = [\"permits\"]\n[format]\nkind = \"xml\"\nroot = \"PermitUpdate\"\nkey_element = \"PermitNumber\"\n\
+                     [transport]\nkind = \"file\"\ndir = \"outbox/NAME\"\n[retry]\nmax_attempts = 3\nbackoff = \"20ms\"\nmax_backoff = \"50ms\"\n";
+    let d = TestDaemon::new()
+        .config("alert_command = \"echo \\\"$HMS_ID $HMS_KEY $HMS_ATTEMPTS\\\" >> alerts.txt\"")
+        .connector("cobol", connector)
+        .start();
+    let mut c = d.client();
+    assert_eq!(
+        c.call(&envelope(
+            "bad",
+            json!({"permit_number": "bad", "notes": "bell\u{7}"})
+        ))["ok"],
+        true
+    );
+    assert_eq!(
+        c.call(&envelope("good", json!({"permit_number": "good"})))["ok"],
+        true
+    );
+    d.wait_for(Duration::from_secs(10), "a dead letter", |d| {
+        d.target_status("cobol")["dead"] == 1
+    });
+    let list = d.cli(&["dead", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list[0]["id"], "cobol:1");
+    assert_eq!(list[0]["key"], "bad");
+    assert_eq!(list[0]["attempts"], 3);
+    assert!(list[0]["last_error"].as_str().unwrap().contains("U+0007"));
+    d.wait_for(Duration::from_secs(5), "the alert", |d| {
+        std::fs::read_to_string(d.path().join("alerts.txt"))
+            .unwrap_or_default()
+            .contains("cobol:1 bad 3")
+    });
+    // Other records flowed.
+    assert_eq!(d.target_status("cobol")["delivered"], 1);
+    // Later changes of the held record wait behind the dead letter.
+    assert_eq!(
+        c.call(&envelope(
+            "bad",
+            json!({"permit_number": "bad", "notes": "fixed", "status": "OK"})
+        ))["ok"],
+        true
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.target_status("cobol")["delivered"], 1);
+    assert_eq!(d.target_status("cobol")["pending"], 0);
+    let out = d.cli(&["dead", "retry", "cobol:1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.wait_for(Duration::from_secs(10), "the merged delta", |d| {
+        d.target_status("cobol")["delivered"] == 2
+    });
+    assert_eq!(d.target_status("cobol")["dead"], 0);
+    let files = d.outbox_files("cobol");
+    let last = std::fs::read_to_string(files.last().unwrap()).unwrap();
+    assert!(
+        last.contains("id=\"cobol:1\"") && last.contains(">fixed<") && last.contains(">OK<"),
+        "{last}"
+    );
+    let retried = d.cli(&["tail", "--json", "--outcome", "retried"]);
+    assert!(String::from_utf8_lossy(&retried.stdout).contains("cobol:1"));
+}
+
+#[test]
+fn dropping_a_dead_letter_lets_held_changes_flow() {
+    let connector = "collections = [\"permits\"]\n[format]\nkind = \"xml\"\n[transport]\nkind = \"file\"\ndir = \"outbox/NAME\"\n[retry]\nmax_attempts = 1\n";
+    let d = TestDaemon::new().connector("cobol", connector).start();
+    let mut c = d.client();
+    assert_eq!(
+        c.call(&envelope(
+            "k",
+            json!({"permit_number": "k", "notes": "\u{1}"})
+        ))["ok"],
+        true
+    );
+    d.wait_for(Duration::from_secs(10), "a dead letter", |d| {
+        d.target_status("cobol")["dead"] == 1
+    });
+    assert_eq!(
+        c.call(&envelope(
+            "k",
+            json!({"permit_number": "k", "notes": "clean"})
+        ))["ok"],
+        true
+    );
+    let out = d.cli(&["dead", "drop", "cobol:1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.wait_for(Duration::from_secs(10), "the held change", |d| {
+        d.target_status("cobol")["delivered"] == 1
+    });
+    let files = d.outbox_files("cobol");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        text.contains("id=\"cobol:2\"") && text.contains(">clean<"),
+        "{text}"
+    );
+    let missing = d.cli(&["dead", "show", "cobol:1"]);
+    assert_eq!(missing.status.code(), Some(2));
+}
+
+#[test]
+fn sigterm_stops_cleanly_with_exit_0_and_state_survives() {
+    let mut d = daemon();
+    d.drop_fixture("permits/permit-123.json", "a.json");
+    d.wait_for(Duration::from_secs(10), "a batch", |d| {
+        d.outbox_files("housing").len() == 1
+    });
+    assert_eq!(d.stop(), Some(0));
+    assert!(
+        !d.socket().exists(),
+        "the socket file is removed on shutdown"
+    );
+    // Offline, status still reads the queue.
+    let st = d.status_json();
+    assert_eq!(st["running"], false);
+    assert_eq!(st["targets"][0]["delivered"], 1);
+    d.restart();
+    d.drop_fixture("permits/permit-123.json", "again.json");
+    d.wait_inbox_empty();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        d.outbox_files("housing").len(),
+        1,
+        "the snapshot survived the restart"
+    );
+}

@@ -294,7 +294,7 @@ mod tests {
 
     #[test]
     fn the_fixture_pair_gives_the_expected_delta() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
         let read = |p: &str| -> Value {
             serde_json::from_str(&std::fs::read_to_string(dir.join(p)).expect("fixture"))
                 .expect("json")

@@ -425,8 +425,12 @@ impl Queue {
     // ---- ingest ------------------------------------------------------------
 
     /// Diffs every change against its snapshot and queues the deltas, each set
-    /// whole or not at all. Not durable until [`Queue::commit`].
+    /// whole or not at all; refuses with [`QueueError::Busy`] while backpressure
+    /// holds. Not durable until [`Queue::commit`].
     pub fn ingest(&mut self, sets: &[ChangeSet]) -> Result<Vec<Ingested>, QueueError> {
+        if let Some(reason) = self.busy_reason() {
+            return Err(QueueError::Busy(reason));
+        }
         let now = now_ms();
         let tree = self.tree.clone();
         let mut txn = Txn::new(&tree);

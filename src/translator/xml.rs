@@ -132,7 +132,7 @@ mod tests {
     use serde_json::{Value, json};
 
     fn fixture(p: &str) -> String {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
         std::fs::read_to_string(dir.join(p)).expect("fixture")
     }
 

@@ -427,7 +427,7 @@ mod tests {
     fn csv_headers_are_paths_and_values_strings() {
         let text = std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../shared/fixtures/permits/export-2026-11-25.csv"),
+                .join("tests/fixtures/permits/export-2026-11-25.csv"),
         )
         .unwrap();
         let set = parse("e.csv", &text, Some("permit_number")).unwrap();

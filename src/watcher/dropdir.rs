@@ -382,10 +382,13 @@ fn make_watcher(
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => event.paths.first(),
             EventKind::Modify(ModifyKind::Name(RenameMode::To)) => event.paths.first(),
             EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => event.paths.get(1),
-            // Not a file that is being written: FIFOs, links, sockets, hard links.
-            EventKind::Create(CreateKind::Other | CreateKind::Any) => event.paths.first(),
             // Polling sees creations and changes only.
             EventKind::Create(_) | EventKind::Modify(_) if poll => event.paths.first(),
+            // A created regular file is taken when it is closed; anything else (a
+            // FIFO, a link) will never be "closed after writing": look at it now.
+            EventKind::Create(CreateKind::File | CreateKind::Other | CreateKind::Any) => {
+                event.paths.first().filter(|p| p.symlink_metadata().is_ok_and(|m| !m.is_file()))
+            }
             _ => None,
         };
         if let Some(p) = path {

@@ -35,9 +35,15 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let mut warnings = 0;
     for c in &cfg.connectors {
         let transport = match &c.transport {
-            TransportSpec::File { dir, create_dir, .. } => {
+            TransportSpec::File {
+                dir, create_dir, ..
+            } => {
                 if *create_dir && !dir.exists() {
-                    println!("note:   {}: outbox {} will be created at start-up (create_dir = true)", c.name, dir.display());
+                    println!(
+                        "note:   {}: outbox {} will be created at start-up (create_dir = true)",
+                        c.name,
+                        dir.display()
+                    );
                 } else if !writable_dir(dir) {
                     warnings += 1;
                     eprintln!(

@@ -12,10 +12,67 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{Queue, QueueError};
+use super::{Ingested, Queue, QueueError};
+use crate::record::ChangeSet;
 
 type Answer = Box<dyn FnOnce(Option<&QueueError>) + Send>;
-type Job = Box<dyn FnOnce(&mut Queue) -> Answer + Send>;
+
+enum Job {
+    /// Any work on the queue.
+    Call(Box<dyn FnOnce(&mut Queue) -> Answer + Send>),
+    /// One change set from a source. Consecutive ones are ingested together as
+    /// one atomic batch: the hot path of group commit.
+    Ingest(ChangeSet, oneshot::Sender<Result<Ingested, QueueError>>),
+}
+
+type IngestReply = oneshot::Sender<Result<Ingested, QueueError>>;
+
+/// Runs `jobs` in order, ingesting each run of consecutive change sets at once.
+fn run_jobs(queue: &mut Queue, jobs: Vec<Job>) -> Vec<Answer> {
+    let mut answers: Vec<Answer> = Vec::with_capacity(jobs.len());
+    let mut sets: Vec<ChangeSet> = Vec::new();
+    let mut replies: Vec<IngestReply> = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Ingest(set, reply) => {
+                sets.push(set);
+                replies.push(reply);
+            }
+            Job::Call(f) => {
+                ingest_together(queue, &mut sets, &mut replies, &mut answers);
+                answers.push(f(queue));
+            }
+        }
+    }
+    ingest_together(queue, &mut sets, &mut replies, &mut answers);
+    answers
+}
+
+fn ingest_together(
+    queue: &mut Queue,
+    sets: &mut Vec<ChangeSet>,
+    replies: &mut Vec<IngestReply>,
+    answers: &mut Vec<Answer>,
+) {
+    if sets.is_empty() {
+        return;
+    }
+    let result = queue.ingest(sets);
+    sets.clear();
+    for (i, reply) in replies.drain(..).enumerate() {
+        let r = match &result {
+            Ok(done) => Ok(done[i]),
+            Err(e) => Err(e.duplicate()),
+        };
+        answers.push(Box::new(move |commit_error: Option<&QueueError>| {
+            let r = match commit_error {
+                Some(e) => Err(QueueError::CommitFailed(e.to_string())),
+                None => r,
+            };
+            let _ = reply.send(r);
+        }));
+    }
+}
 
 /// Commit statistics for `/metrics`.
 #[derive(Default, Debug)]
@@ -53,13 +110,14 @@ impl QueueHandle {
             .name("queue-writer".into())
             .spawn(move || {
                 while let Some(job) = rx.blocking_recv() {
-                    let mut answers = vec![job(&mut queue)];
-                    while answers.len() < 8192 {
+                    let mut jobs = vec![job];
+                    while jobs.len() < 8192 {
                         match rx.try_recv() {
-                            Ok(job) => answers.push(job(&mut queue)),
+                            Ok(job) => jobs.push(job),
                             Err(_) => break,
                         }
                     }
+                    let answers = run_jobs(&mut queue, jobs);
                     let started = Instant::now();
                     let was_dirty = queue.is_dirty();
                     let result = queue.commit();
@@ -97,7 +155,7 @@ impl QueueHandle {
         f: impl FnOnce(&mut Queue) -> Result<T, QueueError> + Send + 'static,
     ) -> Result<T, QueueError> {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |q| {
+        let job = Job::Call(Box::new(move |q| {
             let result = f(q);
             Box::new(move |commit_error: Option<&QueueError>| {
                 let result = match (commit_error, result) {
@@ -106,13 +164,24 @@ impl QueueHandle {
                 };
                 let _ = tx.send(result);
             })
-        });
+        }));
         self.jobs
             .send(job)
             .await
             .map_err(|_| QueueError::CommitFailed("the queue writer has stopped".into()))?;
         rx.await
             .map_err(|_| QueueError::CommitFailed("the queue writer has stopped".into()))?
+    }
+
+    /// Diffs and queues one change set; answers once it is durable.
+    pub async fn ingest(&self, set: ChangeSet) -> Result<Ingested, QueueError> {
+        let (tx, rx) = oneshot::channel();
+        let stopped = || QueueError::CommitFailed("the queue writer has stopped".into());
+        self.jobs
+            .send(Job::Ingest(set, tx))
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 
     /// The notifier that wakes `target`'s worker when it has new work.

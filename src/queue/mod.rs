@@ -62,6 +62,16 @@ pub enum QueueError {
     CommitFailed(String),
 }
 
+impl QueueError {
+    /// The same error for every source of a batch that failed together.
+    pub fn duplicate(&self) -> QueueError {
+        match self {
+            QueueError::Busy(reason) => QueueError::Busy(reason.clone()),
+            other => QueueError::CommitFailed(other.to_string()),
+        }
+    }
+}
+
 /// What the queue needs to know of a connector.
 #[derive(Clone, Debug)]
 pub struct TargetSpec {

@@ -194,7 +194,7 @@ impl DropDir {
         };
         drop(bytes);
         let changes = set.changes.len() as u64;
-        match self.queue.call(move |q| q.ingest(&[set])).await {
+        match self.queue.ingest(set).await {
             Ok(_) => {
                 IngestStats::add(&self.stats.changes, changes);
                 IngestStats::add(&self.stats.files_accepted, 1);
@@ -386,9 +386,10 @@ fn make_watcher(
             EventKind::Create(_) | EventKind::Modify(_) if poll => event.paths.first(),
             // A created regular file is taken when it is closed; anything else (a
             // FIFO, a link) will never be "closed after writing": look at it now.
-            EventKind::Create(CreateKind::File | CreateKind::Other | CreateKind::Any) => {
-                event.paths.first().filter(|p| p.symlink_metadata().is_ok_and(|m| !m.is_file()))
-            }
+            EventKind::Create(CreateKind::File | CreateKind::Other | CreateKind::Any) => event
+                .paths
+                .first()
+                .filter(|p| p.symlink_metadata().is_ok_and(|m| !m.is_file())),
             _ => None,
         };
         if let Some(p) = path {

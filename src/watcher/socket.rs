@@ -226,7 +226,7 @@ impl Connection {
                                     changes: vec![change],
                                     full_collections: Vec::new(),
                                 };
-                                let answer = match queue.call(move |q| q.ingest(&[set])).await {
+                                let answer = match queue.ingest(set).await {
                                     Ok(_) => {
                                         IngestStats::add(&stats.lines_accepted, 1);
                                         IngestStats::add(&stats.changes, 1);

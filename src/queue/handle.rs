@@ -173,15 +173,27 @@ impl QueueHandle {
             .map_err(|_| QueueError::CommitFailed("the queue writer has stopped".into()))?
     }
 
-    /// Diffs and queues one change set; answers once it is durable.
-    pub async fn ingest(&self, set: ChangeSet) -> Result<Ingested, QueueError> {
+    /// Queues one change set now, behind every job queued before it, and returns
+    /// the receiver of its answer (sent once it is durable). A source that submits
+    /// its changes one after another has them applied in that order.
+    pub async fn submit_ingest(
+        &self,
+        set: ChangeSet,
+    ) -> Result<oneshot::Receiver<Result<Ingested, QueueError>>, QueueError> {
         let (tx, rx) = oneshot::channel();
-        let stopped = || QueueError::CommitFailed("the queue writer has stopped".into());
         self.jobs
             .send(Job::Ingest(set, tx))
             .await
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+            .map_err(|_| QueueError::CommitFailed("the queue writer has stopped".into()))?;
+        Ok(rx)
+    }
+
+    /// Diffs and queues one change set; answers once it is durable.
+    pub async fn ingest(&self, set: ChangeSet) -> Result<Ingested, QueueError> {
+        self.submit_ingest(set)
+            .await?
+            .await
+            .map_err(|_| QueueError::CommitFailed("the queue writer has stopped".into()))?
     }
 
     /// The notifier that wakes `target`'s worker when it has new work.

@@ -18,8 +18,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::IngestStats;
 use super::parse::{Shape, parse_line};
 use crate::config::{Limits, SocketConfig};
-use crate::queue::QueueError;
 use crate::queue::handle::QueueHandle;
+use crate::queue::{Ingested, QueueError};
 use crate::record::ChangeSet;
 
 /// Answers a connection may have outstanding before we stop reading its lines.
@@ -167,16 +167,44 @@ fn refused(error: &str) -> String {
     json!({"ok": false, "error": error}).to_string()
 }
 
+/// One answer the connection owes, in line order.
+enum Owed {
+    /// Known already (a refused line).
+    Now(String),
+    /// The queue's verdict on an ingested change, once it is durable.
+    Ingest(oneshot::Receiver<Result<Ingested, QueueError>>),
+}
+
 impl Connection {
     async fn serve(mut self, stream: UnixStream) {
         let (read, write) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<oneshot::Receiver<String>>(PIPELINE_DEPTH);
+        let (tx, mut rx) = mpsc::channel::<Owed>(PIPELINE_DEPTH);
+        let stats = self.stats.clone();
         let writer = tokio::spawn(async move {
             let mut out = BufWriter::new(write);
-            while let Some(answer) = rx.recv().await {
-                let line = answer
-                    .await
-                    .unwrap_or_else(|_| refused("internal error: the answer was lost"));
+            while let Some(owed) = rx.recv().await {
+                let line = match owed {
+                    Owed::Now(line) => line,
+                    Owed::Ingest(mut answer) => {
+                        let result = match answer.try_recv() {
+                            Ok(r) => Ok(r),
+                            Err(oneshot::error::TryRecvError::Empty) => {
+                                // Not durable yet: hand out what is ready first.
+                                if out.flush().await.is_err() {
+                                    return;
+                                }
+                                answer.await.map_err(|_| ())
+                            }
+                            Err(oneshot::error::TryRecvError::Closed) => Err(()),
+                        };
+                        let lost = || {
+                            Err(QueueError::CommitFailed(
+                                "the queue writer has stopped".into(),
+                            ))
+                        };
+                        answer_line(&stats, result.unwrap_or_else(|()| lost()))
+                    }
+                };
                 if out.write_all(line.as_bytes()).await.is_err()
                     || out.write_all(b"\n").await.is_err()
                 {
@@ -196,65 +224,64 @@ impl Connection {
                 r = read_line(&mut reader, &mut buf, self.limits.max_line_bytes) => r,
                 _ = self.shutdown.changed() => break,
             };
-            let (answer_tx, answer_rx) = oneshot::channel();
-            match read {
+            let owed = match read {
                 Err(_) | Ok(Line::Eof) => break,
                 Ok(Line::TooLong(n)) => {
                     line_no += 1;
                     IngestStats::add(&self.stats.lines_refused, 1);
-                    let _ = answer_tx.send(refused(&format!(
+                    Owed::Now(refused(&format!(
                         "line {line_no}: {n} bytes, over the limit of {} (max_line_bytes); nothing from it was taken",
                         self.limits.max_line_bytes
-                    )));
+                    )))
                 }
+                Ok(Line::Full) if buf.iter().all(u8::is_ascii_whitespace) => continue,
                 Ok(Line::Full) => {
                     line_no += 1;
-                    if buf.iter().all(u8::is_ascii_whitespace) {
-                        line_no -= 1;
-                        continue;
-                    }
                     match parse_line(&buf, &Shape::Envelope, &self.limits) {
                         Err(e) => {
                             IngestStats::add(&self.stats.lines_refused, 1);
-                            let _ = answer_tx.send(refused(&format!("line {line_no}: {e}")));
+                            Owed::Now(refused(&format!("line {line_no}: {e}")))
                         }
                         Ok(change) => {
-                            let queue = self.queue.clone();
-                            let stats = self.stats.clone();
-                            tokio::spawn(async move {
-                                let set = ChangeSet {
-                                    changes: vec![change],
-                                    full_collections: Vec::new(),
-                                };
-                                let answer = match queue.ingest(set).await {
-                                    Ok(_) => {
-                                        IngestStats::add(&stats.lines_accepted, 1);
-                                        IngestStats::add(&stats.changes, 1);
-                                        json!({"ok": true}).to_string()
-                                    }
-                                    Err(QueueError::Busy(reason)) => {
-                                        IngestStats::add(&stats.busy, 1);
-                                        json!({"ok": false, "error": reason, "retry": true})
-                                            .to_string()
-                                    }
-                                    Err(e) => {
-                                        IngestStats::add(&stats.lines_refused, 1);
-                                        json!({"ok": false, "error": e.to_string(), "retry": true})
-                                            .to_string()
-                                    }
-                                };
-                                let _ = answer_tx.send(answer);
-                            });
+                            // Submitted here, in line order, so that the queue applies
+                            // a connection's changes in the order they were written.
+                            let set = ChangeSet {
+                                changes: vec![change],
+                                full_collections: Vec::new(),
+                            };
+                            match self.queue.submit_ingest(set).await {
+                                Ok(answer) => Owed::Ingest(answer),
+                                Err(e) => Owed::Now(answer_line(&self.stats, Err(e))),
+                            }
                         }
                     }
                 }
-            }
-            if tx.send(answer_rx).await.is_err() {
+            };
+            if tx.send(owed).await.is_err() {
                 break;
             }
         }
         drop(tx);
         let _ = writer.await;
+    }
+}
+
+/// The answer line for an ingested change.
+fn answer_line(stats: &IngestStats, result: Result<Ingested, QueueError>) -> String {
+    match result {
+        Ok(_) => {
+            IngestStats::add(&stats.lines_accepted, 1);
+            IngestStats::add(&stats.changes, 1);
+            json!({"ok": true}).to_string()
+        }
+        Err(QueueError::Busy(reason)) => {
+            IngestStats::add(&stats.busy, 1);
+            json!({"ok": false, "error": reason, "retry": true}).to_string()
+        }
+        Err(e) => {
+            IngestStats::add(&stats.lines_refused, 1);
+            json!({"ok": false, "error": e.to_string(), "retry": true}).to_string()
+        }
     }
 }
 

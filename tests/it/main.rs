@@ -5,6 +5,6 @@ mod harness;
 
 mod bad_input;
 mod cli;
-mod pipeline;
 mod crash;
 mod durability;
+mod pipeline;

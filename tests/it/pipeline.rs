@@ -356,13 +356,19 @@ fn sigterm_stops_cleanly_with_exit_0_and_state_survives() {
 
 #[test]
 fn backpressure_pauses_ingestion_without_loss_and_resumes_by_itself() {
-    let d = TestDaemon::new().config("max_queue_bytes = 2000").connector("housing", &csv_connector(COLUMNS, "", "")).start();
+    let d = TestDaemon::new()
+        .config("max_queue_bytes = 2000")
+        .connector("housing", &csv_connector(COLUMNS, "", ""))
+        .start();
     std::fs::remove_dir(d.outbox("housing")).unwrap();
     let mut c = d.client();
     let mut accepted = 0;
     let mut busy = None;
     for i in 0..200 {
-        let a = c.call(&envelope(&format!("k{i}"), json!({"permit_number": format!("k{i}"), "status": "S"})));
+        let a = c.call(&envelope(
+            &format!("k{i}"),
+            json!({"permit_number": format!("k{i}"), "status": "S"}),
+        ));
         if a["ok"] == true {
             accepted += 1;
         } else {
@@ -372,13 +378,25 @@ fn backpressure_pauses_ingestion_without_loss_and_resumes_by_itself() {
     }
     let busy = busy.expect("the queue filled up");
     assert_eq!(busy["retry"], true, "{busy}");
-    assert!(busy["error"].as_str().unwrap().starts_with("busy"), "{busy}");
+    assert!(
+        busy["error"].as_str().unwrap().starts_with("busy"),
+        "{busy}"
+    );
     // A dropped file waits in the inbox meanwhile.
     d.drop_file("late.json", br#"{"permit_number":"late","status":"L"}"#);
     std::thread::sleep(Duration::from_millis(600));
-    assert!(d.inbox().join("late.json").exists(), "the file stays while ingestion is paused");
+    assert!(
+        d.inbox().join("late.json").exists(),
+        "the file stays while ingestion is paused"
+    );
     std::fs::create_dir(d.outbox("housing")).unwrap();
     d.wait_inbox_empty();
-    d.wait_for(Duration::from_secs(20), "everything delivered", |d| d.outbox_rows("housing").len() == accepted + 1);
-    assert_eq!(c.call(&envelope("after", json!({"permit_number": "after"})))["ok"], true, "resumed by itself");
+    d.wait_for(Duration::from_secs(20), "everything delivered", |d| {
+        d.outbox_rows("housing").len() == accepted + 1
+    });
+    assert_eq!(
+        c.call(&envelope("after", json!({"permit_number": "after"})))["ok"],
+        true,
+        "resumed by itself"
+    );
 }

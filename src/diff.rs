@@ -167,6 +167,16 @@ pub fn project(delta: &Delta, fields: Option<&[String]>) -> Option<Delta> {
 pub fn merge(older: Delta, newer: Delta) -> Option<Delta> {
     match (older.op, newer.op) {
         (Op::Create, Op::Delete) => None,
+        (Op::Update, Op::Delete) => {
+            // The legacy system still has the paths the update would have removed.
+            let mut unset = older.unset;
+            unset.extend(newer.unset);
+            Some(Delta {
+                op: Op::Delete,
+                set: Flat::new(),
+                unset,
+            })
+        }
         (_, Op::Delete) => Some(newer),
         (Op::Delete, Op::Create) | (Op::Delete, Op::Update) => {
             // The legacy system holds the record as it was before the delete:
@@ -370,13 +380,23 @@ mod tests {
             ),
             Some(delta(Op::Update, json!({"a": 2, "c": 3}), &["b"]))
         );
-        // update ∘ delete: delete
+        // update ∘ delete: delete, remembering what the update would have removed
         assert_eq!(
             m(
-                delta(Op::Update, json!({"a": 1}), &[]),
+                delta(Op::Update, json!({"a": 1}), &["z"]),
                 delta(Op::Delete, json!({}), &["a", "b"])
             ),
-            Some(delta(Op::Delete, json!({}), &["a", "b"]))
+            Some(delta(Op::Delete, json!({}), &["a", "b", "z"]))
+        );
+        // update ∘ delete ∘ create: the field the update removed still goes
+        let gone = m(
+            delta(Op::Update, json!({"n": 0}), &["a"]),
+            delta(Op::Delete, json!({}), &["n"]),
+        )
+        .unwrap();
+        assert_eq!(
+            m(gone, delta(Op::Create, json!({"b": 0}), &[])),
+            Some(delta(Op::Update, json!({"b": 0}), &["a", "n"]))
         );
         // delete ∘ create: update that sets every new field, unsets old ones absent
         assert_eq!(

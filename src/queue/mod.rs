@@ -16,9 +16,11 @@
 //! **Invariants:**
 //! - Every mutation is one `apply_batch`; nothing is acknowledged to a source or
 //!   reported to a worker before [`Queue::commit`] (flush, then fsync of `db`).
-//! - Per `(target, record)`: at most one waiting delta that is not in flight, and
-//!   `'i'` points at it. An in-flight delta is never changed; a newer one waits
-//!   behind it and is folded into it if the delivery fails.
+//! - Per `(target, record)`: at most one delta that can still absorb changes, and
+//!   `'i'` points at it. Leasing a delta removes its `'i'` entry (durably, before
+//!   it reaches the transport): a delta the legacy system may have seen is never
+//!   changed again — retried as it is, under its id — and newer changes wait
+//!   behind it in a delta of their own.
 //! - A record with a dead letter has no delta in `'p'`: newer deltas merge into the
 //!   dead letter's `held` until an operator retries or drops it.
 //! - In-flight state lives in memory only: after a restart every delta is waiting.
@@ -540,6 +542,7 @@ impl Queue {
             .get_mut(name)
             .ok_or_else(|| QueueError::UnknownTarget(name.to_string()))?;
         let mut lease = Lease::default();
+        let mut txn = Txn::new(&tree);
         let mut blocked: HashSet<RecordId> = target.in_flight_records.clone();
         for kv in tree.scan_prefix(key_of(b'p', &[name], None)) {
             if lease.items.len() >= max {
@@ -570,11 +573,18 @@ impl Queue {
                 ),
                 None => None,
             };
+            // Sealed from now on: newer changes queue behind it, even after a
+            // restart, because the legacy system may already have processed it.
+            let ikey = index_key(name, &queued.record);
+            if txn.get(&ikey)?.map(|v| seq_value(&v)) == Some(seq) {
+                txn.remove(ikey);
+            }
             blocked.insert(queued.record.clone());
             target.in_flight.insert(seq, queued.record.clone());
             target.in_flight_records.insert(queued.record.clone());
             lease.items.push(Leased { queued, record });
         }
+        self.apply(txn)?;
         Ok(lease)
     }
 
@@ -640,17 +650,19 @@ impl Queue {
         })
     }
 
-    /// A failed in-flight delta goes back to waiting; a newer delta that queued
-    /// behind it is folded in, keeping the older one's place.
+    /// A failed in-flight delta goes back to waiting with its delivery id and its
+    /// content unchanged (the legacy system may have processed it before failing
+    /// to answer; a repeat under the same id is then dropped there). Newer changes
+    /// keep waiting behind it in their own delta.
     fn settle_failure(
         &mut self,
         name: &str,
         seq: u64,
         change: impl FnOnce(&mut QueuedDelta),
     ) -> Result<(), QueueError> {
-        let Some(record) = self.take_in_flight(name, seq)? else {
+        if self.take_in_flight(name, seq)?.is_none() {
             return Ok(());
-        };
+        }
         let tree = self.tree.clone();
         let mut txn = Txn::new(&tree);
         let mut c = self.target(name)?.counters;
@@ -660,47 +672,24 @@ impl Queue {
         };
         let mut queued = codec::decode_queued(seq, &bytes).map_err(decode_err(&pkey))?;
         change(&mut queued);
-        let ikey = index_key(name, &record);
-        let waiting = txn.get(&ikey)?.map(|v| seq_value(&v)).filter(|&n| n != seq);
-        c.pending_bytes = c.pending_bytes.saturating_sub(bytes.len() as u64);
-        if let Some(newer_seq) = waiting {
-            let nkey = pending_key(name, newer_seq);
-            if let Some(nbytes) = txn.get(&nkey)? {
-                let newer = codec::decode_queued(newer_seq, &nbytes).map_err(decode_err(&nkey))?;
-                txn.remove(nkey);
-                c.pending -= 1;
-                c.pending_bytes = c.pending_bytes.saturating_sub(nbytes.len() as u64);
-                match diff::merge(queued.delta.clone(), newer.delta) {
-                    Some(merged) => queued.delta = merged,
-                    None => {
-                        txn.remove(pkey);
-                        txn.remove(ikey);
-                        c.pending -= 1;
-                        return self.finish(txn, name, c);
-                    }
-                }
-            }
-        }
         let encoded = codec::encode_queued(&queued);
-        c.pending_bytes += encoded.len() as u64;
+        c.pending_bytes = c.pending_bytes.saturating_sub(bytes.len() as u64) + encoded.len() as u64;
         txn.insert(pkey, encoded);
-        txn.insert(ikey, seq.to_be_bytes().to_vec());
         self.finish(txn, name, c)
     }
 
     /// Rejected for the last time: the delta becomes a dead letter that holds its
-    /// record. Returns the dead letter, for the log and the alert.
+    /// record, taking in the newer delta that waited behind it. Returns the dead
+    /// letter, for the log and the alert.
     pub fn dead_letter(
         &mut self,
         name: &str,
         seq: u64,
         error: &str,
     ) -> Result<Option<DeadLetter>, QueueError> {
-        // Count the attempt and fold in a waiting newer delta first.
-        self.settle_failure(name, seq, |q| {
-            q.attempts += 1;
-            q.last_error = Some(error.to_string());
-        })?;
+        if self.take_in_flight(name, seq)?.is_none() {
+            return Ok(None);
+        }
         let tree = self.tree.clone();
         let mut txn = Txn::new(&tree);
         let mut c = self.target(name)?.counters;
@@ -708,17 +697,34 @@ impl Queue {
         let Some(bytes) = txn.get(&pkey)? else {
             return Ok(None);
         };
-        let queued = codec::decode_queued(seq, &bytes).map_err(decode_err(&pkey))?;
+        let mut queued = codec::decode_queued(seq, &bytes).map_err(decode_err(&pkey))?;
+        queued.attempts += 1;
+        queued.last_error = Some(error.to_string());
         txn.remove(pkey);
-        txn.remove(index_key(name, &queued.record));
-        txn.insert(hold_key(name, &queued.record), seq.to_be_bytes().to_vec());
         c.pending -= 1;
         c.pending_bytes = c.pending_bytes.saturating_sub(bytes.len() as u64);
+        let mut held = None;
+        let ikey = index_key(name, &queued.record);
+        if let Some(newer_seq) = txn.get(&ikey)?.map(|v| seq_value(&v)) {
+            let nkey = pending_key(name, newer_seq);
+            if let Some(nbytes) = txn.get(&nkey)? {
+                held = Some(
+                    codec::decode_queued(newer_seq, &nbytes)
+                        .map_err(decode_err(&nkey))?
+                        .delta,
+                );
+                txn.remove(nkey);
+                c.pending -= 1;
+                c.pending_bytes = c.pending_bytes.saturating_sub(nbytes.len() as u64);
+            }
+            txn.remove(ikey);
+        }
+        txn.insert(hold_key(name, &queued.record), seq.to_be_bytes().to_vec());
         c.dead += 1;
         let dead = DeadLetter {
             queued,
             dead_at_ms: now_ms(),
-            held: None,
+            held,
         };
         txn.insert(dead_key(name, seq), codec::encode_dead(&dead));
         self.finish(txn, name, c)?;

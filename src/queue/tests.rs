@@ -69,16 +69,43 @@ fn waiting_deltas_coalesce_and_in_flight_ones_do_not_change() {
     q.ingest(&[change("1", json!({"a": 3}))]).unwrap();
     q.ingest(&[change("1", json!({"a": 4, "b": 1}))]).unwrap();
     assert!(q.lease("t", 10, 0).unwrap().items.is_empty());
-    // The delivery fails: the newer delta folds into the older one.
+    // The delivery fails: the handed-out delta comes back unchanged, under its
+    // id; the newer changes wait behind it, coalesced into one delta.
     q.release("t", 1).unwrap();
     let lease = q.lease("t", 10, 0).unwrap();
     assert_eq!(lease.items.len(), 1);
     assert_eq!(lease.items[0].queued.seq, 1);
+    assert_eq!(lease.items[0].queued.delta.set["a"], json!(2));
+    q.ack("t", &[1]).unwrap();
+    let lease = q.lease("t", 10, 0).unwrap();
+    assert_eq!(lease.items.len(), 1);
+    assert_eq!(lease.items[0].queued.seq, 2);
+    assert_eq!(lease.items[0].queued.delta.op, Op::Update);
     assert_eq!(lease.items[0].queued.delta.set["a"], json!(4));
+    assert_eq!(lease.items[0].queued.delta.set["b"], json!(1));
+}
+
+#[test]
+fn a_delta_handed_out_before_a_restart_absorbs_nothing_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+        q.ingest(&[change("1", json!({"a": 1}))]).unwrap();
+        assert_eq!(q.lease("t", 10, 0).unwrap().items.len(), 1);
+        q.commit().unwrap();
+    }
+    // The legacy system may have processed seq 1 before the crash.
+    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    q.ingest(&[change("1", serde_json::Value::Null)]).unwrap();
+    let counts = q.counts().unwrap();
     assert_eq!(
-        q.counts().unwrap()[0].pending + q.counts().unwrap()[0].in_flight,
-        1
+        counts[0].pending, 2,
+        "the delete is its own delta, not folded into the create"
     );
+    let lease = q.lease("t", 10, 0).unwrap();
+    assert_eq!(lease.items.len(), 1);
+    assert_eq!(lease.items[0].queued.seq, 1);
+    assert_eq!(lease.items[0].queued.delta.op, Op::Create);
 }
 
 #[test]

@@ -219,7 +219,11 @@ impl DropDir {
 
     fn remove_or_archive(&self, path: &Path, name: &str) -> std::io::Result<()> {
         match &self.watch.archive_dir {
-            None => fs::remove_file(path),
+            // Already gone (the writer removed it): nothing left to do.
+            None => match fs::remove_file(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            },
             Some(archive) => {
                 fs::create_dir_all(archive)?;
                 move_file(path, &free_name(archive, name))

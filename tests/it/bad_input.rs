@@ -34,14 +34,13 @@ fn rejected(d: &TestDaemon, name: &str, contents: &[u8]) -> String {
 
 /// After the bad input, good input still flows.
 fn still_works(d: &TestDaemon) {
-    let before = d.outbox_rows("housing").len();
-    let key = format!("ok{before}");
+    let key = format!("ok{}", d.outbox_rows("housing").len());
     d.drop_file(
         &format!("{key}.json"),
         format!("{{\"permit_number\":\"{key}\",\"status\":\"A\"}}").as_bytes(),
     );
     d.wait_for(Duration::from_secs(10), "good input after bad", |d| {
-        d.outbox_rows("housing").len() == before + 1
+        d.outbox_rows("housing").iter().any(|r| r[2] == key)
     });
 }
 

@@ -230,6 +230,44 @@ pub fn follow(
             let now_ino = fs::metadata(path).ok().map(|m| m.ino());
             let open_ino = current.as_ref().map(|(_, ino)| *ino);
             if now_ino.is_some() && now_ino != open_ino {
+                // Rotated: finish the old file (lines may have landed since our
+                // last read), then read the new one from its start.
+                if let Some((reader, _)) = current.as_mut() {
+                    let mut line = String::new();
+                    while reader.read_line(&mut line)? > 0 {
+                        partial.push_str(&line);
+                        line.clear();
+                        if !partial.ends_with('\n') {
+                            continue;
+                        }
+                        if let Ok(e) = serde_json::from_str::<Entry>(partial.trim_end())
+                            && filter.matches(&e)
+                            && !each(&e)
+                        {
+                            return Ok(());
+                        }
+                        partial.clear();
+                    }
+                }
+                partial.clear();
+                // Several rotations may have happened since the last look: read,
+                // oldest first, the rotated files that came after the one we had.
+                let numbered = |n: u32| PathBuf::from(format!("{}.{n}", path.display()));
+                let had = (1..=100)
+                    .find(|&n| fs::metadata(numbered(n)).ok().map(|m| m.ino()) == open_ino);
+                for n in (1..had.unwrap_or(1)).rev() {
+                    let Ok(f) = File::open(numbered(n)) else {
+                        continue;
+                    };
+                    for line in BufReader::new(f).lines() {
+                        if let Ok(e) = serde_json::from_str::<Entry>(&line?)
+                            && filter.matches(&e)
+                            && !each(&e)
+                        {
+                            return Ok(());
+                        }
+                    }
+                }
                 current = open(false);
                 continue;
             }
@@ -273,5 +311,60 @@ mod tests {
         )
         .unwrap();
         assert_eq!(only.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod follow_tests {
+    use super::*;
+
+    #[test]
+    fn follow_continues_across_rotation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("delivery.log");
+        let log = std::sync::Arc::new(DeliveryLog::new(path.clone(), 4096, 3));
+        log.append(&Entry::now("t", "t:0", "p", "0", "update", "delivered", 1));
+        let writer = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                // Enough lines to rotate the 4 KiB log several times.
+                for i in 1..=120 {
+                    log.append(&Entry::now(
+                        "t",
+                        &format!("t:{i}"),
+                        "p",
+                        &i.to_string(),
+                        "update",
+                        "delivered",
+                        1,
+                    ));
+                    if i % 10 == 0 {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            })
+        };
+        let mut seen = Vec::new();
+        follow(&path, &Filter::default(), |e| {
+            seen.push(e.id.clone());
+            e.id != "t:120"
+        })
+        .unwrap();
+        writer.join().unwrap();
+        assert!(
+            PathBuf::from(format!("{}.1", path.display())).exists(),
+            "it did rotate"
+        );
+        assert!(
+            !seen.contains(&"t:0".to_string()),
+            "follow starts at the end"
+        );
+        assert_eq!(seen.last().map(String::as_str), Some("t:120"));
+        let expected: Vec<String> = (1..=120).map(|i| format!("t:{i}")).collect();
+        assert_eq!(
+            seen, expected,
+            "every line once, in order, across rotations"
+        );
     }
 }

@@ -407,3 +407,96 @@ fn backpressure_pauses_ingestion_without_loss_and_resumes_by_itself() {
         "resumed by itself"
     );
 }
+
+/// The status listener's port, from the daemon's log (tests bind port 0).
+fn status_port(d: &TestDaemon) -> u16 {
+    let log = d.log();
+    let at = log
+        .find("status listener up address=127.0.0.1:")
+        .expect("status listener in the log");
+    log[at + "status listener up address=127.0.0.1:".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.to_string(), body.to_string())
+}
+
+#[test]
+fn the_status_listener_serves_status_json_metrics_and_a_page_read_only() {
+    let d = daemon();
+    d.drop_fixture("permits/permit-123.json", "a.json");
+    d.wait_for(Duration::from_secs(10), "a delivery", |d| {
+        d.target_status("housing")["delivered"] == 1
+    });
+    let port = status_port(&d);
+    let (head, body) = http_get(port, "/status");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let t = &v["targets"][0];
+    for field in [
+        "name",
+        "state",
+        "pending",
+        "in_flight",
+        "dead",
+        "delivered",
+        "oldest_pending_age_s",
+        "last_error",
+    ] {
+        assert!(t.get(field).is_some(), "status lacks {field}: {body}");
+    }
+    assert_eq!(t["delivered"], 1);
+    let (_, metrics) = http_get(port, "/metrics");
+    assert!(
+        metrics.contains("hms_sync_delivered_total{target=\"housing\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hms_sync_ingest_files_total{result=\"accepted\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hms_sync_commit_seconds_count"),
+        "{metrics}"
+    );
+    let (_, page) = http_get(port, "/");
+    assert!(page.contains("housing"), "{page}");
+    // Nothing that changes state is reachable over TCP.
+    let (head, _) = http_get(port, "/dead/retry");
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+}
+
+#[test]
+fn archive_dir_keeps_accepted_files_and_poll_watches_without_inotify() {
+    let d = TestDaemon::new()
+        .tables("[[watch]]\ndir = \"inbox/polled\"\ncollection = \"permits\"\nkey = \"permit_number\"\npoll = true\narchive_dir = \"archive\"")
+        .connector("housing", &csv_connector(COLUMNS, "", ""))
+        .start();
+    drop_into(
+        &d.path().join("inbox/polled"),
+        "p.json",
+        br#"{"permit_number":"p1","status":"A"}"#,
+    );
+    d.wait_for(Duration::from_secs(15), "the polled file", |d| {
+        d.outbox_rows("housing").len() == 1
+    });
+    d.wait_for(Duration::from_secs(5), "the archived file", |d| {
+        d.path().join("archive/p.json").exists()
+    });
+    assert!(!d.path().join("inbox/polled/p.json").exists());
+}

@@ -203,27 +203,40 @@ pub fn follow(
     };
     let mut current = open(true);
     let mut partial = String::new();
+    /// Reads what `reader` has now; false once `each` asked to stop.
+    fn drain(
+        reader: &mut BufReader<File>,
+        partial: &mut String,
+        filter: &Filter,
+        each: &mut impl FnMut(&Entry) -> bool,
+    ) -> std::io::Result<(bool, bool)> {
+        let mut progressed = false;
+        let mut line = String::new();
+        while reader.read_line(&mut line)? > 0 {
+            progressed = true;
+            partial.push_str(&line);
+            line.clear();
+            if !partial.ends_with('\n') {
+                continue;
+            }
+            if let Ok(e) = serde_json::from_str::<Entry>(partial.trim_end())
+                && filter.matches(&e)
+                && !each(&e)
+            {
+                return Ok((progressed, false));
+            }
+            partial.clear();
+        }
+        Ok((progressed, true))
+    }
     loop {
         let mut progressed = false;
         if let Some((reader, _)) = current.as_mut() {
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line)? == 0 {
-                    break;
-                }
-                progressed = true;
-                partial.push_str(&line);
-                if !partial.ends_with('\n') {
-                    continue;
-                }
-                if let Ok(e) = serde_json::from_str::<Entry>(partial.trim_end())
-                    && filter.matches(&e)
-                    && !each(&e)
-                {
-                    return Ok(());
-                }
-                partial.clear();
+            let (p, go_on) = drain(reader, &mut partial, filter, &mut each)?;
+            if !go_on {
+                return Ok(());
             }
+            progressed = p;
         }
         if !progressed {
             // Rotated or recreated? Then read the new file from its start.
@@ -232,22 +245,10 @@ pub fn follow(
             if now_ino.is_some() && now_ino != open_ino {
                 // Rotated: finish the old file (lines may have landed since our
                 // last read), then read the new one from its start.
-                if let Some((reader, _)) = current.as_mut() {
-                    let mut line = String::new();
-                    while reader.read_line(&mut line)? > 0 {
-                        partial.push_str(&line);
-                        line.clear();
-                        if !partial.ends_with('\n') {
-                            continue;
-                        }
-                        if let Ok(e) = serde_json::from_str::<Entry>(partial.trim_end())
-                            && filter.matches(&e)
-                            && !each(&e)
-                        {
-                            return Ok(());
-                        }
-                        partial.clear();
-                    }
+                if let Some((reader, _)) = current.as_mut()
+                    && !drain(reader, &mut partial, filter, &mut each)?.1
+                {
+                    return Ok(());
                 }
                 partial.clear();
                 // Several rotations may have happened since the last look: read,

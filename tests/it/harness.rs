@@ -110,6 +110,14 @@ impl TestDaemon {
 
     pub fn spawn(&mut self) {
         self.write_config();
+        self.launch();
+        self.wait_for(Duration::from_secs(20), "the daemon to log ready", |d| {
+            d.log().contains("ready")
+        });
+    }
+
+    /// Starts the binary, appending its output to `daemon.log`.
+    fn launch(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -125,9 +133,6 @@ impl TestDaemon {
             .spawn()
             .expect("start hms-sync");
         self.child = Some(child);
-        self.wait_for(Duration::from_secs(20), "the daemon to log ready", |d| {
-            d.log().contains("ready")
-        });
     }
 
     pub fn log(&self) -> String {
@@ -169,20 +174,7 @@ impl TestDaemon {
     /// Restarts after a kill or stop and waits for the new `ready`.
     pub fn restart(&mut self) {
         let before = self.ready_count();
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.path().join("daemon.log"))
-            .unwrap();
-        let child = Command::new(BIN)
-            .args(["run", "-c"])
-            .arg(self.config_path())
-            .current_dir(self.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start hms-sync");
-        self.child = Some(child);
+        self.launch();
         self.wait_for(
             Duration::from_secs(20),
             "the daemon to log ready again",

@@ -85,8 +85,9 @@ pub struct TargetSpec {
 struct Target {
     spec: TargetSpec,
     counters: Counters,
-    /// seq -> record, for deltas handed to the transport and not yet answered.
-    in_flight: HashMap<u64, RecordId>,
+    /// seq -> (record, stored size), for deltas handed to the transport and not
+    /// yet answered. A handed-out delta never changes, so its size stays true.
+    in_flight: HashMap<u64, (RecordId, u64)>,
     in_flight_records: HashSet<RecordId>,
 }
 
@@ -580,7 +581,9 @@ impl Queue {
                 txn.remove(ikey);
             }
             blocked.insert(queued.record.clone());
-            target.in_flight.insert(seq, queued.record.clone());
+            target
+                .in_flight
+                .insert(seq, (queued.record.clone(), v.len() as u64));
             target.in_flight_records.insert(queued.record.clone());
             lease.items.push(Leased { queued, record });
         }
@@ -593,11 +596,11 @@ impl Queue {
             .targets
             .get_mut(name)
             .ok_or_else(|| QueueError::UnknownTarget(name.to_string()))?;
-        let record = target.in_flight.remove(&seq);
-        if let Some(r) = &record {
+        let taken = target.in_flight.remove(&seq);
+        if let Some((r, _)) = &taken {
             target.in_flight_records.remove(r);
         }
-        Ok(record)
+        Ok(taken.map(|(r, _)| r))
     }
 
     /// The legacy system said "got it": the deltas leave the queue.
@@ -605,20 +608,20 @@ impl Queue {
         let tree = self.tree.clone();
         let mut txn = Txn::new(&tree);
         let mut c = self.target(name)?.counters;
+        let target = self
+            .targets
+            .get_mut(name)
+            .ok_or_else(|| QueueError::UnknownTarget(name.to_string()))?;
         for &seq in seqs {
-            let Some(record) = self.take_in_flight(name, seq)? else {
+            // The coalescing entry went at lease time: only the delta itself is left.
+            let Some((record, size)) = target.in_flight.remove(&seq) else {
                 continue;
             };
-            let pkey = pending_key(name, seq);
-            let Some(old) = txn.get(&pkey)? else { continue };
-            txn.remove(pkey);
-            c.pending -= 1;
-            c.pending_bytes = c.pending_bytes.saturating_sub(old.len() as u64);
+            target.in_flight_records.remove(&record);
+            txn.remove(pending_key(name, seq));
+            c.pending = c.pending.saturating_sub(1);
+            c.pending_bytes = c.pending_bytes.saturating_sub(size);
             c.delivered += 1;
-            let ikey = index_key(name, &record);
-            if txn.get(&ikey)?.map(|v| seq_value(&v)) == Some(seq) {
-                txn.remove(ikey);
-            }
         }
         self.finish(txn, name, c)
     }
@@ -701,7 +704,7 @@ impl Queue {
         queued.attempts += 1;
         queued.last_error = Some(error.to_string());
         txn.remove(pkey);
-        c.pending -= 1;
+        c.pending = c.pending.saturating_sub(1);
         c.pending_bytes = c.pending_bytes.saturating_sub(bytes.len() as u64);
         let mut held = None;
         let ikey = index_key(name, &queued.record);
@@ -714,7 +717,7 @@ impl Queue {
                         .delta,
                 );
                 txn.remove(nkey);
-                c.pending -= 1;
+                c.pending = c.pending.saturating_sub(1);
                 c.pending_bytes = c.pending_bytes.saturating_sub(nbytes.len() as u64);
             }
             txn.remove(ikey);
@@ -804,7 +807,7 @@ impl Queue {
         let mut c = self.target(&name)?.counters;
         txn.remove(dead_key(&name, seq));
         txn.remove(hold_key(&name, &dead.queued.record));
-        c.dead -= 1;
+        c.dead = c.dead.saturating_sub(1);
         let delta = match dead.held.clone() {
             Some(held) => diff::merge(dead.queued.delta.clone(), held),
             None => Some(dead.queued.delta.clone()),
@@ -836,7 +839,7 @@ impl Queue {
         let mut c = self.target(&name)?.counters;
         txn.remove(dead_key(&name, dead.queued.seq));
         txn.remove(hold_key(&name, &dead.queued.record));
-        c.dead -= 1;
+        c.dead = c.dead.saturating_sub(1);
         if let Some(held) = dead.held.clone() {
             let target = self.target(&name)?;
             enqueue(
@@ -962,7 +965,10 @@ fn enqueue(
 ) -> Result<(), QueueError> {
     let name = target.spec.name.as_str();
     let hkey = hold_key(name, record);
-    if let Some(v) = txn.get(&hkey)? {
+    // Holds exist only beside dead letters: without any, skip the lookup.
+    if c.dead > 0
+        && let Some(v) = txn.get(&hkey)?
+    {
         let seq = seq_value(&v);
         let dkey = dead_key(name, seq);
         if let Some(bytes) = txn.get(&dkey)? {
@@ -993,7 +999,7 @@ fn enqueue(
                     None => {
                         txn.remove(pkey);
                         txn.remove(ikey);
-                        c.pending -= 1;
+                        c.pending = c.pending.saturating_sub(1);
                     }
                 }
                 return Ok(());

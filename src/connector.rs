@@ -335,6 +335,12 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
             at(Some("retry"), "max_attempts")
         ));
     }
+    if retry.backoff < Duration::from_millis(10) {
+        problems.push(format!(
+            "{}[retry] backoff must be at least \"10ms\" (a down target is probed that often at first)",
+            at(Some("retry"), "backoff")
+        ));
+    }
     if retry.max_backoff < retry.backoff {
         problems.push(format!(
             "{}[retry] max_backoff is shorter than backoff",

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
@@ -123,6 +123,9 @@ pub fn execute(q: &mut Queue, req: Request, log: &DeliveryLog) -> Result<Value, 
             v
         }
         Request::DeadRetry { ids, all, target } => {
+            for id in &ids {
+                q.dead_get(id)?; // all or nothing: check every id first
+            }
             let ids = if all {
                 q.dead_list(target.as_deref())?
                     .iter()
@@ -140,6 +143,9 @@ pub fn execute(q: &mut Queue, req: Request, log: &DeliveryLog) -> Result<Value, 
             json!({ "retried": done })
         }
         Request::DeadDrop { ids } => {
+            for id in &ids {
+                q.dead_get(id)?;
+            }
             let mut done = Vec::new();
             for id in ids {
                 let dead = q.dead_drop(&id)?;
@@ -193,13 +199,21 @@ pub async fn serve(
 ) {
     loop {
         let stream = tokio::select! {
-            r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    // Out of file descriptors, say: do not spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
             _ = shutdown.changed() => break,
         };
         let (queue, health, log) = (queue.clone(), health.clone(), log.clone());
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
-            let mut lines = BufReader::new(read).lines();
+            // Requests are one short line each; a client cannot make us hold more.
+            let mut lines = BufReader::new(read.take(1 << 20)).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let answer = match serde_json::from_str::<Request>(&line) {
                     Err(e) => json!({"ok": false, "error": format!("bad control request: {e}")}),
@@ -247,9 +261,14 @@ pub async fn ask(socket: &Path, req: &Request) -> anyhow::Result<Option<Result<V
         .write_all(format!("{}\n", serde_json::to_string(req)?).as_bytes())
         .await?;
     let mut lines = BufReader::new(read).lines();
-    let line = lines
-        .next_line()
-        .await?
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "hms-sync did not answer on {} within 30 s (is its disk hanging?)",
+                socket.display()
+            )
+        })??
         .ok_or_else(|| anyhow::anyhow!("the daemon closed the control connection"))?;
     let v: Value = serde_json::from_str(&line)?;
     if v["ok"] == json!(true) {

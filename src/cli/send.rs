@@ -87,6 +87,12 @@ pub fn run(cfg: &Config, files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
                 }
             }
             let _ = writer.await;
+            // Resend from the first line answered busy to the end, in order: a
+            // later line of the same record may have been accepted meanwhile, and
+            // must be applied after the earlier one again (changes are full states).
+            if let Some(&first) = again.first() {
+                again = batch.iter().copied().filter(|&i| i >= first).collect();
+            }
             if !again.is_empty() {
                 eprintln!(
                     "{} line(s) answered busy; sending them again in {:?}",

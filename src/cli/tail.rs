@@ -33,23 +33,25 @@ pub fn run(cfg: &Config, args: TailArgs) -> anyhow::Result<ExitCode> {
         key: args.key,
         outcome: args.outcome,
     };
-    let print = |e: &Entry| {
-        if args.json {
-            println!("{}", serde_json::to_string(e).unwrap_or_default());
+    // Stop quietly when the reader goes away (`hms-sync tail -f | head`).
+    let print = |e: &Entry| -> bool {
+        use std::io::Write;
+        let line = if args.json {
+            serde_json::to_string(e).unwrap_or_default()
         } else {
-            println!("{}", e.human());
-        }
+            e.human()
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
     };
     let path = &cfg.delivery_log;
     for e in read_last(path, &filter, args.lines)? {
-        print(&e);
+        if !print(&e) {
+            return Ok(ExitCode::SUCCESS);
+        }
     }
     if args.follow {
-        use std::io::Write;
-        follow(path, &filter, |e| {
-            print(e);
-            std::io::stdout().flush().is_ok()
-        })?;
+        follow(path, &filter, print)?;
     }
     Ok(ExitCode::SUCCESS)
 }

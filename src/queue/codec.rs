@@ -15,6 +15,9 @@ pub const VERSION: u8 = 1;
 /// No stored record is larger than this; a corrupted length prefix cannot make
 /// the decoder allocate more.
 pub const LIMIT: usize = 16 << 20;
+/// The largest record the queue takes: a dead letter holds a delta and what
+/// arrived since, each up to a record's size, and must still decode within LIMIT.
+pub const MAX_RECORD_BYTES: usize = LIMIT / 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {

@@ -92,7 +92,7 @@ pub struct QueueHandle {
 impl QueueHandle {
     /// Starts the writer thread. It ends when every handle is dropped.
     pub fn spawn(mut queue: Queue) -> (QueueHandle, std::thread::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::channel::<Job>(16 * 1024);
+        let (tx, mut rx) = mpsc::channel::<Job>(4096);
         let wake: Arc<HashMap<String, Arc<Notify>>> = Arc::new(
             queue
                 .target_names()
@@ -131,6 +131,13 @@ impl QueueHandle {
                     }
                     for answer in answers {
                         answer(result.as_ref().err());
+                    }
+                    if result.is_err() {
+                        // Memory may now be ahead of the disk: start again from what
+                        // is on disk (systemd restarts us) rather than go on.
+                        tracing::error!("stopping: the queue cannot be made durable");
+                        std::thread::sleep(Duration::from_millis(200));
+                        std::process::exit(1);
                     }
                     if result.is_ok() {
                         for name in queue.take_touched() {

@@ -145,6 +145,8 @@ impl Worker {
             Ok(l) => Some(l),
             Err(e) => {
                 tracing::error!(target_name = %self.name, error = %e, "cannot lease from the queue");
+                self.health
+                    .down(&self.name, &format!("hms-sync cannot read its queue: {e}"));
                 None
             }
         }

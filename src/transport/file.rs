@@ -60,11 +60,17 @@ impl FileTransport {
             tokio::task::spawn_blocking(move || write_batch(&dir, &target, extension, last, &body))
                 .await;
         match result {
-            Ok(Ok(number)) => {
-                self.last_number = Some(number);
-                Outcome::Delivered
+            Ok((used, outcome)) => {
+                // A number once reserved is never written again, even if the
+                // delivery failed after reserving it.
+                if used.is_some() {
+                    self.last_number = used;
+                }
+                match outcome {
+                    Ok(()) => Outcome::Delivered,
+                    Err(reason) => Outcome::Down { reason },
+                }
             }
-            Ok(Err(reason)) => Outcome::Down { reason },
             Err(e) => Outcome::Down {
                 reason: format!("file writer task failed: {e}"),
             },
@@ -97,49 +103,70 @@ fn last_used(dir: &Path, target: &str) -> Result<u64, String> {
     Ok(last)
 }
 
+/// Writes one batch file. Returns the number it reserved (if it got that far)
+/// and whether the file is in place and durable.
 fn write_batch(
     dir: &Path,
     target: &str,
     extension: &str,
     last: Option<u64>,
     body: &[u8],
-) -> Result<u64, String> {
+) -> (Option<u64>, Result<(), String>) {
     let fail = |what: &str, path: &Path, e: std::io::Error| {
         format!("outbox: cannot {what} {}: {e}", path.display())
     };
     if !dir.is_dir() {
-        return Err(format!("outbox folder {} does not exist", dir.display()));
+        return (
+            None,
+            Err(format!("outbox folder {} does not exist", dir.display())),
+        );
     }
-    let number = match last {
-        Some(n) => n + 1,
-        None => last_used(dir, target)? + 1,
+    let number = match last
+        .map(|n| Ok(n + 1))
+        .unwrap_or_else(|| last_used(dir, target).map(|n| n + 1))
+    {
+        Ok(n) => n,
+        Err(e) => return (None, Err(e)),
     };
     let name = format!("{target}-{number:012}.{extension}");
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(&name);
-    let result = (|| {
+    let write_synced = |file: &Path, bytes: &[u8]| -> Result<(), String> {
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&tmp)
-            .map_err(|e| fail("create", &tmp, e))?;
-        f.write_all(body).map_err(|e| fail("write", &tmp, e))?;
-        f.sync_all().map_err(|e| fail("fsync", &tmp, e))?;
-        drop(f);
-        fs::rename(&tmp, &path).map_err(|e| fail("rename into", &path, e))?;
-        // Remember the number before the folder fsync makes both durable.
-        let marker = marker_path(dir, target);
-        fs::write(&marker, number.to_string()).map_err(|e| fail("write", &marker, e))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| fail("fsync folder", dir, e))?;
-        Ok(number)
-    })();
-    if result.is_err() {
+            .open(file)
+            .map_err(|e| fail("create", file, e))?;
+        f.write_all(bytes).map_err(|e| fail("write", file, e))?;
+        f.sync_all().map_err(|e| fail("fsync", file, e))
+    };
+    if let Err(e) = write_synced(&tmp, body) {
+        let _ = fs::remove_file(&tmp);
+        return (None, Err(e));
+    }
+    // Reserve the number before the file appears under it.
+    let marker = marker_path(dir, target);
+    let marker_tmp = dir.join(format!(".{target}.last.tmp"));
+    let reserved = write_synced(&marker_tmp, number.to_string().as_bytes()).and_then(|()| {
+        fs::rename(&marker_tmp, &marker).map_err(|e| fail("rename into", &marker, e))
+    });
+    if let Err(e) = reserved {
+        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(&marker_tmp);
+        return (None, Err(e));
+    }
+    let placed = fs::rename(&tmp, &path)
+        .map_err(|e| fail("rename into", &path, e))
+        .and_then(|()| {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| fail("fsync folder", dir, e))
+        });
+    if placed.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result
+    (Some(number), placed)
 }
 
 #[cfg(test)]
@@ -180,6 +207,30 @@ mod tests {
         let mut t = transport(tmp.path());
         assert_eq!(t.deliver(&[payload("out:3")]).await, Outcome::Delivered);
         assert!(tmp.path().join("out-000000000002.csv").exists());
+    }
+
+    #[tokio::test]
+    async fn a_number_is_never_reused_after_a_failure_past_its_reservation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut t = transport(tmp.path());
+        assert_eq!(t.deliver(&[payload("out:1")]).await, Outcome::Delivered);
+        // Something in the way of file 2: its rename into place fails.
+        fs::create_dir(tmp.path().join("out-000000000002.csv")).unwrap();
+        fs::write(tmp.path().join("out-000000000002.csv/x"), "").unwrap();
+        assert!(matches!(
+            t.deliver(&[payload("out:2")]).await,
+            Outcome::Down { .. }
+        ));
+        assert_eq!(t.deliver(&[payload("out:2")]).await, Outcome::Delivered);
+        assert!(
+            tmp.path().join("out-000000000003.csv").is_file(),
+            "number 2 was reserved: never reused"
+        );
+        // A restarted transport reads the reservation too.
+        fs::remove_file(tmp.path().join("out-000000000003.csv")).unwrap();
+        let mut t = transport(tmp.path());
+        assert_eq!(t.deliver(&[payload("out:3")]).await, Outcome::Delivered);
+        assert!(tmp.path().join("out-000000000004.csv").is_file());
     }
 
     #[tokio::test]

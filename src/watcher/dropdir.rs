@@ -54,8 +54,10 @@ enum Taken {
     Accepted,
     Rejected,
     Gone,
-    /// Not now (busy queue, failed commit, still being written): try again later.
+    /// Not now (busy queue, failed commit): try again later, before newer files.
     Later,
+    /// Still being written (poll mode): look again shortly.
+    NotYet,
 }
 
 impl DropDir {
@@ -96,47 +98,61 @@ impl DropDir {
                     Signal::Rescan => rescan = true,
                 }
             }
-            let mut retry_soon = false;
+            let mut unsettled = false;
+            let mut held_back = false;
+            let mut passes: Vec<Vec<PathBuf>> = Vec::new();
             if rescan {
                 rescan = false;
                 next_scan = tokio::time::Instant::now() + RESCAN_EVERY;
-                let (ready, unsettled) = self.scan();
-                retry_soon |= unsettled;
-                for p in ready {
-                    self.take_and_report(&p, &mut retry_soon).await;
+                let (ready, fresh) = self.scan();
+                unsettled |= fresh;
+                passes.push(ready);
+            }
+            let mut paths: Vec<PathBuf> = std::mem::take(&mut todo).into_iter().collect();
+            paths.sort_by_key(|p| (modified(p), p.clone()));
+            passes.push(paths);
+            'passes: for pass in passes {
+                for p in pass {
+                    match self.take(&p).await {
+                        Taken::NotYet => unsettled = true,
+                        // A file that must wait holds back every newer one, or a
+                        // newer state could overtake it. The next scan, oldest
+                        // first, takes them all in order.
+                        Taken::Later => {
+                            held_back = true;
+                            break 'passes;
+                        }
+                        _ => {}
+                    }
                     if *self.shutdown.borrow() {
                         return;
                     }
                 }
             }
-            let paths: Vec<PathBuf> = std::mem::take(&mut todo).into_iter().collect();
-            let mut paths = paths;
-            paths.sort_by_key(|p| (modified(p), p.clone()));
-            for p in paths {
-                self.take_and_report(&p, &mut retry_soon).await;
-                if *self.shutdown.borrow() {
-                    return;
-                }
-            }
-            if retry_soon {
-                // Busy queue or files still settling: look again shortly.
+            if held_back {
+                todo.clear();
+                next_scan = tokio::time::Instant::now() + Duration::from_secs(1);
+            } else if unsettled {
                 next_scan = next_scan.min(tokio::time::Instant::now() + Duration::from_millis(250));
             }
             tokio::select! {
                 sig = rx.recv() => match sig {
-                    Some(Signal::Path(p)) => { todo.insert(p); }
+                    Some(Signal::Path(p)) if !held_back => { todo.insert(p); }
+                    Some(Signal::Path(_)) => {}
                     Some(Signal::Rescan) => rescan = true,
                     None => return,
                 },
                 _ = tokio::time::sleep_until(next_scan) => rescan = true,
                 _ = self.shutdown.changed() => return,
             }
-        }
-    }
-
-    async fn take_and_report(&self, path: &Path, retry_soon: &mut bool) {
-        if self.take(path).await == Taken::Later {
-            *retry_soon = true;
+            if held_back {
+                // Whatever woke us, the next pass is the ordered scan.
+                rescan = true;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next_scan) => {}
+                    _ = self.shutdown.changed() => return,
+                }
+            }
         }
     }
 
@@ -178,7 +194,11 @@ impl DropDir {
         if ignored(&name) || path.parent() != Some(self.watch.dir.as_path()) {
             return Taken::Gone;
         }
-        let bytes = match read_limited(path, self.limits.max_file_bytes) {
+        if self.watch.poll && modified(path).elapsed().unwrap_or_default() < SETTLE {
+            // Polling sees a file as soon as it appears, maybe half-copied.
+            return Taken::NotYet;
+        }
+        let (bytes, identity) = match read_limited(path, self.limits.max_file_bytes) {
             Ok(b) => b,
             Err(ReadError::Gone) => return Taken::Gone,
             Err(ReadError::Directory) => return Taken::Gone,
@@ -190,7 +210,13 @@ impl DropDir {
         };
         let set = match parse_file(&name, &bytes, &self.watch, &self.limits) {
             Ok(s) => s,
-            Err(e) => return self.reject(path, &name, &e.to_string()),
+            Err(e) => {
+                if path.symlink_metadata().ok().map(|m| Identity::of(&m)) != Some(identity) {
+                    // A newer file took the name meanwhile: judge that one instead.
+                    return Taken::Gone;
+                }
+                return self.reject(path, &name, &e.to_string());
+            }
         };
         drop(bytes);
         let changes = set.changes.len() as u64;
@@ -198,7 +224,7 @@ impl DropDir {
             Ok(_) => {
                 IngestStats::add(&self.stats.changes, changes);
                 IngestStats::add(&self.stats.files_accepted, 1);
-                if let Err(e) = self.remove_or_archive(path, &name) {
+                if let Err(e) = self.remove_or_archive(path, &name, identity) {
                     // Accepted and durable; taking it again later changes nothing.
                     tracing::error!(file = %path.display(), error = %e, "accepted, but cannot remove it from the inbox");
                 }
@@ -217,18 +243,18 @@ impl DropDir {
         }
     }
 
-    fn remove_or_archive(&self, path: &Path, name: &str) -> std::io::Result<()> {
-        match &self.watch.archive_dir {
-            // Already gone (the writer removed it): nothing left to do.
-            None => match fs::remove_file(path) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                other => other,
-            },
-            Some(archive) => {
-                fs::create_dir_all(archive)?;
-                move_file(path, &free_name(archive, name))
-            }
+    fn remove_or_archive(
+        &self,
+        path: &Path,
+        name: &str,
+        identity: Identity,
+    ) -> std::io::Result<()> {
+        let removed = remove_if_unchanged(path, name, identity, self.watch.archive_dir.as_deref())?;
+        if !removed {
+            tracing::info!(file = %name, "a newer file took this name meanwhile; it is taken next");
+            return Ok(());
         }
+        fs::File::open(&self.watch.dir)?.sync_all()
     }
 
     /// Moves the file whole to `.rejected/` and writes `<name>.error` beside it.
@@ -259,6 +285,32 @@ impl DropDir {
         }
         tracing::warn!(file = %name, %reason, moved_to = %dest.display(), "file rejected");
         Taken::Rejected
+    }
+}
+
+/// Removes (or archives) the file we read — not a newer one renamed onto the same
+/// name meanwhile, which its own event brings in. False if the name now holds
+/// another file. (The caller fsyncs the folder, so an old file cannot come back
+/// after a power loss.)
+fn remove_if_unchanged(
+    path: &Path,
+    name: &str,
+    identity: Identity,
+    archive: Option<&Path>,
+) -> std::io::Result<bool> {
+    if path.symlink_metadata().ok().map(|m| Identity::of(&m)) != Some(identity) {
+        return Ok(false);
+    }
+    match archive {
+        // Already gone (the writer removed it): nothing left to do.
+        None => match fs::remove_file(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            other => other.map(|()| true),
+        },
+        Some(archive) => {
+            fs::create_dir_all(archive)?;
+            move_file(path, &free_name(archive, name)).map(|()| true)
+        }
     }
 }
 
@@ -307,7 +359,29 @@ enum ReadError {
 
 /// Reads a regular file of at most `limit` bytes without following links or
 /// blocking on FIFOs.
-fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+/// Which file a path named when we read it (a producer may rename a newer file
+/// onto the same name while we work).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl Identity {
+    fn of(m: &fs::Metadata) -> Identity {
+        use std::os::unix::fs::MetadataExt;
+        Identity {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        }
+    }
+}
+
+fn read_limited(path: &Path, limit: u64) -> Result<(Vec<u8>, Identity), ReadError> {
     let meta = match path.symlink_metadata() {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ReadError::Gone),
@@ -360,7 +434,7 @@ fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
     if bytes.len() as u64 > limit {
         return Err(too_big(bytes.len() as u64));
     }
-    Ok(bytes)
+    Ok((bytes, Identity::of(&meta)))
 }
 
 fn make_watcher(
@@ -415,6 +489,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_newer_file_renamed_onto_the_name_is_not_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("permits.json");
+        fs::write(&path, "{\"v\":1}").unwrap();
+        let (_, identity) = read_limited(&path, 100).ok().unwrap();
+        // The producer renames version 2 onto the same name while we work.
+        fs::write(tmp.path().join(".v2.part"), "{\"v\":2}").unwrap();
+        fs::rename(tmp.path().join(".v2.part"), &path).unwrap();
+        assert!(!remove_if_unchanged(&path, "permits.json", identity, None).unwrap());
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"v\":2}");
+        let (_, identity) = read_limited(&path, 100).ok().unwrap();
+        assert!(remove_if_unchanged(&path, "permits.json", identity, None).unwrap());
+        assert!(!path.exists());
+    }
+
+    #[test]
     fn ignored_names() {
         assert!(ignored(".hidden.json"));
         assert!(ignored("a.json.tmp"));
@@ -448,6 +538,9 @@ mod tests {
             read_limited(&tmp.path().join("nope"), 100),
             Err(ReadError::Gone)
         ));
-        assert_eq!(read_limited(&target, 100).ok(), Some(b"{}".to_vec()));
+        assert_eq!(
+            read_limited(&target, 100).ok().map(|(b, _)| b),
+            Some(b"{}".to_vec())
+        );
     }
 }

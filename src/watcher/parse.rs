@@ -294,6 +294,19 @@ fn change_of(
     }
 }
 
+/// Refuses a record too large for the queue to store and read back.
+fn check_size(record: &RecordId, doc: &crate::record::Flat) -> Result<(), ParseError> {
+    use crate::queue::codec::{MAX_RECORD_BYTES, encode_snapshot};
+    let bytes = encode_snapshot(doc).len();
+    if bytes > MAX_RECORD_BYTES {
+        return Err(ParseError::msg(format!(
+            "record {record} takes {bytes} bytes, over the limit of {MAX_RECORD_BYTES} bytes a record; \
+             keep large payloads out of the record"
+        )));
+    }
+    Ok(())
+}
+
 fn bare_change(
     flat: crate::record::Flat,
     collection: &str,
@@ -303,8 +316,10 @@ fn bare_change(
         .get(key)
         .ok_or_else(|| ParseError::msg(format!("record has no key field `{key}`")))?;
     let key = key_text(value, key)?;
+    let record = RecordId::new(collection, key);
+    check_size(&record, &flat)?;
     Ok(Change {
-        record: RecordId::new(collection, key),
+        record,
         doc: Some(flat),
     })
 }
@@ -363,10 +378,11 @@ pub fn envelope(mut map: Map<String, Value>, limits: &Limits) -> Result<Change, 
             ));
         }
     };
-    Ok(Change {
-        record: RecordId::new(collection, key),
-        doc,
-    })
+    let record = RecordId::new(collection, key);
+    if let Some(doc) = &doc {
+        check_size(&record, doc)?;
+    }
+    Ok(Change { record, doc })
 }
 
 #[cfg(test)]
@@ -484,6 +500,27 @@ mod tests {
             .is_err()
         );
         assert!(parse("x.txt", "{}", Some("id")).is_err());
+    }
+
+    #[test]
+    fn a_record_too_large_for_the_queue_is_refused() {
+        let big = "x".repeat(crate::queue::codec::MAX_RECORD_BYTES + 10);
+        let e = parse(
+            "b.json",
+            &format!("{{\"id\": 1, \"blob\": \"{big}\"}}"),
+            Some("id"),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("over the limit"), "{e}");
+        let small = "x".repeat(1000);
+        assert!(
+            parse(
+                "s.json",
+                &format!("{{\"id\": 1, \"blob\": \"{small}\"}}"),
+                Some("id")
+            )
+            .is_ok()
+        );
     }
 
     #[test]

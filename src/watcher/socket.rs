@@ -23,7 +23,7 @@ use crate::queue::{Ingested, QueueError};
 use crate::record::ChangeSet;
 
 /// Answers a connection may have outstanding before we stop reading its lines.
-const PIPELINE_DEPTH: usize = 4096;
+const PIPELINE_DEPTH: usize = 1024;
 
 /// Binds the socket (replacing a stale one, refusing if a daemon answers on it)
 /// and sets its mode.

@@ -315,6 +315,20 @@ fn dropping_a_dead_letter_lets_held_changes_flow() {
         ))["ok"],
         true
     );
+    // A bad id in the list changes nothing (all or nothing), exit 2.
+    let out = d.cli(&["dead", "retry", "cobol:1", "cobol:999"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cobol:999"));
+    assert_eq!(
+        d.target_status("cobol")["dead"],
+        1,
+        "cobol:1 was not retried"
+    );
     let out = d.cli(&["dead", "drop", "cobol:1"]);
     assert!(
         out.status.success(),

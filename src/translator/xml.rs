@@ -202,8 +202,7 @@ mod tests {
         );
         assert!(got.contains(r#"<Field name="fee">12.5</Field>"#), "{got}");
         assert!(
-            got.contains(r#"<Field name="tags">["a","b"]</Field>"#)
-                || got.contains("[&quot;a&quot;"),
+            got.contains(r#"<Field name="tags">["a","b"]</Field>"#),
             "{got}"
         );
         assert!(

@@ -112,14 +112,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let listener = socket::bind(&cfg.socket).await?;
     let socket_task = tokio::spawn(
-        IngestSocket {
+        IngestSocket::new(
             listener,
-            cfg: cfg.socket.clone(),
-            limits: cfg.limits,
-            queue: queue.clone(),
-            stats: ingest.clone(),
-            shutdown: stop.clone(),
-        }
+            cfg.socket.clone(),
+            cfg.limits,
+            queue.clone(),
+            ingest.clone(),
+            stop.clone(),
+        )
         .run(),
     );
 

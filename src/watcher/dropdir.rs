@@ -208,7 +208,16 @@ impl DropDir {
                 return Taken::Later;
             }
         };
-        let set = match parse_file(&name, &bytes, &self.watch, &self.limits) {
+        // Parsing a large file takes a while: keep it off the async threads.
+        let (watch, limits, file_name) = (self.watch.clone(), self.limits, name.clone());
+        let parsed =
+            tokio::task::spawn_blocking(move || parse_file(&file_name, &bytes, &watch, &limits))
+                .await;
+        let Ok(parsed) = parsed else {
+            tracing::error!(file = %name, "the parser stopped unexpectedly; will try again");
+            return Taken::Later;
+        };
+        let set = match parsed {
             Ok(s) => s,
             Err(e) => {
                 if path.symlink_metadata().ok().map(|m| Identity::of(&m)) != Some(identity) {
@@ -218,7 +227,6 @@ impl DropDir {
                 return self.reject(path, &name, &e.to_string());
             }
         };
-        drop(bytes);
         let changes = set.changes.len() as u64;
         match self.queue.ingest(set).await {
             Ok(_) => {

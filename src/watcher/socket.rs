@@ -24,6 +24,9 @@ use crate::record::ChangeSet;
 
 /// Answers a connection may have outstanding before we stop reading its lines.
 const PIPELINE_DEPTH: usize = 1024;
+/// Connections served at once; with PIPELINE_DEPTH and max_line_bytes this bounds
+/// the memory that clients can make the daemon hold.
+const MAX_CONNECTIONS: usize = 256;
 
 /// Binds the socket (replacing a stale one, refusing if a daemon answers on it)
 /// and sets its mode.
@@ -51,6 +54,7 @@ pub async fn bind(cfg: &SocketConfig) -> anyhow::Result<UnixListener> {
 }
 
 pub struct IngestSocket {
+    pub connections: Arc<tokio::sync::Semaphore>,
     pub listener: UnixListener,
     pub cfg: SocketConfig,
     pub limits: Limits,
@@ -60,6 +64,26 @@ pub struct IngestSocket {
 }
 
 impl IngestSocket {
+    pub fn new(
+        listener: UnixListener,
+        cfg: SocketConfig,
+        limits: Limits,
+        queue: QueueHandle,
+        stats: Arc<IngestStats>,
+        shutdown: watch::Receiver<bool>,
+    ) -> IngestSocket {
+        let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        IngestSocket {
+            connections,
+            listener,
+            cfg,
+            limits,
+            queue,
+            stats,
+            shutdown,
+        }
+    }
+
     pub async fn run(mut self) {
         let me = unsafe { libc::geteuid() };
         loop {
@@ -97,13 +121,28 @@ impl IngestSocket {
                 });
                 continue;
             }
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                tracing::warn!(
+                    "ingest socket: {MAX_CONNECTIONS} connections already open; refusing one more"
+                );
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    let line =
+                        refused(&format!("busy: {MAX_CONNECTIONS} connections already open"));
+                    let _ = stream.write_all(format!("{line}\n").as_bytes()).await;
+                });
+                continue;
+            };
             let conn = Connection {
                 limits: self.limits,
                 queue: self.queue.clone(),
                 stats: self.stats.clone(),
                 shutdown: self.shutdown.clone(),
             };
-            tokio::spawn(conn.serve(stream));
+            tokio::spawn(async move {
+                conn.serve(stream).await;
+                drop(permit);
+            });
         }
         let _ = std::fs::remove_file(&self.cfg.path);
     }

@@ -44,7 +44,8 @@ BUILD_START=$(now)
 (cd "$REPO" && cargo build --release --locked)
 (cd "$REPO" && cargo build --release --locked --example loadgen)
 BUILD_SECONDS=$(since "$BUILD_START")
-BIN=$TARGET_DIR/release/hms-sync
+# HMS_BIN measures another build of the same source (e.g. the static musl one).
+BIN=${HMS_BIN:-$TARGET_DIR/release/hms-sync}
 LOADGEN=$TARGET_DIR/release/examples/loadgen
 [[ -x $BIN ]] || die "no binary at $BIN"
 [[ -x $LOADGEN ]] || die "no load generator at $LOADGEN"

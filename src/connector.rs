@@ -205,10 +205,17 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
         "xml" => {
             not_for("format", "columns", "xml", f.columns.is_some());
             not_for("format", "key_column", "xml", f.key_column.is_some());
-            Some(Format::Xml {
-                root: f.root.clone().unwrap_or_else(|| "RecordUpdate".into()),
-                key_element: f.key_element.clone().unwrap_or_else(|| "Key".into()),
-            })
+            let root = f.root.clone().unwrap_or_else(|| "RecordUpdate".into());
+            let key_element = f.key_element.clone().unwrap_or_else(|| "Key".into());
+            for (key, name) in [("root", &root), ("key_element", &key_element)] {
+                if !crate::translator::xml::valid_element_name(name) {
+                    problems.push(format!(
+                        "{}[format] {key} `{name}` is not an XML element name (letters, digits, `_`, `-`, `.`; starting with a letter or `_`)",
+                        at(Some("format"), key)
+                    ));
+                }
+            }
+            Some(Format::Xml { root, key_element })
         }
         "csv" => {
             not_for("format", "root", "csv", f.root.is_some());
@@ -418,6 +425,21 @@ mod tests {
         let err = load(&folder, tmp.path()).unwrap_err().join("\n");
         assert!(err.contains("connector.toml: line 6"), "{err}");
         assert!(err.contains("dri") && err.contains("batch_window"), "{err}");
+    }
+
+    #[test]
+    fn xml_element_names_are_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = write(
+            tmp.path(),
+            "x",
+            "collections = [\"p\"]\n[format]\nkind = \"xml\"\nroot = \"Permit Update\"\n[transport]\nkind = \"file\"\ndir = \"o\"\n",
+        );
+        let err = load(&folder, tmp.path()).unwrap_err().join("\n");
+        assert!(
+            err.contains("line 4") && err.contains("`Permit Update` is not an XML element name"),
+            "{err}"
+        );
     }
 
     #[test]

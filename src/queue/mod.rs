@@ -62,6 +62,10 @@ pub enum QueueError {
     Busy(String),
     #[error("the queue could not be made durable, nothing was accepted: {0}")]
     CommitFailed(String),
+    /// The batch this change was ingested with failed as a whole (the reason is
+    /// the original error's text); nothing of it was accepted.
+    #[error("nothing was accepted: {0}")]
+    Batch(String),
 }
 
 impl QueueError {
@@ -69,7 +73,7 @@ impl QueueError {
     pub fn duplicate(&self) -> QueueError {
         match self {
             QueueError::Busy(reason) => QueueError::Busy(reason.clone()),
-            other => QueueError::CommitFailed(other.to_string()),
+            other => QueueError::Batch(other.to_string()),
         }
     }
 }

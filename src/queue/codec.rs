@@ -203,6 +203,54 @@ pub fn decode_queued(seq: u64, bytes: &[u8]) -> Result<QueuedDelta, CodecError> 
     queued_in(seq, decode(bytes)?)
 }
 
+/// The version byte of a chunk of waiting deltas (`'p'` values). A version-1
+/// `'p'` value is one delta on its own, read as a chunk of one.
+pub const CHUNK_VERSION: u8 = 2;
+
+/// Writes a chunk: [`CHUNK_VERSION`], then per delta its seq (u64 big-endian),
+/// the length of its encoding (u32 big-endian) and the encoding
+/// ([`encode_queued`]). Entries stay encoded, so that a chunk can be scanned,
+/// split and rewritten without decoding the deltas it only passes over.
+pub fn encode_chunk<'a>(entries: impl IntoIterator<Item = (u64, &'a [u8])>) -> Vec<u8> {
+    let mut out = vec![CHUNK_VERSION];
+    for (seq, bytes) in entries {
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+/// The entries of a `'p'` value stored under `key_seq`, each as (seq, encoded
+/// delta), in queue order. Only the framing is checked here; each delta is
+/// decoded when it is needed ([`decode_queued`]).
+pub fn chunk_entries(key_seq: u64, bytes: &[u8]) -> Result<Vec<(u64, &[u8])>, CodecError> {
+    let (&version, mut rest) = bytes.split_first().ok_or(CodecError::Empty)?;
+    match version {
+        VERSION => return Ok(vec![(key_seq, bytes)]),
+        CHUNK_VERSION => {}
+        other => return Err(CodecError::UnknownVersion(other)),
+    }
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let corrupt = || CodecError::Corrupt("chunk entry cut short".into());
+        let seq = u64::from_be_bytes(rest.get(..8).ok_or_else(corrupt)?.try_into().unwrap());
+        let len = u32::from_be_bytes(rest.get(8..12).ok_or_else(corrupt)?.try_into().unwrap());
+        let entry = rest.get(12..12 + len as usize).ok_or_else(corrupt)?;
+        if out.last().is_some_and(|&(prev, _)| prev >= seq) {
+            return Err(CodecError::Corrupt(format!(
+                "chunk entries out of order at seq {seq}"
+            )));
+        }
+        out.push((seq, entry));
+        rest = &rest[12 + len as usize..];
+    }
+    if out.is_empty() {
+        return Err(CodecError::Corrupt("empty chunk".into()));
+    }
+    Ok(out)
+}
+
 pub fn encode_dead(d: &DeadLetter) -> Vec<u8> {
     encode(&StoredDead {
         queued: queued_out(&d.queued),
@@ -308,6 +356,37 @@ mod tests {
         let mut truncated = encode_queued(&sample());
         truncated.truncate(truncated.len() - 3);
         assert!(decode_queued(1, &truncated).is_err());
+    }
+
+    /// The bytes of a chunk (version 2). If this fails, the chunk format changed.
+    #[test]
+    fn golden_bytes_of_a_chunk_and_old_single_deltas_read_as_chunks() {
+        let one = encode_queued(&sample());
+        let chunk = encode_chunk([(42, one.as_slice()), (43, one.as_slice())]);
+        let head = format!("02{:016x}{:08x}", 42, one.len());
+        assert!(hex(&chunk).starts_with(&head), "{}", hex(&chunk));
+        assert_eq!(chunk.len(), 1 + 2 * (12 + one.len()));
+        let entries = chunk_entries(7, &chunk).unwrap();
+        assert_eq!(entries, vec![(42, one.as_slice()), (43, one.as_slice())]);
+        assert_eq!(decode_queued(43, entries[1].1).unwrap().seq, 43);
+        // A version-1 value under key seq 42 is a chunk of one.
+        assert_eq!(chunk_entries(42, &one).unwrap(), vec![(42, one.as_slice())]);
+    }
+
+    #[test]
+    fn corrupt_chunks_are_errors() {
+        let one = encode_queued(&sample());
+        let mut chunk = encode_chunk([(1, one.as_slice())]);
+        chunk.truncate(chunk.len() - 1);
+        assert!(chunk_entries(1, &chunk).is_err());
+        assert!(chunk_entries(1, &[CHUNK_VERSION]).is_err());
+        let backwards = encode_chunk([(5, one.as_slice()), (4, one.as_slice())]);
+        assert!(chunk_entries(5, &backwards).is_err());
+        // A length claiming 4 GiB reads nothing past the end.
+        let mut evil = vec![CHUNK_VERSION];
+        evil.extend_from_slice(&1u64.to_be_bytes());
+        evil.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(chunk_entries(1, &evil).is_err());
     }
 
     const GOLDEN_QUEUED: &str = "01077065726d697473033132330102036665650431322e35067374617475730a22415050524f56454422010a6665655f77616976657203fd0068e5cf8b010000fd0084d97b89010000010a534f4150204661756c74";

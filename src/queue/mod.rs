@@ -5,7 +5,8 @@
 //! ```text
 //! sled tree "hms" (one tree, so that every mutation is one atomic batch)
 //!   's' coll key           -> snapshot: the record's last known state (Flat)
-//!   'p' target seq         -> QueuedDelta, in queue order (seq is big-endian)
+//!   'p' target seq         -> a chunk of waiting deltas, in queue order: the key's seq
+//!                             is the chunk's first; chunks never overlap (codec.rs)
 //!   'i' target coll key    -> seq of the record's newest waiting delta (coalescing index)
 //!   'd' target seq         -> DeadLetter (keeps its seq: the delivery id stays the same)
 //!   'h' target coll key    -> seq of the dead letter that holds the record
@@ -229,10 +230,36 @@ pub fn parse_delivery_id(id: &str) -> Option<(&str, u64)> {
 
 // ---- a batch of writes with read-your-writes ------------------------------
 
+/// A chunk takes new deltas until it holds this many...
+const CHUNK_MAX: usize = 512;
+/// ...or this many bytes of them. One sled write then carries hundreds of deltas
+/// (sled copies a whole node on every write: per-delta keys made it the bottleneck).
+const CHUNK_BYTES: usize = 256 << 10;
+
+/// A chunk of waiting deltas as the batch sees it.
+struct Chunk {
+    /// Stored in sled under its key (else new in this batch).
+    stored: bool,
+    /// (seq, encoded delta), in seq order.
+    entries: Vec<(u64, Vec<u8>)>,
+    bytes: usize,
+    dirty: bool,
+}
+
+impl Chunk {
+    fn position(&self, seq: u64) -> Result<usize, usize> {
+        self.entries.binary_search_by_key(&seq, |(s, _)| *s)
+    }
+}
+
 /// Writes gathered in memory and applied as one atomic sled batch.
 struct Txn<'a> {
     tree: &'a sled::Tree,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Chunks read or changed, by (target, key seq).
+    chunks: BTreeMap<(String, u64), Chunk>,
+    /// Per target, the chunk this batch appends new deltas to.
+    tails: HashMap<String, u64>,
 }
 
 impl<'a> Txn<'a> {
@@ -240,6 +267,158 @@ impl<'a> Txn<'a> {
         Txn {
             tree,
             writes: BTreeMap::new(),
+            chunks: BTreeMap::new(),
+            tails: HashMap::new(),
+        }
+    }
+
+    /// The key of the chunk whose range holds `seq` (the last chunk starting at or
+    /// before it), loaded into the batch. None: `seq` is before every chunk.
+    fn chunk_for(&mut self, target: &str, seq: u64) -> Result<Option<u64>, QueueError> {
+        let t = target.to_string();
+        let cached = self
+            .chunks
+            .range((t.clone(), 0)..=(t.clone(), seq))
+            .next_back()
+            .map(|((_, k), _)| *k);
+        let stored = match self
+            .tree
+            .range(pending_key(target, 0)..=pending_key(target, seq))
+            .next_back()
+        {
+            Some(kv) => Some(kv?),
+            None => None,
+        };
+        match stored {
+            Some((k, v)) if cached.is_none_or(|c| c < seq_of_key(&k)) => {
+                let key_seq = seq_of_key(&k);
+                let entries: Vec<(u64, Vec<u8>)> = codec::chunk_entries(key_seq, &v)
+                    .map_err(decode_err(&k))?
+                    .into_iter()
+                    .map(|(s, b)| (s, b.to_vec()))
+                    .collect();
+                let bytes = entries.iter().map(|(_, b)| b.len()).sum();
+                self.chunks.insert(
+                    (t, key_seq),
+                    Chunk {
+                        stored: true,
+                        entries,
+                        bytes,
+                        dirty: false,
+                    },
+                );
+                Ok(Some(key_seq))
+            }
+            _ => Ok(cached),
+        }
+    }
+
+    fn chunk(&mut self, target: &str, key_seq: u64) -> &mut Chunk {
+        self.chunks
+            .get_mut(&(target.to_string(), key_seq))
+            .expect("chunk_for loaded it")
+    }
+
+    /// The encoded waiting delta `seq` of `target`.
+    fn get_delta(&mut self, target: &str, seq: u64) -> Result<Option<Vec<u8>>, QueueError> {
+        let Some(k) = self.chunk_for(target, seq)? else {
+            return Ok(None);
+        };
+        let chunk = self.chunk(target, k);
+        Ok(chunk.position(seq).ok().map(|i| chunk.entries[i].1.clone()))
+    }
+
+    /// Writes delta `seq` at its place in the queue (replacing it if present).
+    fn put_delta(&mut self, target: &str, seq: u64, bytes: Vec<u8>) -> Result<(), QueueError> {
+        let Some(k) = self.chunk_for(target, seq)? else {
+            self.new_chunk(target, seq, bytes);
+            return Ok(());
+        };
+        let chunk = self.chunk(target, k);
+        chunk.bytes += bytes.len();
+        match chunk.position(seq) {
+            Ok(i) => {
+                chunk.bytes -= chunk.entries[i].1.len();
+                chunk.entries[i].1 = bytes;
+            }
+            Err(i) => chunk.entries.insert(i, (seq, bytes)),
+        }
+        chunk.dirty = true;
+        Ok(())
+    }
+
+    /// Removes delta `seq`; returns its encoding if it was there.
+    fn remove_delta(&mut self, target: &str, seq: u64) -> Result<Option<Vec<u8>>, QueueError> {
+        let Some(k) = self.chunk_for(target, seq)? else {
+            return Ok(None);
+        };
+        let chunk = self.chunk(target, k);
+        let Ok(i) = chunk.position(seq) else {
+            return Ok(None);
+        };
+        let (_, bytes) = chunk.entries.remove(i);
+        chunk.bytes -= bytes.len();
+        chunk.dirty = true;
+        Ok(Some(bytes))
+    }
+
+    /// Adds a new delta at the end of the queue (`seq` is newer than every other).
+    fn append_delta(&mut self, target: &str, seq: u64, bytes: Vec<u8>) {
+        if let Some(&k) = self.tails.get(target) {
+            let chunk = self.chunk(target, k);
+            if chunk.entries.len() < CHUNK_MAX && chunk.bytes + bytes.len() <= CHUNK_BYTES {
+                chunk.bytes += bytes.len();
+                chunk.entries.push((seq, bytes));
+                return;
+            }
+        }
+        self.new_chunk(target, seq, bytes);
+        self.tails.insert(target.to_string(), seq);
+    }
+
+    fn new_chunk(&mut self, target: &str, seq: u64, bytes: Vec<u8>) {
+        self.chunks.insert(
+            (target.to_string(), seq),
+            Chunk {
+                stored: false,
+                bytes: bytes.len(),
+                entries: vec![(seq, bytes)],
+                dirty: true,
+            },
+        );
+    }
+
+    /// Turns changed chunks into writes: the old key goes, the entries are stored
+    /// again in chunks of at most [`CHUNK_MAX`] entries / [`CHUNK_BYTES`] bytes (one
+    /// delta larger than that gets a chunk of its own), each keyed by its first seq.
+    fn write_chunks(&mut self) {
+        let chunks = std::mem::take(&mut self.chunks);
+        let changed: Vec<_> = chunks.into_iter().filter(|(_, c)| c.dirty).collect();
+        for ((target, k), chunk) in &changed {
+            if chunk.stored {
+                self.writes.insert(pending_key(target, *k), None);
+            }
+        }
+        for ((target, _), chunk) in changed {
+            let mut group: Vec<(u64, &[u8])> = Vec::new();
+            let mut bytes = 0;
+            let flush = |group: &mut Vec<(u64, &[u8])>, writes: &mut BTreeMap<_, _>| {
+                if let Some(&(first, _)) = group.first() {
+                    let value = codec::encode_chunk(group.drain(..));
+                    writes.insert(pending_key(&target, first), Some(value));
+                }
+            };
+            for (seq, entry) in &chunk.entries {
+                if !group.is_empty()
+                    && (group.len() >= CHUNK_MAX || bytes + entry.len() > CHUNK_BYTES)
+                {
+                    flush(&mut group, &mut self.writes);
+                    bytes = 0;
+                }
+                bytes += entry.len();
+                group.push((*seq, entry));
+            }
+            flush(&mut group, &mut self.writes);
         }
     }
 
@@ -278,7 +457,8 @@ impl<'a> Txn<'a> {
         Ok(keys.into_iter().collect())
     }
 
-    fn apply(self) -> Result<bool, QueueError> {
+    fn apply(mut self) -> Result<bool, QueueError> {
+        self.write_chunks();
         if self.writes.is_empty() {
             return Ok(false);
         }
@@ -549,47 +729,48 @@ impl Queue {
         let mut lease = Lease::default();
         let mut txn = Txn::new(&tree);
         let mut blocked: HashSet<RecordId> = target.in_flight_records.clone();
-        for kv in tree.scan_prefix(key_of(b'p', &[name], None)) {
-            if lease.items.len() >= max {
-                break;
-            }
-            let (k, v) = kv?;
-            let seq = seq_of_key(&k);
-            if target.in_flight.contains_key(&seq) {
-                continue;
-            }
-            let queued = codec::decode_queued(seq, &v).map_err(decode_err(&k))?;
-            if blocked.contains(&queued.record) {
-                continue;
-            }
-            if queued.not_before_ms > now {
-                lease.next_due_ms = Some(
-                    lease
-                        .next_due_ms
-                        .map_or(queued.not_before_ms, |d| d.min(queued.not_before_ms)),
-                );
+        'chunks: for kv in tree.scan_prefix(key_of(b'p', &[name], None)) {
+            let (k, chunk) = kv?;
+            for (seq, v) in codec::chunk_entries(seq_of_key(&k), &chunk).map_err(decode_err(&k))? {
+                if lease.items.len() >= max {
+                    break 'chunks;
+                }
+                if target.in_flight.contains_key(&seq) {
+                    continue;
+                }
+                let queued = codec::decode_queued(seq, v).map_err(decode_err(&k))?;
+                if blocked.contains(&queued.record) {
+                    continue;
+                }
+                if queued.not_before_ms > now {
+                    lease.next_due_ms = Some(
+                        lease
+                            .next_due_ms
+                            .map_or(queued.not_before_ms, |d| d.min(queued.not_before_ms)),
+                    );
+                    blocked.insert(queued.record.clone());
+                    continue;
+                }
+                let record = match tree.get(snapshot_key(&queued.record))? {
+                    Some(v) => Some(
+                        codec::decode_snapshot(&v)
+                            .map_err(decode_err(&snapshot_key(&queued.record)))?,
+                    ),
+                    None => None,
+                };
+                // Sealed from now on: newer changes queue behind it, even after a
+                // restart, because the legacy system may already have processed it.
+                let ikey = index_key(name, &queued.record);
+                if txn.get(&ikey)?.map(|v| seq_value(&v)) == Some(seq) {
+                    txn.remove(ikey);
+                }
                 blocked.insert(queued.record.clone());
-                continue;
+                target
+                    .in_flight
+                    .insert(seq, (queued.record.clone(), v.len() as u64));
+                target.in_flight_records.insert(queued.record.clone());
+                lease.items.push(Leased { queued, record });
             }
-            let record = match tree.get(snapshot_key(&queued.record))? {
-                Some(v) => Some(
-                    codec::decode_snapshot(&v)
-                        .map_err(decode_err(&snapshot_key(&queued.record)))?,
-                ),
-                None => None,
-            };
-            // Sealed from now on: newer changes queue behind it, even after a
-            // restart, because the legacy system may already have processed it.
-            let ikey = index_key(name, &queued.record);
-            if txn.get(&ikey)?.map(|v| seq_value(&v)) == Some(seq) {
-                txn.remove(ikey);
-            }
-            blocked.insert(queued.record.clone());
-            target
-                .in_flight
-                .insert(seq, (queued.record.clone(), v.len() as u64));
-            target.in_flight_records.insert(queued.record.clone());
-            lease.items.push(Leased { queued, record });
         }
         self.apply(txn)?;
         Ok(lease)
@@ -622,7 +803,7 @@ impl Queue {
                 continue;
             };
             target.in_flight_records.remove(&record);
-            txn.remove(pending_key(name, seq));
+            txn.remove_delta(name, seq)?;
             c.pending = c.pending.saturating_sub(1);
             c.pending_bytes = c.pending_bytes.saturating_sub(size);
             c.delivered += 1;
@@ -674,14 +855,14 @@ impl Queue {
         let mut txn = Txn::new(&tree);
         let mut c = self.target(name)?.counters;
         let pkey = pending_key(name, seq);
-        let Some(bytes) = txn.get(&pkey)? else {
+        let Some(bytes) = txn.get_delta(name, seq)? else {
             return Ok(());
         };
         let mut queued = codec::decode_queued(seq, &bytes).map_err(decode_err(&pkey))?;
         change(&mut queued);
         let encoded = codec::encode_queued(&queued);
         c.pending_bytes = c.pending_bytes.saturating_sub(bytes.len() as u64) + encoded.len() as u64;
-        txn.insert(pkey, encoded);
+        txn.put_delta(name, seq, encoded)?;
         self.finish(txn, name, c)
     }
 
@@ -701,26 +882,24 @@ impl Queue {
         let mut txn = Txn::new(&tree);
         let mut c = self.target(name)?.counters;
         let pkey = pending_key(name, seq);
-        let Some(bytes) = txn.get(&pkey)? else {
+        let Some(bytes) = txn.remove_delta(name, seq)? else {
             return Ok(None);
         };
         let mut queued = codec::decode_queued(seq, &bytes).map_err(decode_err(&pkey))?;
         queued.attempts += 1;
         queued.last_error = Some(error.to_string());
-        txn.remove(pkey);
         c.pending = c.pending.saturating_sub(1);
         c.pending_bytes = c.pending_bytes.saturating_sub(bytes.len() as u64);
         let mut held = None;
         let ikey = index_key(name, &queued.record);
         if let Some(newer_seq) = txn.get(&ikey)?.map(|v| seq_value(&v)) {
             let nkey = pending_key(name, newer_seq);
-            if let Some(nbytes) = txn.get(&nkey)? {
+            if let Some(nbytes) = txn.remove_delta(name, newer_seq)? {
                 held = Some(
                     codec::decode_queued(newer_seq, &nbytes)
                         .map_err(decode_err(&nkey))?
                         .delta,
                 );
-                txn.remove(nkey);
                 c.pending = c.pending.saturating_sub(1);
                 c.pending_bytes = c.pending_bytes.saturating_sub(nbytes.len() as u64);
             }
@@ -746,11 +925,16 @@ impl Queue {
             let oldest = match self.tree.scan_prefix(key_of(b'p', &[name], None)).next() {
                 Some(kv) => {
                     let (k, v) = kv?;
-                    Some(
-                        codec::decode_queued(seq_of_key(&k), &v)
-                            .map_err(decode_err(&k))?
-                            .queued_at_ms,
-                    )
+                    let entries =
+                        codec::chunk_entries(seq_of_key(&k), &v).map_err(decode_err(&k))?;
+                    match entries.first() {
+                        Some(&(seq, bytes)) => Some(
+                            codec::decode_queued(seq, bytes)
+                                .map_err(decode_err(&k))?
+                                .queued_at_ms,
+                        ),
+                        None => None,
+                    }
                 }
                 None => None,
             };
@@ -827,7 +1011,7 @@ impl Queue {
             let encoded = codec::encode_queued(&queued);
             c.pending += 1;
             c.pending_bytes += encoded.len() as u64;
-            txn.insert(pending_key(&name, seq), encoded);
+            txn.put_delta(&name, seq, encoded)?;
             txn.insert(index_key(&name, &queued.record), seq.to_be_bytes().to_vec());
         }
         self.finish(txn, &name, c)?;
@@ -990,7 +1174,7 @@ fn enqueue(
         let seq = seq_value(&v);
         if !target.in_flight.contains_key(&seq) {
             let pkey = pending_key(name, seq);
-            if let Some(bytes) = txn.get(&pkey)? {
+            if let Some(bytes) = txn.get_delta(name, seq)? {
                 let mut queued = codec::decode_queued(seq, &bytes).map_err(decode_err(&pkey))?;
                 c.pending_bytes = c.pending_bytes.saturating_sub(bytes.len() as u64);
                 match diff::merge(queued.delta, delta) {
@@ -998,10 +1182,10 @@ fn enqueue(
                         queued.delta = merged;
                         let encoded = codec::encode_queued(&queued);
                         c.pending_bytes += encoded.len() as u64;
-                        txn.insert(pkey, encoded);
+                        txn.put_delta(name, seq, encoded)?;
                     }
                     None => {
-                        txn.remove(pkey);
+                        txn.remove_delta(name, seq)?;
                         txn.remove(ikey);
                         c.pending = c.pending.saturating_sub(1);
                     }
@@ -1024,7 +1208,7 @@ fn enqueue(
     let encoded = codec::encode_queued(&queued);
     c.pending += 1;
     c.pending_bytes += encoded.len() as u64;
-    txn.insert(pending_key(name, seq), encoded);
+    txn.append_delta(name, seq, encoded);
     txn.insert(ikey, seq.to_be_bytes().to_vec());
     Ok(())
 }

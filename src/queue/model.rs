@@ -1219,8 +1219,10 @@ impl Run {
             for (name, t) in &q.targets {
                 let mut sum = 0u64;
                 for kv in q.tree.scan_prefix(key_of(b'p', &[name], None)) {
-                    let (_, v) = kv.map_err(|e| e.to_string())?;
-                    sum += v.len() as u64;
+                    let (k, v) = kv.map_err(|e| e.to_string())?;
+                    let entries =
+                        codec::chunk_entries(seq_of_key(&k), &v).map_err(|e| e.to_string())?;
+                    sum += entries.iter().map(|(_, e)| e.len() as u64).sum::<u64>();
                 }
                 ensure!(
                     t.counters.pending_bytes == sum,

@@ -640,3 +640,19 @@ fn new_scaffolds_a_serial_connector_that_check_accepts() {
         "{stdout}\n{stderr}"
     );
 }
+
+#[test]
+fn line_settings_other_than_8n1_open_on_a_pty() {
+    // A pty has no baud rate, parity or RTS/CTS lines, but it keeps the termios
+    // settings: the port opens with them and bytes pass.
+    for settings in [
+        "flow_control = \"hardware\"\nparity = \"even\"\nstop_bits = 2\nbaud = 9600",
+        "flow_control = \"software\"\nparity = \"odd\"\nbaud = 1200",
+    ] {
+        let pty = open_pty();
+        let d = daemon_with(&pty, settings, "");
+        let dev = Device::start(pty, false, Box::new(|_, _| Reply::Ack));
+        send(&d, "p1", "v1");
+        wait_acked(&d, &dev, "the record", |a| a.len() == 1);
+    }
+}

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -30,6 +30,8 @@ struct Frame {
     payload: String,
     /// The LRC byte matched the payload (always true for line framing).
     lrc_ok: bool,
+    /// When the device had read it whole.
+    at: Instant,
 }
 
 impl Frame {
@@ -216,6 +218,7 @@ fn take_frame(buf: &mut Vec<u8>, line: bool) -> Option<Frame> {
         return Some(Frame {
             payload,
             lrc_ok: true,
+            at: Instant::now(),
         });
     }
     let start = buf.iter().position(|b| *b == STX)?;
@@ -227,6 +230,7 @@ fn take_frame(buf: &mut Vec<u8>, line: bool) -> Option<Frame> {
     Some(Frame {
         payload: String::from_utf8_lossy(&payload).into_owned(),
         lrc_ok: lrc == expected,
+        at: Instant::now(),
     })
 }
 
@@ -654,5 +658,26 @@ fn line_settings_other_than_8n1_open_on_a_pty() {
         let dev = Device::start(pty, false, Box::new(|_, _| Reply::Ack));
         send(&d, "p1", "v1");
         wait_acked(&d, &dev, "the record", |a| a.len() == 1);
+    }
+}
+
+#[test]
+fn inter_frame_delay_spaces_the_frames() {
+    let pty = open_pty();
+    let d = daemon_with(&pty, "inter_frame_delay = \"250ms\"", "");
+    let dev = Device::start(
+        pty,
+        false,
+        Box::new(|_, nth| if nth == 1 { Reply::Nak } else { Reply::Ack }),
+    );
+    send(&d, "d1", "v1");
+    send(&d, "d2", "v1");
+    wait_acked(&d, &dev, "both records", |a| a.len() == 2);
+    let frames = dev.frames();
+    assert_eq!(frames.len(), 4, "{frames:?}");
+    for pair in frames.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        // Also before a retransmission; a little slack for the device's polling.
+        assert!(gap >= Duration::from_millis(240), "{gap:?} between frames");
     }
 }

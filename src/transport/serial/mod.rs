@@ -130,7 +130,9 @@ impl SerialTransport {
     async fn exchange(&mut self, frame: &[u8]) -> Result<Try, String> {
         if let Some(at) = self.last_exchange {
             let ready = at + self.spec.inter_frame_delay;
-            tokio::time::sleep_until(ready).await;
+            if ready > Instant::now() {
+                tokio::time::sleep_until(ready).await;
+            }
         }
         let result = self.exchange_on_port(frame).await;
         self.last_exchange = Some(Instant::now());

@@ -184,6 +184,7 @@ pub fn load_all(dir: &Path, base: &Path) -> Result<Vec<Connector>, Vec<String>> 
             Err(mut e) => problems.append(&mut e),
         }
     }
+    problems.extend(crate::transport::serial::spec::shared_ports(&connectors));
     if problems.is_empty() {
         Ok(connectors)
     } else {

@@ -278,6 +278,34 @@ pub fn validate(
     })
 }
 
+/// Two serial connectors on one port would lock each other out (a port opens
+/// for one program at a time): one problem for each port used twice.
+pub fn shared_ports(connectors: &[crate::connector::Connector]) -> Vec<String> {
+    let mut by_port: std::collections::BTreeMap<PathBuf, Vec<&crate::connector::Connector>> =
+        Default::default();
+    for c in connectors {
+        if let crate::connector::TransportSpec::Serial(s) = &c.transport {
+            let port = std::fs::canonicalize(&s.port).unwrap_or_else(|_| s.port.clone());
+            by_port.entry(port).or_default().push(c);
+        }
+    }
+    by_port
+        .into_iter()
+        .filter(|(_, users)| users.len() > 1)
+        .map(|(port, users)| {
+            let files: Vec<String> = users
+                .iter()
+                .map(|c| c.folder.join("connector.toml").display().to_string())
+                .collect();
+            format!(
+                "{}: [transport] port: these connectors all use serial port {}; a port opens for one connector at a time: give each its own port, or send both collections through one connector",
+                files.join(", "),
+                port.display()
+            )
+        })
+        .collect()
+}
+
 impl SerialSpec {
     #[cfg(test)]
     pub fn for_tests(port: &str) -> SerialSpec {
@@ -425,6 +453,28 @@ mod tests {
         assert!(
             err[0].contains("line 7")
                 && err[0].contains("`baud` does not apply to transport kind \"file\""),
+            "{err:#?}"
+        );
+    }
+
+    #[test]
+    fn two_connectors_on_one_port_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        for name in ["a", "b"] {
+            let folder = tmp.path().join(name);
+            std::fs::create_dir_all(&folder).unwrap();
+            std::fs::write(
+                folder.join("connector.toml"),
+                "collections = [\"p\"]\n[format]\nkind = \"json\"\n[transport]\nkind = \"serial\"\nport = \"/dev/ttyS9\"\n",
+            )
+            .unwrap();
+        }
+        let err = crate::connector::load_all(tmp.path(), tmp.path()).unwrap_err();
+        assert_eq!(err.len(), 1, "{err:#?}");
+        assert!(
+            err[0].contains("a/connector.toml, ")
+                && err[0].contains("b/connector.toml: [transport] port")
+                && err[0].contains("/dev/ttyS9"),
             "{err:#?}"
         );
     }

@@ -59,13 +59,37 @@ impl SerialTransport {
     /// Delivers each payload as its own frame, in order, stopping at the first
     /// that is not acknowledged (the worker hands one at a time anyway).
     pub async fn deliver(&mut self, batch: &[Payload]) -> Outcome {
+        self.deliver_each(batch)
+            .await
+            .into_iter()
+            .find(|o| *o != Outcome::Delivered)
+            .unwrap_or(Outcome::Delivered)
+    }
+
+    /// One outcome per payload, in order (the shape a per-payload `Transport::deliver`
+    /// wants): the frames after the first one not acknowledged are not sent and come
+    /// back `Down`, so they return to the queue uncounted.
+    pub async fn deliver_each(&mut self, batch: &[Payload]) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(batch.len());
         for payload in batch {
-            let outcome = self.deliver_one(payload).await;
-            if outcome != Outcome::Delivered {
-                return outcome;
+            if outcomes.last().is_some_and(|o| *o != Outcome::Delivered) {
+                outcomes.push(Outcome::Down {
+                    reason: format!(
+                        "not sent: the frame before {} was not acknowledged",
+                        payload.id
+                    ),
+                });
+                continue;
             }
+            outcomes.push(self.deliver_one(payload).await);
         }
-        Outcome::Delivered
+        outcomes
+    }
+
+    /// What goes between the frame's markers for this rendering, or why it cannot
+    /// be sent (for `hms-sync translate`: shows a refusal before it happens).
+    pub fn preview(&self, rendered: &[u8]) -> Result<Vec<u8>, String> {
+        frame::prepare(&self.spec, rendered)
     }
 
     async fn deliver_one(&mut self, payload: &Payload) -> Outcome {
@@ -295,4 +319,39 @@ pub fn describe(spec: &SerialSpec) -> (String, Option<String>) {
         })
     };
     (description, warning)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(id: &str, bytes: &[u8]) -> Payload {
+        Payload {
+            id: id.into(),
+            attempt: 1,
+            bytes: bytes.to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_frame_stops_the_batch_and_the_rest_goes_back_uncounted() {
+        // Nothing reaches the port: the first payload cannot be framed.
+        let mut t = SerialTransport::new("t", SerialSpec::for_tests("/nonexistent/tty"));
+        let out = t
+            .deliver_each(&[payload("t:1", b"a\x02b"), payload("t:2", b"ok")])
+            .await;
+        assert!(
+            matches!(&out[0], Outcome::Rejected { reason } if reason.contains("cannot frame delivery t:1")),
+            "{out:?}"
+        );
+        assert!(matches!(&out[1], Outcome::Down { .. }), "{out:?}");
+        // A missing port is an outage.
+        let out = t.deliver_each(&[payload("t:3", b"ok")]).await;
+        assert!(
+            matches!(&out[0], Outcome::Down { reason } if reason.contains("does not exist")),
+            "{out:?}"
+        );
+        assert_eq!(t.preview(b"row\r\n").unwrap(), b"row");
+        assert!(t.preview(b"a\x03").is_err());
+    }
 }

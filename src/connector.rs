@@ -56,6 +56,33 @@ pub struct TransportFile {
     /// a missing folder (an unmounted share) is an outage, not a reason to write
     /// files onto the local disk.
     pub create_dir: Option<bool>,
+    // --- kind = "serial" (checked in transport/serial/spec.rs) ---
+    /// serial: the device, e.g. "/dev/ttyS0" or "/dev/serial/by-id/usb-...".
+    pub port: Option<PathBuf>,
+    /// serial: line speed. Default 9600.
+    pub baud: Option<u32>,
+    /// serial: 8 (default) or 7.
+    pub data_bits: Option<u8>,
+    /// serial: none (default) | odd | even.
+    pub parity: Option<String>,
+    /// serial: 1 (default) or 2.
+    pub stop_bits: Option<u8>,
+    /// serial: none (default) | software (XON/XOFF) | hardware (RTS/CTS).
+    pub flow_control: Option<String>,
+    /// serial: stx_etx_lrc (default) | line.
+    pub framing: Option<String>,
+    /// serial, framing "line": the device's "got it" line. Default "ACK".
+    pub ack_line: Option<String>,
+    /// serial, framing "line": the device's "refused" line. Default "NAK".
+    pub nak_line: Option<String>,
+    /// serial: how long to wait for ACK/NAK after a frame is on the wire. Default "2s".
+    pub ack_timeout: Option<String>,
+    /// serial: extra sends of a frame after NAK, noise or silence. Default 3.
+    pub retransmits: Option<u32>,
+    /// serial: quiet time before each frame, for slow devices. Default "0s".
+    pub inter_frame_delay: Option<String>,
+    /// serial: utf8 (default) | ascii | latin1: how payload text goes on the wire.
+    pub encoding: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -102,6 +129,7 @@ pub enum TransportSpec {
         batch_window: Duration,
         create_dir: bool,
     },
+    Serial(crate::transport::serial::SerialSpec),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -156,6 +184,7 @@ pub fn load_all(dir: &Path, base: &Path) -> Result<Vec<Connector>, Vec<String>> 
             Err(mut e) => problems.append(&mut e),
         }
     }
+    problems.extend(crate::transport::serial::spec::shared_ports(&connectors));
     if problems.is_empty() {
         Ok(connectors)
     } else {
@@ -264,6 +293,15 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
     let t = &raw.transport;
     let transport = match t.kind.as_str() {
         "file" => {
+            for (key, _) in crate::transport::serial::spec::keys_present(t)
+                .into_iter()
+                .filter(|(_, present)| *present)
+            {
+                problems.push(format!(
+                    "{}[transport] `{key}` does not apply to transport kind \"file\"",
+                    at(Some("transport"), key)
+                ));
+            }
             let window = match t.batch_window.as_deref().map(parse_duration).transpose() {
                 Ok(w) => w.unwrap_or(Duration::ZERO),
                 Err(e) => {
@@ -301,9 +339,31 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
                 }
             }
         }
-        "soap" | "serial" => {
+        "serial" => {
+            for (key, present) in [
+                ("dir", t.dir.is_some()),
+                ("batch_max", t.batch_max.is_some()),
+                ("batch_window", t.batch_window.is_some()),
+                ("create_dir", t.create_dir.is_some()),
+            ] {
+                if present {
+                    problems.push(format!(
+                        "{}[transport] `{key}` does not apply to transport kind \"serial\"",
+                        at(Some("transport"), key)
+                    ));
+                }
+            }
+            crate::transport::serial::spec::validate(t, base, &mut |key, message| {
+                problems.push(format!(
+                    "{}[transport] {message}",
+                    at(Some("transport"), key)
+                ))
+            })
+            .map(TransportSpec::Serial)
+        }
+        "soap" => {
             problems.push(format!(
-                "{}[transport] kind \"{}\" is not available in this build yet; available: file",
+                "{}[transport] kind \"{}\" is not available in this build yet; available: file, serial",
                 at(Some("transport"), "kind"),
                 t.kind
             ));
@@ -311,7 +371,7 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
         }
         other => {
             problems.push(format!(
-                "{}[transport] kind `{other}` is unknown; known kinds: file",
+                "{}[transport] kind `{other}` is unknown; known kinds: file, serial",
                 at(Some("transport"), "kind")
             ));
             None

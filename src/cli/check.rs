@@ -54,6 +54,14 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
                 }
                 format!("file -> {}", dir.display())
             }
+            TransportSpec::Serial(spec) => {
+                let (description, warning) = crate::transport::serial::describe(spec);
+                if let Some(w) = warning {
+                    warnings += 1;
+                    eprintln!("warning: {}: {w}", c.name);
+                }
+                description
+            }
         };
         println!(
             "target: {} receives {} via {transport}",

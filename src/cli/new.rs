@@ -1,4 +1,4 @@
-//! `hms-sync new NAME --transport file`: scaffolds `connectors/NAME/connector.toml`
+//! `hms-sync new NAME --transport file|serial`: scaffolds `connectors/NAME/connector.toml`
 //! with every key commented, ready to edit.
 
 use std::path::{Path, PathBuf};
@@ -65,10 +65,11 @@ pub fn run(config: Option<&Path>, args: NewArgs) -> anyhow::Result<ExitCode> {
     }
     let text = match args.transport {
         TransportKind::File => file_template(&args.name, &args.collection),
-        TransportKind::Soap | TransportKind::Serial => {
+        TransportKind::Serial => serial_template(&args.name, &args.collection),
+        TransportKind::Soap => {
             return Err(UsageError(
                 format!(
-                    "transport {:?} is not available in this build yet; available: file",
+                    "transport {:?} is not available in this build yet; available: file, serial",
                     args.transport
                 )
                 .to_lowercase(),
@@ -133,6 +134,62 @@ max_backoff = "5m"
     )
 }
 
+fn serial_template(name: &str, collection: &str) -> String {
+    format!(
+        r#"# Connector "{name}": delivers changes one framed record at a time over a
+# serial line (RS-232) to a terminal controller or mainframe front end that
+# answers ACK or NAK. The folder name ({name}) is the target's name in status
+# and logs. The service needs access to the port: see systemd/serial.conf.
+
+# Collections this system receives.
+collections = ["{collection}"]
+
+# Optional: only these fields. Leave it out to send every field.
+# fields = ["status", "inspector.name"]
+
+[format]
+# csv: one line a change: delivery_id,op,<columns...>. The delivery id lets the
+# device drop a repeat (after a lost ACK the same frame may come twice).
+kind = "csv"
+columns = ["permit_number", "status"]
+# key_column = "permit_number"
+
+[transport]
+kind = "serial"
+# The device. A USB adapter: a stable name from `ls -l /dev/serial/by-id/`.
+port = "/dev/ttyS0"
+# Line settings: ask the legacy system's manual. 9600 8N1 is the usual default.
+baud = 9600
+data_bits = 8          # 8 or 7
+parity = "none"        # none, odd, even
+stop_bits = 1          # 1 or 2
+flow_control = "none"  # none, software (XON/XOFF), hardware (RTS/CTS)
+# stx_etx_lrc: STX, the record, ETX, LRC check byte; answered by ACK or NAK bytes.
+# line: the record then CR LF; answered by the lines ack_line / nak_line.
+framing = "stx_etx_lrc"
+# ack_line = "ACK"     # framing = "line" only
+# nak_line = "NAK"     # framing = "line" only
+# How long to wait for the answer once the frame is sent.
+ack_timeout = "2s"
+# Sends of the same frame again after NAK, noise or silence. A NAK to the last
+# one counts as a refusal (see [retry]); silence to the last one means the
+# device is down (nothing is counted, hms-sync waits and tries again, forever).
+retransmits = 3
+# Quiet time before each frame, for slow devices.
+inter_frame_delay = "0s"
+# Text on the wire: utf8, ascii (anything else is refused), latin1.
+encoding = "ascii"
+
+[retry]
+# After this many refusals a change becomes a dead letter (see `hms-sync dead list`).
+max_attempts = 20
+# First wait after a failure, doubled each time up to max_backoff.
+backoff = "1s"
+max_backoff = "5m"
+"#
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -146,5 +203,15 @@ mod tests {
         )
         .unwrap();
         crate::connector::load(&folder, tmp.path()).unwrap();
+        std::fs::write(
+            folder.join("connector.toml"),
+            super::serial_template("x", "permits"),
+        )
+        .unwrap();
+        let c = crate::connector::load(&folder, tmp.path()).unwrap();
+        assert!(matches!(
+            c.transport,
+            crate::connector::TransportSpec::Serial(_)
+        ));
     }
 }

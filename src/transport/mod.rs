@@ -7,6 +7,7 @@
 //! `Rejected`.
 
 pub mod file;
+pub mod serial;
 
 use std::time::Duration;
 
@@ -45,6 +46,7 @@ pub enum Rendering {
 /// The closed set of transports.
 pub enum Transport {
     File(file::FileTransport),
+    Serial(serial::SerialTransport),
 }
 
 impl Transport {
@@ -62,6 +64,9 @@ impl Transport {
                 *batch_window,
                 translator,
             )),
+            TransportSpec::Serial(spec) => {
+                Transport::Serial(serial::SerialTransport::new(&connector.name, spec.clone()))
+            }
         }
     }
 
@@ -69,18 +74,22 @@ impl Transport {
     pub fn batch_limits(&self) -> (usize, Duration) {
         match self {
             Transport::File(t) => (t.batch_max, t.batch_window),
+            // A serial device takes one frame at a time: strict queue order.
+            Transport::Serial(_) => (1, Duration::ZERO),
         }
     }
 
     pub fn rendering(&self) -> Rendering {
         match self {
             Transport::File(_) => Rendering::FileEntry,
+            Transport::Serial(_) => Rendering::Standalone,
         }
     }
 
     pub async fn deliver(&mut self, batch: &[Payload]) -> Outcome {
         match self {
             Transport::File(t) => t.deliver(batch).await,
+            Transport::Serial(t) => t.deliver(batch).await,
         }
     }
 }

@@ -1,0 +1,357 @@
+//! Serial transport: one rendered payload in, one framed exchange on an RS-232
+//! port out (send the frame, wait for ACK or NAK, retransmit), an [`Outcome`] back.
+//!
+//! **Invariants:** one frame in flight at a time (`batch_limits` is one delta,
+//! no window), so the device sees deltas in queue order; a payload that would
+//! corrupt its frame is `Rejected` without touching the port; the port is held
+//! open between deliveries and dropped after any error or when the other end
+//! closes, to be opened again (by path, so a re-pointed symlink or a re-plugged
+//! adapter is picked up) at the next delivery; "no usable answer" (no port,
+//! cannot open, silence, noise only, other end closed) is `Down`; only a NAK
+//! to the last retransmission is `Rejected`.
+
+pub mod frame;
+pub mod spec;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_serial::{SerialPortBuilderExt, SerialStream};
+
+use super::{Outcome, Payload};
+use frame::{Answer, AnswerReader};
+pub use spec::SerialSpec;
+use spec::{Flow, ParityKind};
+
+pub struct SerialTransport {
+    pub target: String,
+    spec: SerialSpec,
+    /// The open port, held between deliveries; `None` after an error.
+    port: Option<SerialStream>,
+    /// When the last exchange ended, for `inter_frame_delay`.
+    last_exchange: Option<Instant>,
+}
+
+/// What one send of a frame got back.
+#[derive(Debug, PartialEq)]
+enum Try {
+    Answered(Answer),
+    /// Only bytes that were neither ACK nor NAK, until `ack_timeout`.
+    Noise(usize),
+    Silence,
+}
+
+impl SerialTransport {
+    pub fn new(target: &str, spec: SerialSpec) -> Self {
+        SerialTransport {
+            target: target.to_string(),
+            spec,
+            port: None,
+            last_exchange: None,
+        }
+    }
+
+    pub fn spec(&self) -> &SerialSpec {
+        &self.spec
+    }
+
+    /// Delivers each payload as its own frame, in order, stopping at the first
+    /// that is not acknowledged (the worker hands one at a time anyway).
+    pub async fn deliver(&mut self, batch: &[Payload]) -> Outcome {
+        self.deliver_each(batch)
+            .await
+            .into_iter()
+            .find(|o| *o != Outcome::Delivered)
+            .unwrap_or(Outcome::Delivered)
+    }
+
+    /// One outcome per payload, in order (the shape a per-payload `Transport::deliver`
+    /// wants): the frames after the first one not acknowledged are not sent and come
+    /// back `Down`, so they return to the queue uncounted.
+    pub async fn deliver_each(&mut self, batch: &[Payload]) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for payload in batch {
+            if outcomes.last().is_some_and(|o| *o != Outcome::Delivered) {
+                outcomes.push(Outcome::Down {
+                    reason: format!(
+                        "not sent: the frame before {} was not acknowledged",
+                        payload.id
+                    ),
+                });
+                continue;
+            }
+            outcomes.push(self.deliver_one(payload).await);
+        }
+        outcomes
+    }
+
+    /// What goes between the frame's markers for this rendering, or why it cannot
+    /// be sent (for `hms-sync translate`: shows a refusal before it happens).
+    pub fn preview(&self, rendered: &[u8]) -> Result<Vec<u8>, String> {
+        frame::prepare(&self.spec, rendered)
+    }
+
+    async fn deliver_one(&mut self, payload: &Payload) -> Outcome {
+        let prepared = match frame::prepare(&self.spec, &payload.bytes) {
+            Ok(p) => p,
+            Err(why) => {
+                return Outcome::Rejected {
+                    reason: format!("cannot frame delivery {}: {why}", payload.id),
+                };
+            }
+        };
+        let frame = frame::frame(&self.spec.framing, &prepared);
+        let tries = self.spec.retransmits + 1;
+        let mut last = Try::Silence;
+        for n in 1..=tries {
+            last = match self.exchange(&frame).await {
+                Ok(t) => t,
+                Err(reason) => {
+                    self.port = None;
+                    return Outcome::Down { reason };
+                }
+            };
+            match last {
+                Try::Answered(Answer::Ack) => return Outcome::Delivered,
+                ref other => {
+                    tracing::debug!(target_name = %self.target, id = %payload.id, try_number = n, answer = ?other, "frame not acknowledged")
+                }
+            }
+        }
+        let port = self.spec.port.display();
+        match last {
+            Try::Answered(Answer::Nak) => Outcome::Rejected {
+                reason: format!(
+                    "the device on {port} answered NAK to all {tries} sends of the frame"
+                ),
+            },
+            Try::Noise(bytes) => {
+                // Noise only: something is there, but it does not speak this
+                // protocol (a wrong baud or parity looks like this). That is the
+                // link's fault, not the record's: no attempt is counted.
+                self.port = None;
+                Outcome::Down {
+                    reason: format!(
+                        "no ACK or NAK from {port} after {tries} sends, only {bytes} bytes of noise (check baud, parity and framing)"
+                    ),
+                }
+            }
+            _ => {
+                self.port = None;
+                Outcome::Down {
+                    reason: format!(
+                        "no answer from {port} within ack_timeout {:?} after {tries} sends",
+                        self.spec.ack_timeout
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Sends the frame once and reads the answer. `Err` is an outage: the port
+    /// is missing, cannot be opened or written, or the other end closed.
+    async fn exchange(&mut self, frame: &[u8]) -> Result<Try, String> {
+        if let Some(at) = self.last_exchange {
+            let ready = at + self.spec.inter_frame_delay;
+            if ready > Instant::now() {
+                tokio::time::sleep_until(ready).await;
+            }
+        }
+        let result = self.exchange_on_port(frame).await;
+        self.last_exchange = Some(Instant::now());
+        result
+    }
+
+    async fn exchange_on_port(&mut self, frame: &[u8]) -> Result<Try, String> {
+        let held = self.port.is_some();
+        match self.send(frame).await {
+            Ok(()) => {}
+            // A port held since the last delivery may have gone stale (the other
+            // end closed in between): open it again once before calling it an outage.
+            Err(_) if held => {
+                self.port = None;
+                self.send(frame).await?;
+            }
+            Err(e) => return Err(e),
+        }
+        let deadline =
+            Instant::now() + frame::wire_time(&self.spec, frame.len()) + self.spec.ack_timeout;
+        let path = self.spec.port.display().to_string();
+        let port = self.port.as_mut().expect("send leaves the port open");
+        let mut reader = AnswerReader::new(&self.spec.framing);
+        let mut buf = [0u8; 256];
+        loop {
+            match tokio::time::timeout_at(deadline, port.read(&mut buf)).await {
+                Err(_) if reader.noise > 0 => return Ok(Try::Noise(reader.noise)),
+                Err(_) => return Ok(Try::Silence),
+                Ok(Ok(0)) => return Err(format!("the other end of {path} closed")),
+                Ok(Ok(n)) => {
+                    if let Some(answer) = reader.feed(&buf[..n]) {
+                        return Ok(Try::Answered(answer));
+                    }
+                }
+                Ok(Err(e)) => return Err(closed_or(&path, "read from", &e)),
+            }
+        }
+    }
+
+    /// Opens the port if needed, throws away stale input (a late answer to an
+    /// earlier frame must not count for this one), and writes the frame.
+    async fn send(&mut self, frame: &[u8]) -> Result<(), String> {
+        if self.port.is_none() {
+            self.port = Some(self.open()?);
+        }
+        let path = self.spec.port.display().to_string();
+        let port = self.port.as_mut().expect("opened above");
+        let mut buf = [0u8; 256];
+        loop {
+            match port.try_read(&mut buf) {
+                Ok(0) => return Err(format!("the other end of {path} closed")),
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(closed_or(&path, "read from", &e)),
+            }
+        }
+        // Writing can only stall under flow control (the device holds us off);
+        // past the frame's wire time and ack_timeout that is silence too.
+        let limit = frame::wire_time(&self.spec, frame.len()) + self.spec.ack_timeout;
+        match tokio::time::timeout(limit, async {
+            port.write_all(frame).await?;
+            port.flush().await
+        })
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(closed_or(&path, "write to", &e)),
+            Err(_) => Err(format!(
+                "writing to {path} stalled for {limit:?} (flow control holding it off?)"
+            )),
+        }
+    }
+
+    fn open(&self) -> Result<SerialStream, String> {
+        let s = &self.spec;
+        let path = s.port.display().to_string();
+        if !s.port.exists() {
+            return Err(format!(
+                "serial port {path} does not exist (adapter unplugged or wrong `port`?)"
+            ));
+        }
+        let builder = tokio_serial::new(path.as_str(), s.baud)
+            .data_bits(if s.data_bits == 7 {
+                tokio_serial::DataBits::Seven
+            } else {
+                tokio_serial::DataBits::Eight
+            })
+            .parity(match s.parity {
+                ParityKind::None => tokio_serial::Parity::None,
+                ParityKind::Odd => tokio_serial::Parity::Odd,
+                ParityKind::Even => tokio_serial::Parity::Even,
+            })
+            .stop_bits(if s.stop_bits == 2 {
+                tokio_serial::StopBits::Two
+            } else {
+                tokio_serial::StopBits::One
+            })
+            .flow_control(match s.flow_control {
+                Flow::None => tokio_serial::FlowControl::None,
+                Flow::Software => tokio_serial::FlowControl::Software,
+                Flow::Hardware => tokio_serial::FlowControl::Hardware,
+            })
+            .timeout(Duration::ZERO);
+        builder.open_native_async().map_err(|e| {
+            let hint = match e.kind() {
+                tokio_serial::ErrorKind::Io(std::io::ErrorKind::PermissionDenied) => {
+                    " (the service user needs the port's group, usually dialout, and the unit a DeviceAllow= for it: see systemd/serial.conf)"
+                }
+                tokio_serial::ErrorKind::NoDevice => " (is another program using it?)",
+                _ => "",
+            };
+            format!("cannot open serial port {path}: {e}{hint}")
+        })
+    }
+}
+
+/// A pty whose master closed answers EIO; a serial adapter pulled out, ENXIO or ENODEV.
+fn closed_or(path: &str, what: &str, e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EIO) | Some(libc::ENXIO) | Some(libc::ENODEV) => {
+            format!("the other end of {path} closed or the device went away ({e})")
+        }
+        _ => format!("cannot {what} {path}: {e}"),
+    }
+}
+
+/// For `hms-sync check`: the port's settings in one line, and a warning if the
+/// port cannot be opened for reading and writing right now.
+pub fn describe(spec: &SerialSpec) -> (String, Option<String>) {
+    let parity = match spec.parity {
+        ParityKind::None => 'N',
+        ParityKind::Odd => 'O',
+        ParityKind::Even => 'E',
+    };
+    let description = format!(
+        "serial -> {} {} {}{parity}{}, framing {}",
+        spec.port.display(),
+        spec.baud,
+        spec.data_bits,
+        spec.stop_bits,
+        spec.framing.name()
+    );
+    // Not opened: opening and closing a port toggles DTR, which resets some
+    // devices, and the running daemon holds it exclusively anyway.
+    let warning = if !spec.port.exists() {
+        Some(format!(
+            "serial port {} does not exist now; deliveries wait (target down) until it does",
+            spec.port.display()
+        ))
+    } else {
+        let c_path = std::ffi::CString::new(spec.port.as_os_str().as_encoded_bytes()).ok();
+        let allowed = c_path
+            .map(|p| unsafe { libc::access(p.as_ptr(), libc::R_OK | libc::W_OK) } == 0)
+            .unwrap_or(false);
+        (!allowed).then(|| {
+            format!(
+                "serial port {} is not readable and writable by this user (add it to the port's group, usually dialout)",
+                spec.port.display()
+            )
+        })
+    };
+    (description, warning)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(id: &str, bytes: &[u8]) -> Payload {
+        Payload {
+            id: id.into(),
+            attempt: 1,
+            bytes: bytes.to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_frame_stops_the_batch_and_the_rest_goes_back_uncounted() {
+        // Nothing reaches the port: the first payload cannot be framed.
+        let mut t = SerialTransport::new("t", SerialSpec::for_tests("/nonexistent/tty"));
+        let out = t
+            .deliver_each(&[payload("t:1", b"a\x02b"), payload("t:2", b"ok")])
+            .await;
+        assert!(
+            matches!(&out[0], Outcome::Rejected { reason } if reason.contains("cannot frame delivery t:1")),
+            "{out:?}"
+        );
+        assert!(matches!(&out[1], Outcome::Down { .. }), "{out:?}");
+        // A missing port is an outage.
+        let out = t.deliver_each(&[payload("t:3", b"ok")]).await;
+        assert!(
+            matches!(&out[0], Outcome::Down { reason } if reason.contains("does not exist")),
+            "{out:?}"
+        );
+        assert_eq!(t.preview(b"row\r\n").unwrap(), b"row");
+        assert!(t.preview(b"a\x03").is_err());
+    }
+}

@@ -187,12 +187,83 @@ fn queued_in(seq: u64, s: StoredQueued) -> Result<QueuedDelta, CodecError> {
     })
 }
 
-pub fn encode_snapshot(flat: &Flat) -> Vec<u8> {
+/// The version byte of a record entry (`'s'` values) that carries the record's
+/// waiting deltas. A version-1 `'s'` value is the record's state alone.
+pub const RECORD_VERSION: u8 = 2;
+
+/// What the queue keeps per record: its last known state and, per target, the
+/// seq of the delta that can still absorb its changes (the coalescing index).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RecordEntry {
+    /// None: deleted (the entry stays while a delete still waits somewhere).
+    pub state: Option<Flat>,
+    /// (target, seq) of each unsealed waiting delta.
+    pub waiting: Vec<(String, u64)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredRecord {
+    state: Option<Vec<(String, String)>>,
+    waiting: Vec<(String, u64)>,
+}
+
+impl RecordEntry {
+    pub fn waiting_for(&self, target: &str) -> Option<u64> {
+        self.waiting
+            .iter()
+            .find(|(t, _)| t == target)
+            .map(|&(_, seq)| seq)
+    }
+
+    pub fn set_waiting(&mut self, target: &str, seq: Option<u64>) {
+        self.waiting.retain(|(t, _)| t != target);
+        if let Some(seq) = seq {
+            self.waiting.push((target.to_string(), seq));
+        }
+    }
+
+    /// Nothing to keep: no state and nothing waiting.
+    pub fn is_empty(&self) -> bool {
+        self.state.is_none() && self.waiting.is_empty()
+    }
+}
+
+pub fn encode_record(r: &RecordEntry) -> Vec<u8> {
+    let mut out = encode(&StoredRecord {
+        state: r.state.as_ref().map(flat_out),
+        waiting: r.waiting.clone(),
+    });
+    out[0] = RECORD_VERSION;
+    out
+}
+
+pub fn decode_record(bytes: &[u8]) -> Result<RecordEntry, CodecError> {
+    match bytes.first() {
+        Some(&RECORD_VERSION) => {
+            let mut body = bytes.to_vec();
+            body[0] = VERSION;
+            let s: StoredRecord = decode(&body)?;
+            Ok(RecordEntry {
+                state: s.state.map(flat_in).transpose()?,
+                waiting: s.waiting,
+            })
+        }
+        _ => Ok(RecordEntry {
+            state: Some(flat_in(decode(bytes)?)?),
+            waiting: Vec::new(),
+        }),
+    }
+}
+
+/// A record entry as version 1 wrote it (the state alone), for migration tests.
+#[cfg(test)]
+pub fn encode_state_v1(flat: &Flat) -> Vec<u8> {
     encode(&flat_out(flat))
 }
 
-pub fn decode_snapshot(bytes: &[u8]) -> Result<Flat, CodecError> {
-    flat_in(decode(bytes)?)
+/// The size a record's state takes in the queue (for the size limit at parse time).
+pub fn encoded_state_len(flat: &Flat) -> usize {
+    encode(&flat_out(flat)).len()
 }
 
 pub fn encode_queued(q: &QueuedDelta) -> Vec<u8> {
@@ -335,7 +406,20 @@ mod tests {
         };
         assert_eq!(decode_dead(42, &encode_dead(&dead)).unwrap(), dead);
         let flat = sample().delta.set;
-        assert_eq!(decode_snapshot(&encode_snapshot(&flat)).unwrap(), flat);
+        // A version-1 record entry is the state alone.
+        let v1 = encode(&flat_out(&flat));
+        assert_eq!(
+            decode_record(&v1).unwrap(),
+            RecordEntry {
+                state: Some(flat.clone()),
+                waiting: vec![]
+            }
+        );
+        let entry = RecordEntry {
+            state: None,
+            waiting: vec![("county-cobol".into(), 42)],
+        };
+        assert_eq!(decode_record(&encode_record(&entry)).unwrap(), entry);
     }
 
     #[test]
@@ -389,5 +473,20 @@ mod tests {
         assert!(chunk_entries(1, &evil).is_err());
     }
 
+    /// The bytes of a record entry (version 2). If this fails, the format changed.
+    #[test]
+    fn golden_bytes_of_a_record_entry() {
+        let mut state = Flat::new();
+        state.insert("status".into(), json!("OK"));
+        let entry = RecordEntry {
+            state: Some(state),
+            waiting: vec![("t".into(), 7)],
+        };
+        let bytes = encode_record(&entry);
+        assert_eq!(hex(&bytes), GOLDEN_RECORD);
+        assert_eq!(decode_record(&bytes).unwrap(), entry);
+    }
+
+    const GOLDEN_RECORD: &str = "0201010673746174757304224f4b2201017407";
     const GOLDEN_QUEUED: &str = "01077065726d697473033132330102036665650431322e35067374617475730a22415050524f56454422010a6665655f77616976657203fd0068e5cf8b010000fd0084d97b89010000010a534f4150204661756c74";
 }

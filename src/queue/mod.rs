@@ -4,10 +4,12 @@
 //!
 //! ```text
 //! sled tree "hms" (one tree, so that every mutation is one atomic batch)
-//!   's' coll key           -> snapshot: the record's last known state (Flat)
+//!   's' coll key           -> RecordEntry: the record's last known state, and per
+//!                             target the seq of its unsealed waiting delta (the
+//!                             coalescing index; kept beside the state because
+//!                             every change reads and writes both)
 //!   'p' target seq         -> a chunk of waiting deltas, in queue order: the key's seq
 //!                             is the chunk's first; chunks never overlap (codec.rs)
-//!   'i' target coll key    -> seq of the record's newest waiting delta (coalescing index)
 //!   'd' target seq         -> DeadLetter (keeps its seq: the delivery id stays the same)
 //!   'h' target coll key    -> seq of the dead letter that holds the record
 //!   'c' target             -> Counters (next seq, pending, bytes, dead, delivered)
@@ -18,7 +20,7 @@
 //! - Every mutation is one `apply_batch`; nothing is acknowledged to a source or
 //!   reported to a worker before [`Queue::commit`] (flush, then fsync of `db`).
 //! - Per `(target, record)`: at most one delta that can still absorb changes, and
-//!   `'i'` points at it. Leasing a delta removes its `'i'` entry (durably, before
+//!   the record's entry points at it. Leasing a delta removes that pointer (durably, before
 //!   it reaches the transport): a delta the legacy system may have seen is never
 //!   changed again — retried as it is, under its id — and newer changes wait
 //!   behind it in a delta of their own.
@@ -33,7 +35,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-pub use codec::{Counters, DeadLetter, QueuedDelta};
+pub use codec::{Counters, DeadLetter, QueuedDelta, RecordEntry};
 
 use crate::diff;
 use crate::record::{ChangeSet, Delta, Flat, RecordId, now_ms};
@@ -168,6 +170,9 @@ fn snapshot_key(r: &RecordId) -> Vec<u8> {
 fn pending_key(t: &str, seq: u64) -> Vec<u8> {
     key_of(b'p', &[t], Some(seq))
 }
+/// Version 1 kept the coalescing index under these keys; [`Queue::open`] moves
+/// them into the record entries.
+#[cfg(test)]
 fn index_key(t: &str, r: &RecordId) -> Vec<u8> {
     key_of(b'i', &[t, &r.collection, &r.key], None)
 }
@@ -195,19 +200,41 @@ fn seq_value(v: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
-/// Reads the record key (second and third strings) back out of an 's' key.
-fn record_of_snapshot_key(k: &[u8]) -> Option<RecordId> {
+/// The strings of a key made by [`key_of`] without a seq.
+fn strings_of_key(k: &[u8]) -> Option<Vec<String>> {
     let mut rest = k.get(1..)?;
-    let mut take = || -> Option<String> {
+    let mut out = Vec::new();
+    while !rest.is_empty() {
         let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-        let s = String::from_utf8(rest.get(4..4 + len)?.to_vec()).ok()?;
+        out.push(String::from_utf8(rest.get(4..4 + len)?.to_vec()).ok()?);
         rest = &rest[4 + len..];
-        Some(s)
-    };
-    Some(RecordId {
-        collection: take()?,
-        key: take()?,
-    })
+    }
+    Some(out)
+}
+
+/// Reads the record id back out of an 's' key.
+fn record_of_snapshot_key(k: &[u8]) -> Option<RecordId> {
+    match strings_of_key(k)?.as_slice() {
+        [collection, key] => Some(RecordId::new(collection, key)),
+        _ => None,
+    }
+}
+
+/// Version 1 kept the coalescing index under `'i'` keys; moves each pointer into
+/// its record's entry. Returns whether anything changed.
+fn move_index_into_records(tree: &sled::Tree) -> Result<bool, QueueError> {
+    let mut txn = Txn::new(tree);
+    for kv in tree.scan_prefix([b'i']) {
+        let (k, v) = kv?;
+        txn.remove(k.to_vec());
+        if let Some([target, collection, key]) = strings_of_key(&k).as_deref() {
+            let record = RecordId::new(collection, key);
+            let mut entry = txn.record(&record)?;
+            entry.set_waiting(target, Some(seq_value(&v)));
+            txn.put_record(&record, &entry);
+        }
+    }
+    txn.apply()
 }
 
 fn describe_key(k: &[u8]) -> String {
@@ -437,6 +464,23 @@ impl<'a> Txn<'a> {
         self.writes.insert(key, None);
     }
 
+    /// The record's entry (empty if the queue knows nothing of it).
+    fn record(&self, r: &RecordId) -> Result<RecordEntry, QueueError> {
+        let key = snapshot_key(r);
+        match self.get(&key)? {
+            Some(v) => codec::decode_record(&v).map_err(decode_err(&key)),
+            None => Ok(RecordEntry::default()),
+        }
+    }
+
+    fn put_record(&mut self, r: &RecordId, entry: &RecordEntry) {
+        if entry.is_empty() {
+            self.remove(snapshot_key(r));
+        } else {
+            self.insert(snapshot_key(r), codec::encode_record(entry));
+        }
+    }
+
     /// Keys under `prefix`, as they will be once this batch is applied.
     fn keys_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, QueueError> {
         let mut keys: std::collections::BTreeSet<Vec<u8>> = std::collections::BTreeSet::new();
@@ -503,6 +547,7 @@ impl Queue {
             path: db_path.clone(),
             source,
         })?;
+        let migrated = move_index_into_records(&tree)?;
         let mut targets = BTreeMap::new();
         for spec in specs {
             let counters = match tree.get(counters_key(&spec.name))? {
@@ -521,18 +566,20 @@ impl Queue {
                 },
             );
         }
-        Ok(Queue {
+        let mut queue = Queue {
             db,
             tree,
             db_file,
             db_path,
             targets,
-            dirty: false,
+            dirty: migrated,
             touched: HashSet::new(),
             max_queue_bytes: u64::MAX,
             min_free_bytes: 0,
             disk_checked: None,
-        })
+        };
+        queue.commit()?;
+        Ok(queue)
     }
 
     /// Makes every mutation so far durable: sled flush, then fsync of the `db` file
@@ -654,6 +701,7 @@ impl Queue {
                 for k in txn.keys_with_prefix(&key_of(b's', &[collection], None))? {
                     if let Some(r) = record_of_snapshot_key(&k)
                         && !present.contains(r.key.as_str())
+                        && txn.record(&r)?.state.is_some()
                     {
                         changes.push((r, None));
                     }
@@ -661,18 +709,11 @@ impl Queue {
             }
             for (record, doc) in changes {
                 done.changes += 1;
-                let skey = snapshot_key(&record);
-                let old = match txn.get(&skey)? {
-                    Some(v) => Some(codec::decode_snapshot(&v).map_err(decode_err(&skey))?),
-                    None => None,
-                };
-                let Some(delta) = diff::compute(old.as_ref(), doc) else {
+                let mut entry = txn.record(&record)?;
+                let Some(delta) = diff::compute(entry.state.as_ref(), doc) else {
                     continue;
                 };
-                match doc {
-                    Some(doc) => txn.insert(skey, codec::encode_snapshot(doc)),
-                    None => txn.remove(skey),
-                }
+                entry.state = doc.cloned();
                 for target in self.targets.values() {
                     if !target.spec.collections.contains(&record.collection) {
                         continue;
@@ -684,9 +725,10 @@ impl Queue {
                     let c = counters
                         .get_mut(&target.spec.name)
                         .expect("counters for every target");
-                    enqueue(&mut txn, target, c, &record, projected, now)?;
+                    enqueue(&mut txn, target, c, &record, &mut entry, projected, now)?;
                     done.deltas += 1;
                 }
+                txn.put_record(&record, &entry);
             }
             results.push(done);
         }
@@ -751,19 +793,14 @@ impl Queue {
                     blocked.insert(queued.record.clone());
                     continue;
                 }
-                let record = match tree.get(snapshot_key(&queued.record))? {
-                    Some(v) => Some(
-                        codec::decode_snapshot(&v)
-                            .map_err(decode_err(&snapshot_key(&queued.record)))?,
-                    ),
-                    None => None,
-                };
+                let mut entry = txn.record(&queued.record)?;
                 // Sealed from now on: newer changes queue behind it, even after a
                 // restart, because the legacy system may already have processed it.
-                let ikey = index_key(name, &queued.record);
-                if txn.get(&ikey)?.map(|v| seq_value(&v)) == Some(seq) {
-                    txn.remove(ikey);
+                if entry.waiting_for(name) == Some(seq) {
+                    entry.set_waiting(name, None);
+                    txn.put_record(&queued.record, &entry);
                 }
+                let record = entry.state;
                 blocked.insert(queued.record.clone());
                 target
                     .in_flight
@@ -891,8 +928,8 @@ impl Queue {
         c.pending = c.pending.saturating_sub(1);
         c.pending_bytes = c.pending_bytes.saturating_sub(bytes.len() as u64);
         let mut held = None;
-        let ikey = index_key(name, &queued.record);
-        if let Some(newer_seq) = txn.get(&ikey)?.map(|v| seq_value(&v)) {
+        let mut entry = txn.record(&queued.record)?;
+        if let Some(newer_seq) = entry.waiting_for(name) {
             let nkey = pending_key(name, newer_seq);
             if let Some(nbytes) = txn.remove_delta(name, newer_seq)? {
                 held = Some(
@@ -903,7 +940,8 @@ impl Queue {
                 c.pending = c.pending.saturating_sub(1);
                 c.pending_bytes = c.pending_bytes.saturating_sub(nbytes.len() as u64);
             }
-            txn.remove(ikey);
+            entry.set_waiting(name, None);
+            txn.put_record(&queued.record, &entry);
         }
         txn.insert(hold_key(name, &queued.record), seq.to_be_bytes().to_vec());
         c.dead += 1;
@@ -1012,7 +1050,9 @@ impl Queue {
             c.pending += 1;
             c.pending_bytes += encoded.len() as u64;
             txn.put_delta(&name, seq, encoded)?;
-            txn.insert(index_key(&name, &queued.record), seq.to_be_bytes().to_vec());
+            let mut entry = txn.record(&queued.record)?;
+            entry.set_waiting(&name, Some(seq));
+            txn.put_record(&queued.record, &entry);
         }
         self.finish(txn, &name, c)?;
         self.touched.insert(name.clone());
@@ -1030,14 +1070,10 @@ impl Queue {
         c.dead = c.dead.saturating_sub(1);
         if let Some(held) = dead.held.clone() {
             let target = self.target(&name)?;
-            enqueue(
-                &mut txn,
-                target,
-                &mut c,
-                &dead.queued.record,
-                held,
-                now_ms(),
-            )?;
+            let record = &dead.queued.record;
+            let mut entry = txn.record(record)?;
+            enqueue(&mut txn, target, &mut c, record, &mut entry, held, now_ms())?;
+            txn.put_record(record, &entry);
         }
         self.finish(txn, &name, c)?;
         self.touched.insert(name.clone());
@@ -1046,11 +1082,7 @@ impl Queue {
 
     /// The record's last known state.
     pub fn snapshot(&self, record: &RecordId) -> Result<Option<Flat>, QueueError> {
-        let key = snapshot_key(record);
-        match self.tree.get(&key)? {
-            Some(v) => Ok(Some(codec::decode_snapshot(&v).map_err(decode_err(&key))?)),
-            None => Ok(None),
-        }
+        Ok(Txn::new(&self.tree).record(record)?.state)
     }
 
     /// Queues up to `limit` known records of the target's collections in full
@@ -1096,15 +1128,27 @@ impl Queue {
                 let Some(record) = record_of_snapshot_key(&k) else {
                     continue;
                 };
-                let flat = codec::decode_snapshot(&v).map_err(decode_err(&k))?;
+                let mut entry = codec::decode_record(&v).map_err(decode_err(&k))?;
+                let Some(state) = entry.state.clone() else {
+                    continue; // deleted; kept only for a delete that waits
+                };
                 let delta = Delta {
                     op: crate::record::Op::Update,
-                    set: flat,
+                    set: state,
                     unset: Default::default(),
                 };
                 if let Some(delta) = diff::project(&delta, spec.fields.as_deref()) {
                     let target = self.target(name)?;
-                    enqueue(&mut txn, target, &mut c, &record, delta, now_ms())?;
+                    enqueue(
+                        &mut txn,
+                        target,
+                        &mut c,
+                        &record,
+                        &mut entry,
+                        delta,
+                        now_ms(),
+                    )?;
+                    txn.put_record(&record, &entry);
                 }
                 queued += 1;
                 last = Some(record);
@@ -1120,7 +1164,13 @@ impl Queue {
     pub fn count_records(&self, collections: &[String]) -> usize {
         collections
             .iter()
-            .map(|c| self.tree.scan_prefix(key_of(b's', &[c], None)).count())
+            .map(|c| {
+                self.tree
+                    .scan_prefix(key_of(b's', &[c], None))
+                    .filter_map(Result::ok)
+                    .filter(|(_, v)| codec::decode_record(v).is_ok_and(|e| e.state.is_some()))
+                    .count()
+            })
             .sum()
     }
 
@@ -1148,6 +1198,7 @@ fn enqueue(
     target: &Target,
     c: &mut Counters,
     record: &RecordId,
+    entry: &mut RecordEntry,
     delta: Delta,
     now: u64,
 ) -> Result<(), QueueError> {
@@ -1169,9 +1220,7 @@ fn enqueue(
             return Ok(());
         }
     }
-    let ikey = index_key(name, record);
-    if let Some(v) = txn.get(&ikey)? {
-        let seq = seq_value(&v);
+    if let Some(seq) = entry.waiting_for(name) {
         if !target.in_flight.contains_key(&seq) {
             let pkey = pending_key(name, seq);
             if let Some(bytes) = txn.get_delta(name, seq)? {
@@ -1186,7 +1235,7 @@ fn enqueue(
                     }
                     None => {
                         txn.remove_delta(name, seq)?;
-                        txn.remove(ikey);
+                        entry.set_waiting(name, None);
                         c.pending = c.pending.saturating_sub(1);
                     }
                 }
@@ -1209,7 +1258,7 @@ fn enqueue(
     c.pending += 1;
     c.pending_bytes += encoded.len() as u64;
     txn.append_delta(name, seq, encoded);
-    txn.insert(ikey, seq.to_be_bytes().to_vec());
+    entry.set_waiting(name, Some(seq));
     Ok(())
 }
 

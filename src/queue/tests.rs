@@ -285,3 +285,56 @@ fn deltas_in_shared_chunks_keep_order_and_content() {
     assert_eq!(chunk_count(&q, "t"), 0);
     assert_eq!(q.pending_bytes(), 0);
 }
+
+/// A queue written by version 1 kept the coalescing index under 'i' keys: after
+/// an upgrade the waiting delta still absorbs the record's next change.
+#[test]
+fn a_version_1_coalescing_index_moves_into_the_record_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = RecordId::new("permits", "1");
+    let state = crate::diff::flatten(json!({"a": 1}).as_object().unwrap(), 8).unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("hms").unwrap();
+        let delta = codec::encode_queued(&QueuedDelta {
+            seq: 1,
+            record: record.clone(),
+            delta: Delta {
+                op: Op::Create,
+                set: state.clone(),
+                unset: Default::default(),
+            },
+            attempts: 0,
+            not_before_ms: 0,
+            queued_at_ms: 1,
+            last_error: None,
+        });
+        let counters = Counters {
+            next_seq: 1,
+            pending: 1,
+            pending_bytes: delta.len() as u64,
+            dead: 0,
+            delivered: 0,
+        };
+        tree.insert(snapshot_key(&record), codec::encode_state_v1(&state))
+            .unwrap();
+        tree.insert(pending_key("t", 1), delta).unwrap();
+        tree.insert(index_key("t", &record), &1u64.to_be_bytes())
+            .unwrap();
+        tree.insert(counters_key("t"), codec::encode_counters(&counters))
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    assert_eq!(q.tree.scan_prefix([b'i']).count(), 0);
+    q.ingest(&[change("1", json!({"a": 2}))]).unwrap();
+    let lease = q.lease("t", 10, now_ms()).unwrap();
+    assert_eq!(lease.items.len(), 1, "merged into the waiting delta");
+    let item = &lease.items[0].queued;
+    assert_eq!((item.seq, item.delta.op), (1, Op::Create));
+    assert_eq!(item.delta.set.get("a"), Some(&json!(2)));
+    assert_eq!(
+        q.snapshot(&record).unwrap().unwrap().get("a"),
+        Some(&json!(2))
+    );
+}

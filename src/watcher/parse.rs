@@ -296,8 +296,8 @@ fn change_of(
 
 /// Refuses a record too large for the queue to store and read back.
 fn check_size(record: &RecordId, doc: &crate::record::Flat) -> Result<(), ParseError> {
-    use crate::queue::codec::{MAX_RECORD_BYTES, encode_snapshot};
-    let bytes = encode_snapshot(doc).len();
+    use crate::queue::codec::{MAX_RECORD_BYTES, encoded_state_len};
+    let bytes = encoded_state_len(doc);
     if bytes > MAX_RECORD_BYTES {
         return Err(ParseError::msg(format!(
             "record {record} takes {bytes} bytes, over the limit of {MAX_RECORD_BYTES} bytes a record; \

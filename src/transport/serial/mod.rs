@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_serial::{SerialPortBuilderExt, SerialStream};
+use tokio_serial::{ClearBuffer, SerialPort, SerialPortBuilderExt, SerialStream};
 
 use super::{Outcome, Payload};
 use frame::{Answer, AnswerReader};
@@ -108,7 +108,7 @@ impl SerialTransport {
             last = match self.exchange(&frame).await {
                 Ok(t) => t,
                 Err(reason) => {
-                    self.port = None;
+                    self.close_port();
                     return Outcome::Down { reason };
                 }
             };
@@ -119,7 +119,7 @@ impl SerialTransport {
                 }
             }
         }
-        let port = self.spec.port.display();
+        let port = self.spec.port.display().to_string();
         match last {
             Try::Answered(Answer::Nak) => Outcome::Rejected {
                 reason: format!(
@@ -130,7 +130,7 @@ impl SerialTransport {
                 // Noise only: something is there, but it does not speak this
                 // protocol (a wrong baud or parity looks like this). That is the
                 // link's fault, not the record's: no attempt is counted.
-                self.port = None;
+                self.close_port();
                 Outcome::Down {
                     reason: format!(
                         "no ACK or NAK from {port} after {tries} sends, only {bytes} bytes of noise (check baud, parity and framing)"
@@ -138,7 +138,7 @@ impl SerialTransport {
                 }
             }
             _ => {
-                self.port = None;
+                self.close_port();
                 Outcome::Down {
                     reason: format!(
                         "no answer from {port} within ack_timeout {:?} after {tries} sends",
@@ -170,7 +170,7 @@ impl SerialTransport {
             // A port held since the last delivery may have gone stale (the other
             // end closed in between): open it again once before calling it an outage.
             Err(_) if held => {
-                self.port = None;
+                self.close_port();
                 self.send(frame).await?;
             }
             Err(e) => return Err(e),
@@ -215,18 +215,24 @@ impl SerialTransport {
         }
         // Writing can only stall under flow control (the device holds us off);
         // past the frame's wire time and ack_timeout that is silence too.
+        // No flush() after the write: on a serial port it is tcdrain(), a
+        // synchronous call that holds a runtime thread until the UART has sent
+        // every byte, forever while flow control holds us off, and no timeout
+        // can interrupt it. The answer deadline already includes the wire time.
         let limit = frame::wire_time(&self.spec, frame.len()) + self.spec.ack_timeout;
-        match tokio::time::timeout(limit, async {
-            port.write_all(frame).await?;
-            port.flush().await
-        })
-        .await
-        {
+        match tokio::time::timeout(limit, port.write_all(frame)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(closed_or(&path, "write to", &e)),
             Err(_) => Err(format!(
                 "writing to {path} stalled for {limit:?} (flow control holding it off?)"
             )),
+        }
+    }
+
+    /// Lets go of the port (after an error), so the next delivery opens it again.
+    fn close_port(&mut self) {
+        if let Some(port) = self.port.take() {
+            release(port);
         }
     }
 
@@ -270,6 +276,28 @@ impl SerialTransport {
             };
             format!("cannot open serial port {path}: {e}{hint}")
         })
+    }
+}
+
+impl Drop for SerialTransport {
+    fn drop(&mut self) {
+        self.close_port();
+    }
+}
+
+/// Closes a port without blocking the runtime. close() on a serial port with
+/// output still queued waits until it has drained or `closing_wait` (30 s by
+/// default) has passed, and with flow control holding us off it does not
+/// drain: so the queued output is thrown away first (tcflush, which does not
+/// block; a frame cut short is answered by silence or a NAK and sent again),
+/// and the close itself runs on the blocking pool, not on a runtime worker.
+fn release(port: SerialStream) {
+    let _ = port.clear(ClearBuffer::Output);
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(move || drop(port));
+        }
+        Err(_) => drop(port),
     }
 }
 

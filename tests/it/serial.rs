@@ -58,6 +58,8 @@ enum Reply {
     Silent,
     /// These bytes (or a line), then nothing more.
     Raw(Vec<u8>),
+    /// This reply, but only after this long (a slow device).
+    Late(Duration, Box<Reply>),
 }
 
 type Policy = Box<dyn FnMut(&Frame, usize) -> Reply + Send>;
@@ -168,10 +170,21 @@ fn run_device(
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let mut count: HashMap<String, usize> = HashMap::new();
+    // Late replies: when to write them, in the order they were decided.
+    let mut later: Vec<(Instant, Vec<u8>)> = Vec::new();
     while !stop.load(Relaxed) {
+        let now = Instant::now();
+        while later.first().is_some_and(|(at, _)| *at <= now) {
+            let (_, bytes) = later.remove(0);
+            let _ = pty.master.write_all(&bytes);
+        }
+        let wait = later
+            .first()
+            .map(|(at, _)| at.saturating_duration_since(now).as_millis().min(20) as u8)
+            .unwrap_or(20);
         let ready = {
             let mut fds = [PollFd::new(pty.master.as_fd(), PollFlags::POLLIN)];
-            poll(&mut fds, PollTimeout::from(20u8)).unwrap_or(0)
+            poll(&mut fds, PollTimeout::from(wait)).unwrap_or(0)
         };
         if ready == 0 {
             continue;
@@ -192,7 +205,12 @@ fn run_device(
                 *c
             };
             seen.lock().unwrap().frames.push(frame.clone());
-            let reply = (policy.lock().unwrap())(&frame, nth);
+            let mut reply = (policy.lock().unwrap())(&frame, nth);
+            let mut delay = Duration::ZERO;
+            while let Reply::Late(d, r) = reply {
+                delay += d;
+                reply = *r;
+            }
             let bytes: Vec<u8> = match (&reply, line) {
                 (Reply::Ack, false) => vec![ACK],
                 (Reply::Nak, false) => vec![NAK],
@@ -200,11 +218,16 @@ fn run_device(
                 (Reply::Nak, true) => b"ERR\r\n".to_vec(),
                 (Reply::Silent, _) => Vec::new(),
                 (Reply::Raw(b), _) => b.clone(),
+                (Reply::Late(..), _) => unreachable!("unwrapped above"),
             };
             if matches!(reply, Reply::Ack) {
                 seen.lock().unwrap().acked.push(frame.payload.clone());
             }
-            let _ = pty.master.write_all(&bytes);
+            if delay.is_zero() {
+                let _ = pty.master.write_all(&bytes);
+            } else {
+                later.push((Instant::now() + delay, bytes));
+            }
         }
     }
 }
@@ -492,6 +515,75 @@ fn a_record_the_device_always_naks_is_dead_lettered_and_others_flow() {
     // 3 attempts of 2 sends each.
     let bad = dev.frames().iter().filter(|f| f.key() == "bad").count();
     assert_eq!(bad, 6);
+}
+
+/// The delivery log's lines, parsed.
+fn delivery_log(d: &TestDaemon) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(d.path().join("delivery.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_late_answer_is_never_taken_for_another_frames() {
+    // Every answer comes 30 ms after ack_timeout (150 ms): each first send
+    // times out, and its answer arrives during the retransmission's window.
+    // ACK and NAK carry no frame number; without care the answers shift by
+    // one frame and the always-refused record is "delivered" by the ACK meant
+    // for the record before it.
+    let pty = open_pty();
+    let d = daemon_with(&pty, "retransmits = 2", "max_attempts = 3");
+    let late = Duration::from_millis(180);
+    let dev = Device::start(
+        pty,
+        false,
+        Box::new(move |f, _| {
+            let r = if f.key() == "bad" {
+                Reply::Nak
+            } else {
+                Reply::Ack
+            };
+            Reply::Late(late, Box::new(r))
+        }),
+    );
+    send(&d, "ok0", "v1");
+    send(&d, "bad", "v1");
+    for i in 1..6 {
+        send(&d, &format!("ok{i}"), "v1");
+    }
+    d.wait_for(Duration::from_secs(40), "every record settled", |d| {
+        let st = d.target_status("dev");
+        st["pending"].as_u64() == Some(0) && st["in_flight"].as_u64().unwrap_or(0) == 0
+    });
+    let log = delivery_log(&d);
+    let delivered_bad: Vec<_> = log
+        .iter()
+        .filter(|e| e["key"] == "bad" && e["outcome"] == "delivered")
+        .collect();
+    assert!(delivered_bad.is_empty(), "{delivered_bad:#?}");
+    let st = d.target_status("dev");
+    assert_eq!(st["dead"].as_u64(), Some(1), "{st}");
+    let mut delivered: Vec<String> = log
+        .iter()
+        .filter(|e| e["outcome"] == "delivered")
+        .map(|e| e["key"].as_str().unwrap().to_string())
+        .collect();
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(
+        delivered,
+        (0..6).map(|i| format!("ok{i}")).collect::<Vec<_>>(),
+        "{log:#?}"
+    );
+    // Every record logged delivered is one the device acknowledged.
+    let acked: std::collections::BTreeSet<String> = dev
+        .acked()
+        .iter()
+        .map(|p| p.split(',').nth(2).unwrap().to_string())
+        .collect();
+    assert_eq!(acked.into_iter().collect::<Vec<_>>(), delivered);
 }
 
 #[test]

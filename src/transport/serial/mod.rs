@@ -31,6 +31,16 @@ pub struct SerialTransport {
     port: Option<SerialStream>,
     /// When the last exchange ended, for `inter_frame_delay`.
     last_exchange: Option<Instant>,
+    /// Sends that got no answer within their window (silence or noise) and
+    /// whose answers have not come since. ACK and NAK carry no frame number:
+    /// such an answer may still arrive, late, and must not be taken for the
+    /// answer to a *different* frame (a record marked delivered that the
+    /// device refused). For a retransmission of the same frame it does no
+    /// harm: it answers the same payload.
+    unanswered: u32,
+    /// The end of the last send's answer window: answers owed are awaited
+    /// until `ack_timeout` past it (and past the last byte that came).
+    answer_due: Option<Instant>,
 }
 
 /// What one send of a frame got back.
@@ -49,6 +59,8 @@ impl SerialTransport {
             spec,
             port: None,
             last_exchange: None,
+            unanswered: 0,
+            answer_due: None,
         }
     }
 
@@ -105,13 +117,16 @@ impl SerialTransport {
         let tries = self.spec.retransmits + 1;
         let mut last = Try::Silence;
         for n in 1..=tries {
-            last = match self.exchange(&frame).await {
+            last = match self.exchange(&frame, n == 1).await {
                 Ok(t) => t,
                 Err(reason) => {
                     self.close_port();
                     return Outcome::Down { reason };
                 }
             };
+            if !matches!(last, Try::Answered(_)) {
+                self.unanswered += 1;
+            }
             match last {
                 Try::Answered(Answer::Ack) => return Outcome::Delivered,
                 ref other => {
@@ -151,32 +166,35 @@ impl SerialTransport {
 
     /// Sends the frame once and reads the answer. `Err` is an outage: the port
     /// is missing, cannot be opened or written, or the other end closed.
-    async fn exchange(&mut self, frame: &[u8]) -> Result<Try, String> {
+    /// `new_frame`: the first send of this frame (answers still owed for
+    /// earlier frames are waited for first).
+    async fn exchange(&mut self, frame: &[u8], new_frame: bool) -> Result<Try, String> {
         if let Some(at) = self.last_exchange {
             let ready = at + self.spec.inter_frame_delay;
             if ready > Instant::now() {
                 tokio::time::sleep_until(ready).await;
             }
         }
-        let result = self.exchange_on_port(frame).await;
+        let result = self.exchange_on_port(frame, new_frame).await;
         self.last_exchange = Some(Instant::now());
         result
     }
 
-    async fn exchange_on_port(&mut self, frame: &[u8]) -> Result<Try, String> {
+    async fn exchange_on_port(&mut self, frame: &[u8], new_frame: bool) -> Result<Try, String> {
         let held = self.port.is_some();
-        match self.send(frame).await {
+        match self.send(frame, new_frame).await {
             Ok(()) => {}
             // A port held since the last delivery may have gone stale (the other
             // end closed in between): open it again once before calling it an outage.
             Err(_) if held => {
                 self.close_port();
-                self.send(frame).await?;
+                self.send(frame, new_frame).await?;
             }
             Err(e) => return Err(e),
         }
         let deadline =
             Instant::now() + frame::wire_time(&self.spec, frame.len()) + self.spec.ack_timeout;
+        self.answer_due = Some(deadline);
         let path = self.spec.port.display().to_string();
         let port = self.port.as_mut().expect("send leaves the port open");
         let mut reader = AnswerReader::new(&self.spec.framing);
@@ -197,8 +215,9 @@ impl SerialTransport {
     }
 
     /// Opens the port if needed, throws away stale input (a late answer to an
-    /// earlier frame must not count for this one), and writes the frame.
-    async fn send(&mut self, frame: &[u8]) -> Result<(), String> {
+    /// earlier frame must not count for this one): before a new frame, also the
+    /// answers still owed (see `unanswered`); then writes the frame.
+    async fn send(&mut self, frame: &[u8], new_frame: bool) -> Result<(), String> {
         if self.port.is_none() {
             self.port = Some(self.open()?);
         }
@@ -212,6 +231,12 @@ impl SerialTransport {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(closed_or(&path, "read from", &e)),
             }
+        }
+        if new_frame && self.unanswered > 0 {
+            let owed = self.unanswered;
+            let since = self.answer_due.unwrap_or_else(Instant::now);
+            await_late_answers(port, &self.spec, owed, since, &path).await?;
+            self.unanswered = 0;
         }
         // Writing can only stall under flow control (the device holds us off);
         // past the frame's wire time and ack_timeout that is silence too.
@@ -277,6 +302,46 @@ impl SerialTransport {
             format!("cannot open serial port {path}: {e}{hint}")
         })
     }
+}
+
+/// Reads and throws away the answers still owed to `owed` earlier sends, until
+/// that many have come or the line has been quiet for `ack_timeout` (counted
+/// from `since`, the end of the last send's answer window, at the earliest): an
+/// answer up to twice `ack_timeout` after its send is recognised as late.
+async fn await_late_answers(
+    port: &mut SerialStream,
+    spec: &SerialSpec,
+    owed: u32,
+    since: Instant,
+    path: &str,
+) -> Result<(), String> {
+    let mut reader = AnswerReader::new(&spec.framing);
+    let mut came = 0;
+    let mut buf = [0u8; 256];
+    let mut quiet_until = since.max(Instant::now()) + spec.ack_timeout;
+    while came < owed {
+        match tokio::time::timeout_at(quiet_until, port.read(&mut buf)).await {
+            Err(_) => break,
+            Ok(Ok(0)) => return Err(format!("the other end of {path} closed")),
+            Ok(Ok(n)) => {
+                quiet_until = quiet_until.max(Instant::now() + spec.ack_timeout);
+                for b in &buf[..n] {
+                    if reader.feed(std::slice::from_ref(b)).is_some() {
+                        came += 1;
+                        reader = AnswerReader::new(&spec.framing);
+                    }
+                }
+            }
+            Ok(Err(e)) => return Err(closed_or(path, "read from", &e)),
+        }
+    }
+    tracing::debug!(
+        port = path,
+        owed,
+        came,
+        "waited for late answers before a new frame"
+    );
+    Ok(())
 }
 
 impl Drop for SerialTransport {

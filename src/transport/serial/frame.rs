@@ -133,10 +133,19 @@ pub fn frame(framing: &Framing, payload: &[u8]) -> Vec<u8> {
 pub enum Answer {
     Ack,
     Nak,
+    /// `stx_etx_lrc`: an ACK or NAK byte after noise in the same answer. A
+    /// wrong baud rate or parity, or a line that echoes, makes noise in which
+    /// an 0x06 turns up by chance: trusting it would mark delivered a record
+    /// the device never took. Treated like noise (send again: a repeat is
+    /// safe, the delivery id lets the device drop it).
+    Garbled,
 }
 
-/// Reads the device's answer out of whatever bytes arrive: the first ACK or
-/// NAK counts; anything else is line noise, counted and skipped.
+/// Reads the device's answer out of whatever bytes arrive in one answer window.
+/// `stx_etx_lrc`: the first byte decides (ACK, NAK, or noise; an ACK or NAK
+/// after noise is [`Answer::Garbled`]). `line`: the first line equal to
+/// `ack_line` or `nak_line` counts; other lines are noise, counted and skipped
+/// (a whole line cannot match by chance).
 #[derive(Debug)]
 pub struct AnswerReader<'a> {
     framing: &'a Framing,
@@ -159,6 +168,7 @@ impl<'a> AnswerReader<'a> {
             Framing::StxEtxLrc => {
                 for b in bytes {
                     match *b {
+                        ACK | NAK if self.noise > 0 => return Some(Answer::Garbled),
                         ACK => return Some(Answer::Ack),
                         NAK => return Some(Answer::Nak),
                         _ => self.noise += 1,
@@ -311,11 +321,16 @@ mod tests {
     fn answers_skip_noise() {
         let f = Framing::StxEtxLrc;
         let mut r = AnswerReader::new(&f);
+        assert_eq!(r.feed(&[ACK]), Some(Answer::Ack));
+        let mut r = AnswerReader::new(&f);
+        assert_eq!(r.feed(&[NAK, ACK]), Some(Answer::Nak));
+        // An ACK or NAK after noise in the same answer is not trusted.
+        let mut r = AnswerReader::new(&f);
         assert_eq!(r.feed(b"\x00\xffzz"), None);
-        assert_eq!(r.feed(b"q\x15\x06"), Some(Answer::Nak));
+        assert_eq!(r.feed(b"q\x06"), Some(Answer::Garbled));
         assert_eq!(r.noise, 5);
         let mut r = AnswerReader::new(&f);
-        assert_eq!(r.feed(&[ACK]), Some(Answer::Ack));
+        assert_eq!(r.feed(b"\x13\x15"), Some(Answer::Garbled));
 
         let f = line();
         let mut r = AnswerReader::new(&f);

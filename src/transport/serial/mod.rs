@@ -124,7 +124,7 @@ impl SerialTransport {
                     return Outcome::Down { reason };
                 }
             };
-            if !matches!(last, Try::Answered(_)) {
+            if matches!(last, Try::Silence | Try::Noise(_)) {
                 self.unanswered += 1;
             }
             match last {
@@ -141,14 +141,18 @@ impl SerialTransport {
                     "the device on {port} answered NAK to all {tries} sends of the frame"
                 ),
             },
-            Try::Noise(bytes) => {
+            Try::Answered(Answer::Garbled) | Try::Noise(_) => {
+                let bytes = match last {
+                    Try::Noise(bytes) => format!("only {bytes} bytes of noise"),
+                    _ => "only noise, or an ACK or NAK after noise".to_string(),
+                };
                 // Noise only: something is there, but it does not speak this
                 // protocol (a wrong baud or parity looks like this). That is the
                 // link's fault, not the record's: no attempt is counted.
                 self.close_port();
                 Outcome::Down {
                     reason: format!(
-                        "no ACK or NAK from {port} after {tries} sends, only {bytes} bytes of noise (check baud, parity and framing)"
+                        "no clean ACK or NAK from {port} after {tries} sends, {bytes} (garbage: check baud, parity and framing)"
                     ),
                 }
             }

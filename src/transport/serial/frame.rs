@@ -178,7 +178,9 @@ impl<'a> AnswerReader<'a> {
             }
             Framing::Line { ack_line, nak_line } => {
                 for b in bytes {
-                    if *b != b'\n' {
+                    // CR or LF ends a line (devices answer `OK\r`, `OK\n` or
+                    // `OK\r\n`); the empty line between CR and LF is skipped.
+                    if *b != b'\n' && *b != b'\r' {
                         if self.line.len() >= MAX_ANSWER_LINE {
                             self.noise += self.line.len();
                             self.line.clear();
@@ -199,6 +201,13 @@ impl<'a> AnswerReader<'a> {
                 None
             }
         }
+    }
+
+    /// The answer window is over: a line without its ending is noise (so the
+    /// reason given says garbage, not silence).
+    pub fn finish(&mut self) {
+        self.noise += self.line.len();
+        self.line.clear();
     }
 }
 
@@ -335,9 +344,24 @@ mod tests {
         let f = line();
         let mut r = AnswerReader::new(&f);
         assert_eq!(r.feed(b"garbage\r\n\r\nO"), None);
-        assert_eq!(r.feed(b"K\r"), None);
-        assert_eq!(r.feed(b"\n"), Some(Answer::Ack));
+        assert_eq!(r.feed(b"K"), None);
+        assert_eq!(r.feed(b"\r"), Some(Answer::Ack));
         assert_eq!(r.noise, 7);
+        // CR alone, LF alone, CR LF: each ends a line.
+        for answer in [&b"OK\r"[..], b"OK\n", b"\r\nOK\r\n", b"\n\rOK\r"] {
+            let mut r = AnswerReader::new(&f);
+            assert_eq!(r.feed(answer), Some(Answer::Ack), "{answer:?}");
+            assert_eq!(r.noise, 0);
+        }
+        let mut r = AnswerReader::new(&f);
+        assert_eq!(r.feed(b"BUSY\rERR\r"), Some(Answer::Nak));
+        assert_eq!(r.noise, 4);
+        // A line still unfinished when the window ends is noise, not silence.
+        let mut r = AnswerReader::new(&f);
+        assert_eq!(r.feed(b"OK"), None);
+        assert_eq!(r.noise, 0);
+        r.finish();
+        assert_eq!(r.noise, 2);
         let mut r = AnswerReader::new(&f);
         assert_eq!(r.feed(b" ERR \n"), Some(Answer::Nak));
         // Endless noise without a line ending stays bounded.

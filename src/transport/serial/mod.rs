@@ -205,8 +205,14 @@ impl SerialTransport {
         let mut buf = [0u8; 256];
         loop {
             match tokio::time::timeout_at(deadline, port.read(&mut buf)).await {
-                Err(_) if reader.noise > 0 => return Ok(Try::Noise(reader.noise)),
-                Err(_) => return Ok(Try::Silence),
+                Err(_) => {
+                    reader.finish();
+                    return Ok(if reader.noise > 0 {
+                        Try::Noise(reader.noise)
+                    } else {
+                        Try::Silence
+                    });
+                }
                 Ok(Ok(0)) => return Err(format!("the other end of {path} closed")),
                 Ok(Ok(n)) => {
                     if let Some(answer) = reader.feed(&buf[..n]) {

@@ -67,6 +67,22 @@ pub fn prepare(spec: &SerialSpec, rendered: &[u8]) -> Result<Vec<u8>, String> {
             ));
         }
     }
+    if spec.flow_control == Flow::Software && spec.framing == Framing::StxEtxLrc {
+        // The LRC is computed, not written by anyone: it can still be XON or
+        // XOFF, and the line discipline would swallow it, leaving the frame
+        // unfinished at every send (an outage for ever on this one record).
+        let check = lrc(&bytes);
+        if check == XON || check == XOFF {
+            return Err(format!(
+                "the frame's check byte (LRC, the XOR of the payload and ETX) would be {}, which flow_control = \"software\" takes as a pause/resume signal: the device would never see the frame whole; change the record (any field) or use flow_control = \"hardware\" or \"none\"",
+                if check == XON {
+                    "XON (0x11)"
+                } else {
+                    "XOFF (0x13)"
+                }
+            ));
+        }
+    }
     Ok(bytes)
 }
 
@@ -292,6 +308,25 @@ mod tests {
         s.flow_control = Flow::Software;
         assert!(prepare(&s, b"a\x13b").unwrap_err().contains("XOFF"));
         assert!(prepare(&s, b"a\x11b").unwrap_err().contains("XON"));
+        // Clean payloads whose LRC would be XON or XOFF: 'A' ^ 'S' ^ ETX = 0x11,
+        // 'A' ^ 'Q' ^ ETX = 0x13.
+        assert_eq!(lrc(b"AS"), XON);
+        assert_eq!(lrc(b"AQ"), XOFF);
+        let err = prepare(&s, b"AS").unwrap_err();
+        assert!(
+            err.contains("check byte (LRC") && err.contains("XON"),
+            "{err}"
+        );
+        let err = prepare(&s, b"AQ").unwrap_err();
+        assert!(
+            err.contains("check byte (LRC") && err.contains("XOFF"),
+            "{err}"
+        );
+        assert!(prepare(&s, b"AR").is_ok());
+        // Only software flow control eats them.
+        let mut none = spec(Framing::StxEtxLrc);
+        none.flow_control = Flow::None;
+        assert!(prepare(&none, b"AS").is_ok());
         let mut s = spec(Framing::StxEtxLrc);
         s.data_bits = 7;
         assert!(

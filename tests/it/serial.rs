@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -106,14 +106,28 @@ struct Seen {
     frames: Vec<Frame>,
     /// Payloads answered with ACK, in order.
     acked: Vec<String>,
+    /// Frames cut short: an STX came before the ETX, and reading started again there.
+    cut_short: usize,
 }
 
 /// The device: a thread reading the master and answering by its policy.
 struct Device {
     seen: Arc<Mutex<Seen>>,
     policy: Arc<Mutex<Policy>>,
+    line_state: Arc<LineState>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// What the line does to the device's reading, changed while it runs.
+#[derive(Default)]
+struct LineState {
+    /// The device reads nothing (its input buffer fills and the sender stalls).
+    paused: AtomicBool,
+    /// If n > 0: the first payload byte of every n-th frame (the 1st, the
+    /// (n+1)-th ...) arrives with one bit flipped, as line damage would do; the
+    /// device's own LRC check then fails.
+    damage_every: AtomicUsize,
 }
 
 impl Device {
@@ -121,16 +135,35 @@ impl Device {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let policy = Arc::new(Mutex::new(policy));
         let stop = Arc::new(AtomicBool::new(false));
+        let line_state = Arc::new(LineState::default());
         let thread = {
-            let (seen, policy, stop) = (seen.clone(), policy.clone(), stop.clone());
-            std::thread::spawn(move || run_device(pty, line, seen, policy, stop))
+            let (seen, policy, line_state, stop) = (
+                seen.clone(),
+                policy.clone(),
+                line_state.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || run_device(pty, line, seen, policy, line_state, stop))
         };
         Device {
             seen,
             policy,
+            line_state,
             stop,
             thread: Some(thread),
         }
+    }
+
+    fn pause(&self, paused: bool) {
+        self.line_state.paused.store(paused, Relaxed);
+    }
+
+    fn damage_every(&self, n: usize) {
+        self.line_state.damage_every.store(n, Relaxed);
+    }
+
+    fn cut_short(&self) -> usize {
+        self.seen.lock().unwrap().cut_short
     }
 
     fn set_policy(&self, policy: Policy) {
@@ -165,6 +198,7 @@ fn run_device(
     line: bool,
     seen: Arc<Mutex<Seen>>,
     policy: Arc<Mutex<Policy>>,
+    line_state: Arc<LineState>,
     stop: Arc<AtomicBool>,
 ) {
     let mut buf = Vec::new();
@@ -186,7 +220,10 @@ fn run_device(
             let mut fds = [PollFd::new(pty.master.as_fd(), PollFlags::POLLIN)];
             poll(&mut fds, PollTimeout::from(wait)).unwrap_or(0)
         };
-        if ready == 0 {
+        if ready == 0 || line_state.paused.load(Relaxed) {
+            if ready != 0 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             continue;
         }
         let n = match pty.master.read(&mut chunk) {
@@ -198,7 +235,14 @@ fn run_device(
             }
         };
         buf.extend_from_slice(&chunk[..n]);
-        while let Some(frame) = take_frame(&mut buf, line) {
+        loop {
+            let index = seen.lock().unwrap().frames.len();
+            let every = line_state.damage_every.load(Relaxed);
+            let damage = every > 0 && index % every == 0;
+            let mut cut_short = 0;
+            let frame = take_frame(&mut buf, line, damage, &mut cut_short);
+            seen.lock().unwrap().cut_short += cut_short;
+            let Some(frame) = frame else { break };
             let nth = {
                 let c = count.entry(frame.payload.clone()).or_default();
                 *c += 1;
@@ -232,8 +276,11 @@ fn run_device(
     }
 }
 
-/// Takes one whole frame off the front of `buf` (bytes before an STX are dropped).
-fn take_frame(buf: &mut Vec<u8>, line: bool) -> Option<Frame> {
+/// Takes one whole frame off the front of `buf`. Bytes before an STX are
+/// dropped, and so is a frame cut short (an STX before its ETX: the sender
+/// died mid-frame and sent a new one), counted in `cut_short`, never merged
+/// with the next. `damage`: the payload's first byte arrives with a bit flipped.
+fn take_frame(buf: &mut Vec<u8>, line: bool, damage: bool, cut_short: &mut usize) -> Option<Frame> {
     if line {
         let end = buf.windows(2).position(|w| w == b"\r\n")?;
         let payload = String::from_utf8_lossy(&buf[..end]).into_owned();
@@ -244,11 +291,22 @@ fn take_frame(buf: &mut Vec<u8>, line: bool) -> Option<Frame> {
             at: Instant::now(),
         });
     }
-    let start = buf.iter().position(|b| *b == STX)?;
-    let etx = start + buf[start..].iter().position(|b| *b == ETX)?;
+    let etx = loop {
+        let start = buf.iter().position(|b| *b == STX)?;
+        buf.drain(..start);
+        let next = 1 + buf[1..].iter().position(|b| *b == STX || *b == ETX)?;
+        if buf[next] == ETX {
+            break next;
+        }
+        buf.drain(..next);
+        *cut_short += 1;
+    };
     let lrc = *buf.get(etx + 1)?;
-    let payload = buf[start + 1..etx].to_vec();
+    let mut payload = buf[1..etx].to_vec();
     buf.drain(..etx + 2);
+    if damage && !payload.is_empty() {
+        payload[0] ^= 0x01;
+    }
     let expected = payload.iter().fold(ETX, |a, b| a ^ b);
     Some(Frame {
         payload: String::from_utf8_lossy(&payload).into_owned(),
@@ -328,9 +386,14 @@ fn every_change_arrives_as_a_correct_frame_in_per_record_order() {
     let pty = open_pty();
     let d = daemon_with(&pty, "", "");
     let dev = Device::start(pty, false, Box::new(|_, _| Reply::Ack));
+    // The first goes alone, so that it cannot coalesce with a:v2 (SPEC §2).
+    send(&d, "a", "v1");
+    wait_acked(&d, &dev, "the first record", |a| a.len() == 1);
     for round in 1..=4 {
         for key in ["a", "b", "c"] {
-            send(&d, key, &format!("v{round}"));
+            if (round, key) != (1, "a") {
+                send(&d, key, &format!("v{round}"));
+            }
         }
     }
     let expected: BTreeMap<String, String> = ["a", "b", "c"]
@@ -392,22 +455,18 @@ fn a_nak_on_each_first_try_is_retransmitted_and_each_delta_delivered_once() {
 fn line_noise_and_a_corrupt_lrc_are_survived() {
     let pty = open_pty();
     let d = daemon_with(&pty, "", "max_attempts = 2");
-    // The first copy of each frame arrives damaged on the line (the device sees
-    // one bit flipped, so its LRC does not match): the device answers NAK. The
-    // second copy gets noise, then ACK: an ACK after noise is not trusted (it
-    // could be noise too), so the frame goes a third time and gets a clean ACK.
+    // The device checks each frame's LRC and NAKs a mismatch. The first copy
+    // of each frame arrives damaged (one bit flipped on the line), so the NAK
+    // is the device's own verdict. The second copy is fine but its answer is
+    // noise, then ACK: an ACK after noise is not trusted, so the frame goes a
+    // third time and gets a clean ACK.
     let dev = Device::start(
         pty,
         false,
         Box::new(|f, nth| {
-            if nth == 1 {
-                let mut bytes = f.payload.clone().into_bytes();
-                bytes[0] ^= 0x01;
-                let lrc = bytes.iter().fold(ETX, |a, b| a ^ b);
-                let sent_lrc = f.payload.bytes().fold(ETX, |a, b| a ^ b);
-                assert_ne!(lrc, sent_lrc, "a flipped bit breaks the LRC");
+            if !f.lrc_ok {
                 Reply::Nak
-            } else if nth == 2 {
+            } else if nth == 1 {
                 let mut noise = vec![0x00, 0xFF, b'~', 0x7F, 0x13, 0x11, STX, ETX];
                 noise.extend((0..20).map(|i| b'A' + i));
                 noise.push(ACK);
@@ -417,16 +476,19 @@ fn line_noise_and_a_corrupt_lrc_are_survived() {
             }
         }),
     );
+    dev.damage_every(3);
     for i in 0..4 {
         send(&d, &format!("n{i}"), "v1");
     }
-    // Raw replies are not counted as ACKs by the device; count deliveries instead.
+    wait_acked(&d, &dev, "four records", |a| a.len() == 4);
     d.wait_for(Duration::from_secs(15), "four deliveries", |d| {
         d.target_status("dev")["delivered"].as_u64() == Some(4)
     });
     let frames = dev.frames();
     assert_eq!(frames.len(), 12, "three sends each: {frames:?}");
-    assert!(frames.iter().all(|f| f.lrc_ok));
+    for (i, f) in frames.iter().enumerate() {
+        assert_eq!(f.lrc_ok, i % 3 != 0, "frame {i}: {f:?}");
+    }
     let st = d.target_status("dev");
     assert_eq!(
         (st["dead"].as_u64(), st["pending"].as_u64()),
@@ -435,6 +497,46 @@ fn line_noise_and_a_corrupt_lrc_are_survived() {
     );
     let log = std::fs::read_to_string(d.path().join("delivery.log")).unwrap();
     assert!(!log.contains("\"rejected\""), "{log}");
+}
+
+#[test]
+fn noise_only_is_an_outage_not_a_refusal() {
+    let pty = open_pty();
+    // max_attempts = 1: had noise counted as a refusal, the record would be
+    // dead at its first attempt.
+    let d = daemon_with(
+        &pty,
+        "retransmits = 1\nack_timeout = \"50ms\"",
+        "max_attempts = 1",
+    );
+    let dev = Device::start(
+        pty,
+        false,
+        Box::new(|_, _| Reply::Raw(b"\x00\xff?!garbage".to_vec())),
+    );
+    send(&d, "z1", "v1");
+    d.wait_for(Duration::from_secs(10), "the target to be down", |d| {
+        let st = d.target_status("dev");
+        st["state"] == "down" && st["last_error"].as_str().unwrap_or("").contains("noise")
+    });
+    d.wait_for(Duration::from_secs(10), "more probes", |_| {
+        dev.frames().len() >= 6
+    });
+    let st = d.target_status("dev");
+    assert_eq!(
+        (st["dead"].as_u64(), st["delivered"].as_u64()),
+        (Some(0), Some(0)),
+        "{st}"
+    );
+    let log = std::fs::read_to_string(d.path().join("delivery.log")).unwrap_or_default();
+    assert!(!log.contains("\"rejected\""), "{log}");
+    dev.set_policy(Box::new(|_, _| Reply::Ack));
+    d.wait_for(Duration::from_secs(15), "the record delivered", |d| {
+        d.target_status("dev")["delivered"].as_u64() == Some(1)
+    });
+    let out = d.cli(&["dead", "list", "--json"]);
+    let dead: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(dead.as_array().map(Vec::len), Some(0), "{dead}");
 }
 
 #[test]
@@ -685,38 +787,40 @@ fn the_transport_reconnects_when_a_new_pty_takes_the_path() {
         (Some("up"), Some(3), Some(0)),
         "{st}"
     );
-    let log = d.log();
-    assert!(log.contains("closed"), "the closed end was seen: {log}");
 }
 
 #[test]
 fn sigkill_mid_frame_loses_nothing_accepted() {
     let pty = open_pty();
     let mut d = daemon_with(&pty, "ack_timeout = \"2s\"\nretransmits = 0", "");
-    // The device reads frames but does not answer yet: the daemon is killed
-    // while it waits for an ACK.
-    let dev = Device::start(pty, false, Box::new(|_, _| Reply::Silent));
-    for i in 0..10 {
+    // The device reads nothing for now: the first frame, far bigger than the
+    // pty's buffer (about 20 KB), stalls half written, and the daemon is
+    // killed in the middle of writing it.
+    let dev = Device::start(pty, false, Box::new(|_, _| Reply::Ack));
+    dev.pause(true);
+    let big = "B".repeat(40_000);
+    send(&d, "x0", &big);
+    for i in 1..10 {
         send(&d, &format!("x{i}"), "v1");
     }
-    d.wait_for(Duration::from_secs(10), "a frame in flight", |_| {
-        !dev.frames().is_empty()
-    });
+    // 40 KB take about 3.5 s at 115200 baud: the write is still going on.
+    std::thread::sleep(Duration::from_millis(800));
     d.kill9();
-    dev.set_policy(Box::new(|_, _| Reply::Ack));
+    dev.pause(false);
     d.restart();
-    let expected: BTreeMap<String, String> = (0..10)
+    let mut expected: BTreeMap<String, String> = (1..10)
         .map(|i| (format!("x{i}"), "v1".to_string()))
         .collect();
+    expected.insert("x0".into(), big);
     wait_acked(&d, &dev, "every accepted record", |_| {
         last_acked(&dev) == expected
     });
-    // The frame in flight at the kill went out again with the same delivery id.
-    let first = dev.frames()[0].clone();
-    assert!(
-        dev.acked().contains(&first.payload),
-        "{first:?} was sent again and acknowledged"
-    );
+    // The cut-off frame was seen as such, not merged with the next one.
+    assert_eq!(dev.cut_short(), 1, "the kill came mid-frame");
+    let frames = dev.frames();
+    assert!(frames.iter().all(|f| f.lrc_ok), "{frames:?}");
+    assert_eq!(frames[0].key(), "x0");
+    assert_eq!(frames[0].id(), "dev:1", "sent again with its delivery id");
 }
 
 #[test]

@@ -670,6 +670,16 @@ fn a_late_answer_is_never_taken_for_another_frames() {
     assert!(delivered_bad.is_empty(), "{delivered_bad:#?}");
     let st = d.target_status("dev");
     assert_eq!(st["dead"].as_u64(), Some(1), "{st}");
+    // The first send of each attempt went unanswered in its window.
+    let out = d.cli(&["dead", "list", "--json"]);
+    let dead: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        dead[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("NAK to the last of 3 sends of the frame (2 NAKs;"),
+        "{dead}"
+    );
     let mut delivered: Vec<String> = log
         .iter()
         .filter(|e| e["outcome"] == "delivered")

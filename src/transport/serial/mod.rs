@@ -116,6 +116,7 @@ impl SerialTransport {
         let frame = frame::frame(&self.spec.framing, &prepared);
         let tries = self.spec.retransmits + 1;
         let mut last = Try::Silence;
+        let mut naks = 0;
         for n in 1..=tries {
             last = match self.exchange(&frame, n == 1).await {
                 Ok(t) => t,
@@ -124,8 +125,10 @@ impl SerialTransport {
                     return Outcome::Down { reason };
                 }
             };
-            if matches!(last, Try::Silence | Try::Noise(_)) {
-                self.unanswered += 1;
+            match last {
+                Try::Silence | Try::Noise(_) => self.unanswered += 1,
+                Try::Answered(Answer::Nak) => naks += 1,
+                _ => {}
             }
             match last {
                 Try::Answered(Answer::Ack) => return Outcome::Delivered,
@@ -137,9 +140,13 @@ impl SerialTransport {
         let port = self.spec.port.display().to_string();
         match last {
             Try::Answered(Answer::Nak) => Outcome::Rejected {
-                reason: format!(
-                    "the device on {port} answered NAK to all {tries} sends of the frame"
-                ),
+                reason: if naks == tries {
+                    format!("the device on {port} answered NAK to all {tries} sends of the frame")
+                } else {
+                    format!(
+                        "the device on {port} answered NAK to the last of {tries} sends of the frame ({naks} NAKs; the other sends got no clean answer)"
+                    )
+                },
             },
             Try::Answered(Answer::Garbled) | Try::Noise(_) => {
                 let bytes = match last {

@@ -76,6 +76,9 @@ pub enum Encoding {
 pub const DEFAULT_BAUD: u32 = 9600;
 pub const DEFAULT_ACK_TIMEOUT: &str = "2s";
 pub const DEFAULT_RETRANSMITS: u32 = 3;
+/// No device takes ten minutes to answer one frame.
+pub const MAX_ACK_TIMEOUT: Duration = Duration::from_secs(600);
+pub const MAX_INTER_FRAME_DELAY: Duration = Duration::from_secs(60);
 
 /// The `[transport]` keys that only `kind = "serial"` uses, and whether each is set
 /// (other kinds refuse them).
@@ -212,6 +215,10 @@ pub fn validate(
             );
         }
         Framing::Line { ack_line, nak_line }
+    } else if framing_name != "stx_etx_lrc" {
+        // Already reported as unknown: a second error about ack_line would
+        // only confuse.
+        Framing::StxEtxLrc
     } else {
         for (key, present) in [
             ("ack_line", t.ack_line.is_some()),
@@ -228,31 +235,44 @@ pub fn validate(
         }
         Framing::StxEtxLrc
     };
+    // An upper bound too: a huge value would pass here and then overflow the
+    // clock arithmetic (a panic) at the first delivery.
     let mut duration =
-        |key: &str, value: &Option<String>, default: &str, least: Duration| match parse_duration(
-            value.as_deref().unwrap_or(default),
-        ) {
-            Ok(d) if d >= least => d,
-            Ok(_) => {
-                fail(key, format!("{key} must be at least {least:?}"));
-                least
-            }
-            Err(e) => {
-                fail(key, format!("{key}: {e}"));
-                least
+        |key: &str, value: &Option<String>, default: &str, (least, most): (Duration, Duration)| {
+            match parse_duration(value.as_deref().unwrap_or(default)) {
+                Ok(d) if d < least => {
+                    fail(key, format!("{key} must be at least {least:?}"));
+                    least
+                }
+                Ok(d) if d > most => {
+                    fail(
+                        key,
+                        format!(
+                            "{key} {} is too long: at most {}",
+                            humantime::format_duration(d),
+                            humantime::format_duration(most)
+                        ),
+                    );
+                    least
+                }
+                Ok(d) => d,
+                Err(e) => {
+                    fail(key, format!("{key}: {e}"));
+                    least
+                }
             }
         };
     let ack_timeout = duration(
         "ack_timeout",
         &t.ack_timeout,
         DEFAULT_ACK_TIMEOUT,
-        Duration::from_millis(10),
+        (Duration::from_millis(10), MAX_ACK_TIMEOUT),
     );
     let inter_frame_delay = duration(
         "inter_frame_delay",
         &t.inter_frame_delay,
         "0s",
-        Duration::ZERO,
+        (Duration::ZERO, MAX_INTER_FRAME_DELAY),
     );
     let retransmits = t.retransmits.unwrap_or(DEFAULT_RETRANSMITS);
     if retransmits > 100 {
@@ -427,6 +447,43 @@ mod tests {
         assert!(has(10, "`soon` is not a duration"), "{err:#?}");
         assert!(has(11, "stop_bits 3"), "{err:#?}");
         assert_eq!(err.len(), 7, "{err:#?}");
+    }
+
+    #[test]
+    fn durations_have_an_upper_bound_and_an_unknown_framing_one_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = connector(
+            tmp.path(),
+            "port = \"/dev/x\"\nack_timeout = \"100years\"\ninter_frame_delay = \"2m\"\nframing = \"lines\"\nack_line = \"OK\"\n",
+        )
+        .unwrap_err();
+        let has = |line: usize, text: &str| {
+            err.iter()
+                .any(|e| e.contains(&format!("connector.toml: line {line}: ")) && e.contains(text))
+        };
+        assert!(
+            has(7, "ack_timeout 100years is too long: at most 10m"),
+            "{err:#?}"
+        );
+        assert!(
+            has(8, "inter_frame_delay 2m is too long: at most 1m"),
+            "{err:#?}"
+        );
+        assert!(has(9, "framing `lines` is unknown"), "{err:#?}");
+        assert_eq!(err.len(), 3, "no second error about ack_line: {err:#?}");
+        // The longest allowed values are taken.
+        let c = connector(
+            tmp.path(),
+            "port = \"/dev/x\"\nack_timeout = \"10m\"\ninter_frame_delay = \"1m\"\n",
+        )
+        .unwrap();
+        let TransportSpec::Serial(s) = c.transport else {
+            panic!("serial")
+        };
+        assert_eq!(
+            (s.ack_timeout, s.inter_frame_delay),
+            (MAX_ACK_TIMEOUT, MAX_INTER_FRAME_DELAY)
+        );
     }
 
     #[test]

@@ -128,6 +128,19 @@ pub fn run(cfg: &Config, args: TranslateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     .map_err(|e| anyhow::anyhow!("{} cannot render this change: {e}", connector.name))?;
+    // Serial: the frame as it goes on the wire, or the refusal (non-zero exit).
+    if let crate::transport::Transport::Serial(serial) = &transport {
+        return Ok(match serial.preview(&bytes) {
+            Ok(frame) => {
+                println!("{frame}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                eprintln!("{} would refuse this change: {why}", connector.name);
+                ExitCode::FAILURE
+            }
+        });
+    }
     use std::io::Write;
     std::io::stdout().write_all(&bytes)?;
     Ok(ExitCode::SUCCESS)

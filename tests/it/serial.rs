@@ -855,6 +855,44 @@ fn new_scaffolds_a_serial_connector_that_check_accepts() {
 }
 
 #[test]
+fn translate_shows_the_serial_frame_or_the_refusal() {
+    let d = TestDaemon::new().connector("dev", &connector("", ""));
+    d.write_config();
+    let change = |name: &str, status: &str| {
+        let path = d.path().join(name);
+        std::fs::write(
+            &path,
+            envelope("p1", json!({"permit_number": "p1", "status": status})),
+        )
+        .unwrap();
+        path
+    };
+    let ok = change("ok.json", "M\u{fc}ller");
+    let out = d.cli(&["translate", "dev", ok.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let payload = "dev:preview,create,p1,M\u{fc}ller".as_bytes();
+    let lrc = payload.iter().fold(ETX, |a, b| a ^ b);
+    assert_eq!(
+        stdout.trim_end(),
+        format!("<STX>dev:preview,create,p1,M<0xC3><0xBC>ller<ETX><LRC 0x{lrc:02X}>")
+    );
+    let bad = change("bad.json", "a\u{3}b");
+    let out = d.cli(&["translate", "dev", bad.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("dev would refuse this change") && stderr.contains("ETX (0x03)"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
 fn line_settings_other_than_8n1_open_on_a_pty() {
     // A pty has no baud rate, parity or RTS/CTS lines, but it keeps the termios
     // settings: the port opens with them and bytes pass.

@@ -145,6 +145,34 @@ pub fn frame(framing: &Framing, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The frame for a prepared payload as text for people: printable ASCII as
+/// is, every other byte named (`<STX>`, `<ETX>`, `<CR>`, `<LF>`, `<0xFC>`),
+/// the LRC as `<LRC 0x41>`.
+pub fn show(framing: &Framing, payload: &[u8]) -> String {
+    let mut out = String::new();
+    let body = |out: &mut String| {
+        for b in payload {
+            match *b {
+                0x20..=0x7E => out.push(char::from(*b)),
+                b'\t' => out.push_str("<TAB>"),
+                b => out.push_str(&format!("<0x{b:02X}>")),
+            }
+        }
+    };
+    match framing {
+        Framing::StxEtxLrc => {
+            out.push_str("<STX>");
+            body(&mut out);
+            out.push_str(&format!("<ETX><LRC 0x{:02X}>", lrc(payload)));
+        }
+        Framing::Line { .. } => {
+            body(&mut out);
+            out.push_str("<CR><LF>");
+        }
+    }
+    out
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Answer {
     Ack,
@@ -269,6 +297,18 @@ mod tests {
             frame(&Framing::StxEtxLrc, b"AB"),
             vec![STX, b'A', b'B', ETX, 0x00]
         );
+    }
+
+    #[test]
+    fn frames_shown_for_people() {
+        assert_eq!(
+            show(&Framing::StxEtxLrc, b"t:1,M\xFCller\tx"),
+            format!(
+                "<STX>t:1,M<0xFC>ller<TAB>x<ETX><LRC 0x{:02X}>",
+                lrc(b"t:1,M\xFCller\tx")
+            )
+        );
+        assert_eq!(show(&line(), b"a,b"), "a,b<CR><LF>");
     }
 
     #[test]

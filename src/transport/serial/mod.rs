@@ -98,10 +98,12 @@ impl SerialTransport {
         outcomes
     }
 
-    /// What goes between the frame's markers for this rendering, or why it cannot
-    /// be sent (for `hms-sync translate`: shows a refusal before it happens).
-    pub fn preview(&self, rendered: &[u8]) -> Result<Vec<u8>, String> {
-        frame::prepare(&self.spec, rendered)
+    /// For `hms-sync translate`: the frame this rendering would put on the
+    /// wire, control and non-ASCII bytes written out (`<STX>`, `<0xFC>`,
+    /// `<LRC 0x41>`, `<CR><LF>`), or why it would be refused before sending.
+    pub fn preview(&self, rendered: &[u8]) -> Result<String, String> {
+        let payload = frame::prepare(&self.spec, rendered)?;
+        Ok(frame::show(&self.spec.framing, &payload))
     }
 
     async fn deliver_one(&mut self, payload: &Payload) -> Outcome {
@@ -461,7 +463,7 @@ mod tests {
             matches!(&out[0], Outcome::Down { reason } if reason.contains("does not exist")),
             "{out:?}"
         );
-        assert_eq!(t.preview(b"row\r\n").unwrap(), b"row");
+        assert_eq!(t.preview(b"AB\r\n").unwrap(), "<STX>AB<ETX><LRC 0x00>");
         assert!(t.preview(b"a\x03").is_err());
     }
 }

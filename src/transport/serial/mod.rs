@@ -311,12 +311,16 @@ impl SerialTransport {
             })
             .timeout(Duration::ZERO);
         builder.open_native_async().map_err(|e| {
+            // The path exists (checked above), so the sandbox is a likely cause
+            // whatever the error: a device-cgroup denial is EPERM, which
+            // serialport reports as ErrorKind::Unknown, not PermissionDenied.
             let hint = match e.kind() {
-                tokio_serial::ErrorKind::Io(std::io::ErrorKind::PermissionDenied) => {
-                    " (the service user needs the port's group, usually dialout, and the unit a DeviceAllow= for it: see systemd/serial.conf)"
+                tokio_serial::ErrorKind::NoDevice => {
+                    " (is another program using it? under systemd, see also systemd/serial.conf)"
                 }
-                tokio_serial::ErrorKind::NoDevice => " (is another program using it?)",
-                _ => "",
+                _ => {
+                    " (the service user needs the port's group, usually dialout; under systemd the unit needs BindPaths= and DeviceAllow= for it: see systemd/serial.conf)"
+                }
             };
             format!("cannot open serial port {path}: {e}{hint}")
         })
@@ -464,6 +468,20 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(t.preview(b"AB\r\n").unwrap(), "<STX>AB<ETX><LRC 0x00>");
+    }
+
+    #[tokio::test]
+    async fn any_open_failure_on_an_existing_path_points_at_the_systemd_drop_in() {
+        // Not a tty: the open fails with neither EACCES nor a missing path (as
+        // a device-cgroup EPERM does not either).
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut t = SerialTransport::new("t", SerialSpec::for_tests(file.path().to_str().unwrap()));
+        let out = t.deliver_each(&[payload("t:1", b"ok")]).await;
+        assert!(
+            matches!(&out[0], Outcome::Down { reason }
+                if reason.contains("cannot open serial port") && reason.contains("systemd/serial.conf")),
+            "{out:?}"
+        );
         assert!(t.preview(b"a\x03").is_err());
     }
 }

@@ -255,7 +255,7 @@ impl<'a> AnswerReader<'a> {
     }
 }
 
-/// Seconds one byte takes on the wire: start bit, data bits, parity bit, stop bits.
+/// Bits one byte takes on the wire: start bit, data bits, parity bit, stop bits.
 pub fn bits_per_byte(spec: &SerialSpec) -> u32 {
     1 + u32::from(spec.data_bits)
         + u32::from(spec.parity != super::spec::ParityKind::None)

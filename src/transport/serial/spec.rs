@@ -1,6 +1,11 @@
 //! The `[transport]` keys of `kind = "serial"`, as written -> a checked
 //! [`SerialSpec`]. Every problem is reported with the key it is about, so that
 //! `connector.rs` can name the file and the line.
+//!
+//! **Invariants:** a `SerialSpec` holds only values the transport can use
+//! without a panic or an endless wait (durations bounded above and below,
+//! `retransmits` <= 100, framing answers that differ); every problem in the
+//! keys is reported, not just the first, and each one only once.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -24,10 +24,60 @@ pub fn lrc(payload: &[u8]) -> u8 {
     payload.iter().fold(ETX, |acc, b| acc ^ b)
 }
 
+/// Why a payload cannot go on the line as it is. Each variant carries where
+/// in the payload the trouble is, for the dead letter's `last_error`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "the payload holds {name} at byte {at}, which ends a frame in framing \"{framing}\": sending it would corrupt the frame{}",
+        if *framing == "line" { " (a multi-line format such as xml needs framing = \"stx_etx_lrc\")" } else { "" }
+    )]
+    FramingByte {
+        name: &'static str,
+        at: usize,
+        framing: &'static str,
+    },
+    #[error(
+        "the payload holds {} at byte {at}, which flow_control = \"software\" takes as a pause/resume signal",
+        flow_name(*byte)
+    )]
+    FlowControlByte { byte: u8, at: usize },
+    #[error(
+        "the frame's check byte (LRC, the XOR of the payload and ETX) would be {}, which flow_control = \"software\" takes as a pause/resume signal: the device would never see the frame whole; change the record (any field) or use flow_control = \"hardware\" or \"none\"",
+        flow_name(*lrc)
+    )]
+    LrcIsFlowControl { lrc: u8 },
+    #[error(
+        "the payload holds byte 0x{byte:02X} at byte {at}, which data_bits = 7 cannot carry (use encoding = \"ascii\" to name the field's character)"
+    )]
+    SevenBits { byte: u8, at: usize },
+    /// `character` describes it (`'ü' (U+00FC)`); `at` is a byte offset for
+    /// ascii, a character offset for latin1 (`unit` says which).
+    #[error(
+        "the payload holds {character} at {unit} {at}, which encoding = \"{encoding}\" cannot carry"
+    )]
+    NotInEncoding {
+        character: String,
+        unit: &'static str,
+        at: usize,
+        encoding: &'static str,
+    },
+    #[error("the payload is not UTF-8 text ({0})")]
+    NotUtf8(#[from] std::str::Utf8Error),
+}
+
+fn flow_name(byte: u8) -> &'static str {
+    if byte == XON {
+        "XON (0x11)"
+    } else {
+        "XOFF (0x13)"
+    }
+}
+
 /// The payload as the device reads it: one trailing line ending of the
 /// rendering removed (a CSV row ends in CRLF, XML in LF: the frame is the end),
 /// then encoded. Refuses what the frame or the line could not carry.
-pub fn prepare(spec: &SerialSpec, rendered: &[u8]) -> Result<Vec<u8>, String> {
+pub fn prepare(spec: &SerialSpec, rendered: &[u8]) -> Result<Vec<u8>, Refusal> {
     let text = rendered
         .strip_suffix(b"\r\n")
         .or_else(|| rendered.strip_suffix(b"\n"))
@@ -37,77 +87,56 @@ pub fn prepare(spec: &SerialSpec, rendered: &[u8]) -> Result<Vec<u8>, String> {
         Framing::StxEtxLrc => &[(STX, "STX (0x02)"), (ETX, "ETX (0x03)")],
         Framing::Line { .. } => &[(b'\r', "a carriage return"), (b'\n', "a line feed")],
     };
-    for (i, b) in bytes.iter().enumerate() {
+    for (at, b) in bytes.iter().enumerate() {
         if let Some((_, name)) = forbidden.iter().find(|(f, _)| f == b) {
-            return Err(format!(
-                "the payload holds {name} at byte {i}, which ends a frame in framing \"{}\": \
-                 sending it would corrupt the frame{}",
-                spec.framing.name(),
-                match spec.framing {
-                    Framing::Line { .. } => {
-                        " (a multi-line format such as xml needs framing = \"stx_etx_lrc\")"
-                    }
-                    Framing::StxEtxLrc => "",
-                }
-            ));
+            return Err(Refusal::FramingByte {
+                name,
+                at,
+                framing: spec.framing.name(),
+            });
         }
         if spec.flow_control == Flow::Software && (*b == XON || *b == XOFF) {
-            return Err(format!(
-                "the payload holds {} at byte {i}, which flow_control = \"software\" takes as a pause/resume signal",
-                if *b == XON {
-                    "XON (0x11)"
-                } else {
-                    "XOFF (0x13)"
-                }
-            ));
+            return Err(Refusal::FlowControlByte { byte: *b, at });
         }
         if spec.data_bits == 7 && *b >= 0x80 {
-            return Err(format!(
-                "the payload holds byte 0x{b:02X} at byte {i}, which data_bits = 7 cannot carry (use encoding = \"ascii\" to name the field's character)"
-            ));
+            return Err(Refusal::SevenBits { byte: *b, at });
         }
     }
     if spec.flow_control == Flow::Software && spec.framing == Framing::StxEtxLrc {
         // The LRC is computed, not written by anyone: it can still be XON or
         // XOFF, and the line discipline would swallow it, leaving the frame
         // unfinished at every send (an outage for ever on this one record).
-        let check = lrc(&bytes);
-        if check == XON || check == XOFF {
-            return Err(format!(
-                "the frame's check byte (LRC, the XOR of the payload and ETX) would be {}, which flow_control = \"software\" takes as a pause/resume signal: the device would never see the frame whole; change the record (any field) or use flow_control = \"hardware\" or \"none\"",
-                if check == XON {
-                    "XON (0x11)"
-                } else {
-                    "XOFF (0x13)"
-                }
-            ));
+        let lrc = lrc(&bytes);
+        if lrc == XON || lrc == XOFF {
+            return Err(Refusal::LrcIsFlowControl { lrc });
         }
     }
     Ok(bytes)
 }
 
 /// The payload's text (UTF-8, as the translator renders it) in the device's encoding.
-pub fn encode(encoding: Encoding, text: &[u8]) -> Result<Vec<u8>, String> {
+pub fn encode(encoding: Encoding, text: &[u8]) -> Result<Vec<u8>, Refusal> {
     match encoding {
         Encoding::Utf8 => Ok(text.to_vec()),
         Encoding::Ascii => match text.iter().position(|b| *b >= 0x80) {
             None => Ok(text.to_vec()),
-            Some(i) => Err(format!(
-                "the payload holds {} at byte {i}, which encoding = \"ascii\" cannot carry",
-                describe_char_at(text, i)
-            )),
+            Some(at) => Err(Refusal::NotInEncoding {
+                character: describe_char_at(text, at),
+                unit: "byte",
+                at,
+                encoding: "ascii",
+            }),
         },
         Encoding::Latin1 => {
-            let s = std::str::from_utf8(text)
-                .map_err(|e| format!("the payload is not UTF-8 text ({e})"))?;
+            let s = std::str::from_utf8(text)?;
             s.chars()
                 .enumerate()
-                .map(|(i, c)| {
-                    u8::try_from(u32::from(c)).map_err(|_| {
-                        format!(
-                            "the payload holds {c:?} (U+{:04X}) at character {i}, which encoding = \"latin1\" cannot carry",
-                            u32::from(c)
-                        )
+                .map(|(at, c)| {
+                    u8::try_from(u32::from(c)).map_err(|_| Refusal::NotInEncoding {
+                        character: format!("{c:?} (U+{:04X})", u32::from(c)),
+                        unit: "character",
+                        at,
+                        encoding: "latin1",
                     })
                 })
                 .collect()
@@ -321,13 +350,15 @@ mod tests {
         let s = spec(line());
         assert_eq!(prepare(&s, b"t:1,create,7\r\n").unwrap(), b"t:1,create,7");
         assert_eq!(prepare(&s, b"{}\n").unwrap(), b"{}");
-        let err = prepare(&s, b"a\n\n").unwrap_err();
+        let err = prepare(&s, b"a\n\n").unwrap_err().to_string();
         assert!(err.contains("line feed at byte 1"), "{err}");
     }
 
     #[test]
     fn framing_bytes_inside_the_payload_are_refused() {
-        let err = prepare(&spec(Framing::StxEtxLrc), b"ab\x03cd").unwrap_err();
+        let err = prepare(&spec(Framing::StxEtxLrc), b"ab\x03cd")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("ETX (0x03) at byte 2") && err.contains("stx_etx_lrc"),
             "{err}"
@@ -336,9 +367,9 @@ mod tests {
         // Multi-line XML fits stx_etx_lrc, not line framing.
         let xml = b"<R op=\"create\">\n  <Key>1</Key>\n</R>\n";
         assert!(prepare(&spec(Framing::StxEtxLrc), xml).is_ok());
-        let err = prepare(&spec(line()), xml).unwrap_err();
+        let err = prepare(&spec(line()), xml).unwrap_err().to_string();
         assert!(err.contains("needs framing = \"stx_etx_lrc\""), "{err}");
-        let err = prepare(&spec(line()), b"a\rb").unwrap_err();
+        let err = prepare(&spec(line()), b"a\rb").unwrap_err().to_string();
         assert!(err.contains("carriage return"), "{err}");
     }
 
@@ -346,18 +377,32 @@ mod tests {
     fn software_flow_control_and_seven_bits_refuse_what_they_would_eat() {
         let mut s = spec(Framing::StxEtxLrc);
         s.flow_control = Flow::Software;
-        assert!(prepare(&s, b"a\x13b").unwrap_err().contains("XOFF"));
-        assert!(prepare(&s, b"a\x11b").unwrap_err().contains("XON"));
+        assert!(
+            prepare(&s, b"a\x13b")
+                .unwrap_err()
+                .to_string()
+                .contains("XOFF")
+        );
+        assert!(
+            prepare(&s, b"a\x11b")
+                .unwrap_err()
+                .to_string()
+                .contains("XON")
+        );
         // Clean payloads whose LRC would be XON or XOFF: 'A' ^ 'S' ^ ETX = 0x11,
         // 'A' ^ 'Q' ^ ETX = 0x13.
         assert_eq!(lrc(b"AS"), XON);
         assert_eq!(lrc(b"AQ"), XOFF);
-        let err = prepare(&s, b"AS").unwrap_err();
+        assert_eq!(
+            prepare(&s, b"AS").unwrap_err(),
+            Refusal::LrcIsFlowControl { lrc: XON }
+        );
+        let err = prepare(&s, b"AS").unwrap_err().to_string();
         assert!(
             err.contains("check byte (LRC") && err.contains("XON"),
             "{err}"
         );
-        let err = prepare(&s, b"AQ").unwrap_err();
+        let err = prepare(&s, b"AQ").unwrap_err().to_string();
         assert!(
             err.contains("check byte (LRC") && err.contains("XOFF"),
             "{err}"
@@ -372,10 +417,11 @@ mod tests {
         assert!(
             prepare(&s, "Müller".as_bytes())
                 .unwrap_err()
+                .to_string()
                 .contains("data_bits = 7")
         );
         s.encoding = Encoding::Ascii;
-        let err = prepare(&s, "Müller".as_bytes()).unwrap_err();
+        let err = prepare(&s, "Müller".as_bytes()).unwrap_err().to_string();
         assert!(
             err.contains("'ü' (U+00FC) at byte 1") && err.contains("ascii"),
             "{err}"
@@ -392,7 +438,9 @@ mod tests {
             encode(Encoding::Latin1, "Müller".as_bytes()).unwrap(),
             b"M\xFCller"
         );
-        let err = encode(Encoding::Latin1, "a€".as_bytes()).unwrap_err();
+        let err = encode(Encoding::Latin1, "a€".as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("U+20AC") && err.contains("latin1"), "{err}");
         assert_eq!(encode(Encoding::Ascii, b"plain").unwrap(), b"plain");
         // Latin-1 output is checked for framing bytes after encoding.

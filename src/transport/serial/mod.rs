@@ -101,7 +101,7 @@ impl SerialTransport {
     /// For `hms-sync translate`: the frame this rendering would put on the
     /// wire, control and non-ASCII bytes written out (`<STX>`, `<0xFC>`,
     /// `<LRC 0x41>`, `<CR><LF>`), or why it would be refused before sending.
-    pub fn preview(&self, rendered: &[u8]) -> Result<String, String> {
+    pub fn preview(&self, rendered: &[u8]) -> Result<String, frame::Refusal> {
         let payload = frame::prepare(&self.spec, rendered)?;
         Ok(frame::show(&self.spec.framing, &payload))
     }

@@ -128,6 +128,9 @@ struct LineState {
     /// (n+1)-th ...) arrives with one bit flipped, as line damage would do; the
     /// device's own LRC check then fails.
     damage_every: AtomicUsize,
+    /// The device sends a noise byte every few milliseconds, unasked (a line
+    /// that never falls quiet).
+    babble: AtomicBool,
 }
 
 impl Device {
@@ -156,6 +159,10 @@ impl Device {
 
     fn pause(&self, paused: bool) {
         self.line_state.paused.store(paused, Relaxed);
+    }
+
+    fn babble(&self, on: bool) {
+        self.line_state.babble.store(on, Relaxed);
     }
 
     fn damage_every(&self, n: usize) {
@@ -212,10 +219,15 @@ fn run_device(
             let (_, bytes) = later.remove(0);
             let _ = pty.master.write_all(&bytes);
         }
+        let babbling = line_state.babble.load(Relaxed);
+        if babbling {
+            let _ = pty.master.write_all(b"~");
+        }
         let wait = later
             .first()
             .map(|(at, _)| at.saturating_duration_since(now).as_millis().min(20) as u8)
-            .unwrap_or(20);
+            .unwrap_or(20)
+            .min(if babbling { 5 } else { 20 });
         let ready = {
             let mut fds = [PollFd::new(pty.master.as_fd(), PollFlags::POLLIN)];
             poll(&mut fds, PollTimeout::from(wait)).unwrap_or(0)
@@ -537,6 +549,35 @@ fn noise_only_is_an_outage_not_a_refusal() {
     let out = d.cli(&["dead", "list", "--json"]);
     let dead: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(dead.as_array().map(Vec::len), Some(0), "{dead}");
+}
+
+#[test]
+fn a_line_that_never_falls_quiet_does_not_stop_the_probes() {
+    let pty = open_pty();
+    let d = daemon_with(
+        &pty,
+        "retransmits = 0\nack_timeout = \"50ms\"",
+        "max_attempts = 1",
+    );
+    let dev = Device::start(pty, false, Box::new(|_, _| Reply::Silent));
+    dev.babble(true);
+    send(&d, "q1", "v1");
+    // Each send gets only noise and is owed an answer; waiting for those
+    // answers before the next send must end although the noise never does.
+    d.wait_for(
+        Duration::from_secs(15),
+        "the worker to keep probing",
+        |_| dev.frames().len() >= 5,
+    );
+    let st = d.target_status("dev");
+    assert_eq!(
+        (st["state"].as_str(), st["dead"].as_u64()),
+        (Some("down"), Some(0)),
+        "{st}"
+    );
+    dev.babble(false);
+    dev.set_policy(Box::new(|_, _| Reply::Ack));
+    wait_acked(&d, &dev, "the record", |a| a.len() == 1);
 }
 
 #[test]

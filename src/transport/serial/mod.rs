@@ -199,7 +199,8 @@ impl SerialTransport {
             Ok(()) => {}
             // A port held since the last delivery may have gone stale (the other
             // end closed in between): open it again once before calling it an outage.
-            Err(_) if held => {
+            Err(stale) if held => {
+                tracing::debug!(target_name = %self.target, error = %stale, "the port held since the last delivery failed; opening it again");
                 self.close_port();
                 self.send(frame, new_frame).await?;
             }
@@ -341,13 +342,19 @@ async fn await_late_answers(
     let mut reader = AnswerReader::new(&spec.framing);
     let mut came = 0;
     let mut buf = [0u8; 256];
-    let mut quiet_until = since.max(Instant::now()) + spec.ack_timeout;
+    let start = since.max(Instant::now());
+    let mut quiet_until = start + spec.ack_timeout;
+    // A line that never falls quiet (a device streaming noise) must not hold
+    // the next frame back for ever.
+    let give_up = start + 2 * spec.ack_timeout;
     while came < owed {
         match tokio::time::timeout_at(quiet_until, port.read(&mut buf)).await {
             Err(_) => break,
             Ok(Ok(0)) => return Err(format!("the other end of {path} closed")),
             Ok(Ok(n)) => {
-                quiet_until = quiet_until.max(Instant::now() + spec.ack_timeout);
+                quiet_until = quiet_until
+                    .max(Instant::now() + spec.ack_timeout)
+                    .min(give_up);
                 for b in &buf[..n] {
                     if reader.feed(std::slice::from_ref(b)).is_some() {
                         came += 1;

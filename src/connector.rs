@@ -44,7 +44,7 @@ pub struct FormatFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransportFile {
-    /// file (soap and serial come with their own issues)
+    /// file | soap (serial comes with its own issue)
     pub kind: String,
     /// file: the outbox folder (relative paths resolve against the config file's folder).
     pub dir: Option<PathBuf>,
@@ -56,6 +56,30 @@ pub struct TransportFile {
     /// a missing folder (an unmounted share) is an outage, not a reason to write
     /// files onto the local disk.
     pub create_dir: Option<bool>,
+    /// soap: the service's address, `http://` or `https://`.
+    pub url: Option<String>,
+    /// soap: the SOAPAction (1.1) or `action` (1.2). Default: empty.
+    pub soap_action: Option<String>,
+    /// soap: "1.1" (default) or "1.2".
+    pub soap_version: Option<String>,
+    /// soap: longest wait for the whole answer. Default "30s".
+    pub timeout: Option<String>,
+    /// soap: longest wait to connect. Default "10s".
+    pub connect_timeout: Option<String>,
+    /// soap: user name for `auth`.
+    pub username: Option<String>,
+    /// soap: a file holding only the password (read at start-up, never shown).
+    pub password_file: Option<PathBuf>,
+    /// soap: "basic" (default with `username`), "ws-security-text", "ws-security-digest".
+    pub auth: Option<String>,
+    /// soap: PEM file of the CA to trust for https (instead of the system's).
+    pub ca_file: Option<PathBuf>,
+    /// soap: `xmlns` for the body's root element.
+    pub namespace: Option<String>,
+    /// soap: deliveries at once (each of a different record). Default 1.
+    pub max_in_flight: Option<usize>,
+    /// soap: dead-letter at once on a Client/Sender Fault. Default false.
+    pub dead_letter_on_client_fault: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -102,6 +126,7 @@ pub enum TransportSpec {
         batch_window: Duration,
         create_dir: bool,
     },
+    Soap(Box<crate::transport::soap::SoapSpec>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -264,6 +289,14 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
     let t = &raw.transport;
     let transport = match t.kind.as_str() {
         "file" => {
+            for key in crate::transport::soap::KEYS {
+                if crate::transport::soap::key_present(t, key) {
+                    problems.push(format!(
+                        "{}[transport] `{key}` does not apply to transport kind \"file\"",
+                        at(Some("transport"), key)
+                    ));
+                }
+            }
             let window = match t.batch_window.as_deref().map(parse_duration).transpose() {
                 Ok(w) => w.unwrap_or(Duration::ZERO),
                 Err(e) => {
@@ -301,9 +334,10 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
                 }
             }
         }
-        "soap" | "serial" => {
+        "soap" => crate::transport::soap::spec(t, &at, base, &mut problems),
+        "serial" => {
             problems.push(format!(
-                "{}[transport] kind \"{}\" is not available in this build yet; available: file",
+                "{}[transport] kind \"{}\" is not available in this build yet; available: file, soap",
                 at(Some("transport"), "kind"),
                 t.kind
             ));
@@ -311,7 +345,7 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
         }
         other => {
             problems.push(format!(
-                "{}[transport] kind `{other}` is unknown; known kinds: file",
+                "{}[transport] kind `{other}` is unknown; known kinds: file, soap",
                 at(Some("transport"), "kind")
             ));
             None

@@ -54,6 +54,7 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
                 }
                 format!("file -> {}", dir.display())
             }
+            TransportSpec::Soap(s) => crate::transport::soap::describe(s),
         };
         println!(
             "target: {} receives {} via {transport}",

@@ -7,6 +7,7 @@
 //! `Rejected`.
 
 pub mod file;
+pub mod soap;
 
 use std::time::Duration;
 
@@ -22,6 +23,9 @@ pub enum Outcome {
     Down { reason: String },
     /// It answered and refused: each delta's attempts grow.
     Rejected { reason: String },
+    /// It answered that the message itself is wrong (SOAP `Client`/`Sender`
+    /// Fault): a rejection, which the connector may ask to dead-letter at once.
+    ClientFault { reason: String },
 }
 
 /// One rendered delta.
@@ -45,6 +49,7 @@ pub enum Rendering {
 /// The closed set of transports.
 pub enum Transport {
     File(file::FileTransport),
+    Soap(soap::SoapTransport),
 }
 
 impl Transport {
@@ -62,6 +67,9 @@ impl Transport {
                 *batch_window,
                 translator,
             )),
+            TransportSpec::Soap(spec) => {
+                Transport::Soap(soap::SoapTransport::new(&connector.name, spec))
+            }
         }
     }
 
@@ -69,18 +77,40 @@ impl Transport {
     pub fn batch_limits(&self) -> (usize, Duration) {
         match self {
             Transport::File(t) => (t.batch_max, t.batch_window),
+            // Each payload is its own request; a batch is what may be in flight at once.
+            Transport::Soap(t) => (t.max_in_flight(), Duration::ZERO),
         }
     }
 
     pub fn rendering(&self) -> Rendering {
         match self {
             Transport::File(_) => Rendering::FileEntry,
+            Transport::Soap(_) => Rendering::Standalone,
         }
     }
 
-    pub async fn deliver(&mut self, batch: &[Payload]) -> Outcome {
+    /// Whether a `ClientFault` dead-letters at once (the connector's choice).
+    pub fn dead_letter_on_client_fault(&self) -> bool {
         match self {
-            Transport::File(t) => t.deliver(batch).await,
+            Transport::File(_) => false,
+            Transport::Soap(t) => t.dead_letter_on_client_fault(),
+        }
+    }
+
+    /// What one standalone payload looks like on the wire (`hms-sync translate`).
+    pub fn preview(&self, id: &str, attempt: u32, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+        match self {
+            Transport::Soap(t) => t.preview(id, attempt, &bytes),
+            Transport::File(_) => Ok(bytes),
+        }
+    }
+
+    /// Delivers a batch: one outcome per payload, in the batch's order. A file
+    /// batch succeeds or fails whole; SOAP sends each payload on its own.
+    pub async fn deliver(&mut self, batch: &[Payload]) -> Vec<Outcome> {
+        match self {
+            Transport::File(t) => vec![t.deliver(batch).await; batch.len()],
+            Transport::Soap(t) => t.deliver(batch).await,
         }
     }
 }

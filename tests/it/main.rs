@@ -8,3 +8,4 @@ mod cli;
 mod crash;
 mod durability;
 mod pipeline;
+mod soap;

@@ -1,0 +1,619 @@
+//! SOAP transport against a real HTTP server in the test process playing the
+//! county's COBOL box: it checks the headers and parses every envelope it gets.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use quick_xml::Reader;
+use quick_xml::events::Event;
+use serde_json::json;
+
+use crate::harness::*;
+
+const SOAP11: &str = "http://schemas.xmlsoap.org/soap/envelope/";
+
+/// One envelope as the legacy box understood it.
+#[derive(Clone, Debug, Default)]
+pub struct Received {
+    pub path: String,
+    pub id: String,
+    pub attempt: u32,
+    pub content_type: String,
+    pub soap_action: Option<String>,
+    pub authorization: Option<String>,
+    /// The raw XML inside `<soap:Body>`.
+    pub body_xml: String,
+    pub root: String,
+    pub op: String,
+    pub key: String,
+    /// `<Field name=…>` text, unescaped; removed fields as "(removed)".
+    pub fields: BTreeMap<String, String>,
+    /// wsse UsernameToken: (username, password type, password, nonce, created).
+    pub token: Option<(String, String, String, String, String)>,
+}
+
+#[derive(Default)]
+struct BoxState {
+    got: Vec<Received>,
+    /// Envelopes it could not parse or whose headers were wrong.
+    errors: Vec<String>,
+    /// Keys answered with a Client Fault.
+    reject_keys: HashSet<String>,
+    /// Answer only after this long.
+    delay: Duration,
+}
+
+/// The legacy box: an axum server on its own runtime, so that `stop` ends
+/// every connection at once (keep-alive ones too) and `resume` binds the same port.
+pub struct LegacyBox {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<BoxState>>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl LegacyBox {
+    pub fn start() -> LegacyBox {
+        let mut b = LegacyBox {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            state: Arc::default(),
+            rt: None,
+        };
+        b.resume();
+        b
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/PermitService", self.addr)
+    }
+
+    pub fn resume(&mut self) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = self.addr;
+        let listener = rt.block_on(async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_reuseaddr(true).unwrap();
+            socket.bind(addr).unwrap();
+            socket.listen(128).unwrap()
+        });
+        self.addr = listener.local_addr().unwrap();
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(self.state.clone());
+        rt.spawn(async move { axum::serve(listener, app).await });
+        self.rt = Some(rt);
+    }
+
+    /// Stops answering: the port is closed and every connection dropped.
+    pub fn stop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().got.clone()
+    }
+
+    pub fn errors(&self) -> Vec<String> {
+        self.state.lock().unwrap().errors.clone()
+    }
+
+    pub fn reject(&self, key: &str, on: bool) {
+        let mut s = self.state.lock().unwrap();
+        if on {
+            s.reject_keys.insert(key.to_string());
+        } else {
+            s.reject_keys.remove(key);
+        }
+    }
+
+    pub fn set_delay(&self, d: Duration) {
+        self.state.lock().unwrap().delay = d;
+    }
+}
+
+impl Drop for LegacyBox {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn ack() -> String {
+    format!(
+        "<?xml version=\"1.0\"?><soap:Envelope xmlns:soap=\"{SOAP11}\"><soap:Body><UpdatePermitResponse>got it</UpdatePermitResponse></soap:Body></soap:Envelope>"
+    )
+}
+
+pub fn client_fault(text: &str) -> String {
+    format!(
+        "<soap:Envelope xmlns:soap=\"{SOAP11}\"><soap:Body><soap:Fault><faultcode>soap:Client</faultcode><faultstring>{text}</faultstring></soap:Fault></soap:Body></soap:Envelope>"
+    )
+}
+
+async fn handle(
+    State(state): State<Arc<Mutex<BoxState>>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let parsed = parse_envelope(&body);
+    let delay = state.lock().unwrap().delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let mut s = state.lock().unwrap();
+    let mut r = match parsed {
+        Ok(r) => r,
+        Err(e) => {
+            s.errors
+                .push(format!("{e}: {}", String::from_utf8_lossy(&body)));
+            return (StatusCode::BAD_REQUEST, "bad envelope").into_response();
+        }
+    };
+    r.path = uri.path().to_string();
+    r.content_type = header("content-type").unwrap_or_default();
+    r.soap_action = header("soapaction");
+    r.authorization = header("authorization");
+    if header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close")) {
+        s.errors
+            .push("the client asked to close the connection".into());
+    }
+    let reject = s.reject_keys.contains(&r.key);
+    s.got.push(r);
+    if reject {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/xml; charset=utf-8")],
+            client_fault("Permit is locked &amp; cannot change"),
+        )
+            .into_response()
+    } else {
+        ([("content-type", "text/xml; charset=utf-8")], ack()).into_response()
+    }
+}
+
+/// Parses an envelope the way a strict legacy box would.
+pub fn parse_envelope(bytes: &[u8]) -> Result<Received, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+    let start = text.find("<soap:Body>").ok_or("no <soap:Body>")? + "<soap:Body>".len();
+    let end = text.find("</soap:Body>").ok_or("no </soap:Body>")?;
+    let mut r = Received {
+        body_xml: text[start..end].to_string(),
+        ..Received::default()
+    };
+    let mut reader = Reader::from_str(text);
+    let mut path: Vec<String> = Vec::new();
+    let mut field: Option<String> = None;
+    let mut token = (
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+    );
+    let mut has_token = false;
+    let mut text_buf = String::new();
+    loop {
+        let ev = reader.read_event().map_err(|e| e.to_string())?;
+        match ev {
+            Event::Eof => break,
+            Event::Start(_) | Event::Empty(_) => {
+                let (s, empty) = match ev {
+                    Event::Start(s) => (s, false),
+                    Event::Empty(s) => (s, true),
+                    _ => unreachable!(),
+                };
+                let local = s.local_name().as_ref().to_string();
+                let attr = |n: &str| {
+                    s.attributes()
+                        .flatten()
+                        .find(|a| a.key.as_ref() == n)
+                        .map(|a| {
+                            a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                                .unwrap()
+                                .into_owned()
+                        })
+                };
+                let parent = path.last().map(String::as_str);
+                match (parent, local.as_str()) {
+                    (Some("Header"), "Delivery") => {
+                        if s.name().as_ref() != "hms:Delivery" {
+                            return Err("Delivery not in the hms prefix".into());
+                        }
+                        r.id = attr("id").ok_or("Delivery without id")?;
+                        r.attempt = attr("attempt")
+                            .ok_or("Delivery without attempt")?
+                            .parse()
+                            .map_err(|_| "attempt is not a number")?;
+                    }
+                    (Some("Body"), root) => {
+                        r.root = root.to_string();
+                        r.op = attr("op").unwrap_or_default();
+                    }
+                    (_, "Field") => {
+                        let name = attr("name").ok_or("Field without name")?;
+                        if attr("removed").is_some() {
+                            r.fields.insert(name.clone(), "(removed)".into());
+                        } else if attr("null").is_some() {
+                            r.fields.insert(name.clone(), "(null)".into());
+                        }
+                        field = Some(name);
+                    }
+                    (_, "Password") => token.1 = attr("Type").unwrap_or_default(),
+                    (_, "UsernameToken") => has_token = true,
+                    _ => {}
+                }
+                text_buf.clear();
+                if !empty {
+                    path.push(local);
+                }
+            }
+            Event::Text(t) => text_buf.push_str(&t.xml10_content()),
+            Event::GeneralRef(g) => {
+                let name = g.xml10_content();
+                match g.resolve_char_ref().map_err(|e| e.to_string())? {
+                    Some(c) => text_buf.push(c),
+                    None => text_buf.push_str(
+                        quick_xml::escape::resolve_predefined_entity(&name)
+                            .ok_or(format!("unknown entity &{name};"))?,
+                    ),
+                }
+            }
+            Event::End(_) => {
+                let local = path.pop().unwrap_or_default();
+                let t = std::mem::take(&mut text_buf);
+                match local.as_str() {
+                    "Field" => {
+                        if let Some(name) = field.take() {
+                            r.fields.entry(name).or_insert(t);
+                        }
+                    }
+                    "Username" => token.0 = t,
+                    "Password" => token.2 = t,
+                    "Nonce" => token.3 = t,
+                    "Created" => token.4 = t,
+                    k if path.last().map(String::as_str) == Some(r.root.as_str())
+                        && r.key.is_empty()
+                        && k != "Field" =>
+                    {
+                        r.key = t
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    if r.id.is_empty() {
+        return Err("no hms:Delivery in the header".into());
+    }
+    if has_token {
+        r.token = Some(token);
+    }
+    Ok(r)
+}
+
+pub fn squash(s: &str) -> String {
+    s.lines().map(str::trim).collect::<Vec<_>>().join("")
+}
+
+pub fn soap_connector(url: &str, extra_transport: &str, retry: &str) -> String {
+    format!(
+        "collections = [\"permits\"]\n[format]\nkind = \"xml\"\nroot = \"PermitUpdate\"\nkey_element = \"PermitNumber\"\n\
+         [transport]\nkind = \"soap\"\nurl = \"{url}\"\nsoap_action = \"urn:UpdatePermit\"\ntimeout = \"2s\"\n{extra_transport}\n[retry]\n{retry}\n"
+    )
+}
+
+const FAST_RETRY: &str = "max_attempts = 3\nbackoff = \"10ms\"\nmax_backoff = \"50ms\"";
+
+/// Delivery-log lines of `target`, parsed.
+pub fn delivery_log(d: &TestDaemon) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(d.path().join("delivery.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn soap_the_fixture_pair_arrives_as_the_expected_xml_with_soap_headers() {
+    let server = LegacyBox::start();
+    let d = TestDaemon::new()
+        .connector("cobol", &soap_connector(&server.url(), "", FAST_RETRY))
+        .start();
+    d.drop_fixture("permits/permit-123.json", "a.json");
+    d.wait_for(Duration::from_secs(10), "the create", |_| {
+        server.received().len() == 1
+    });
+    d.drop_fixture("permits/permit-123-approved.json", "b.json");
+    d.wait_for(Duration::from_secs(10), "the update", |_| {
+        server.received().len() == 2
+    });
+    assert!(server.errors().is_empty(), "{:?}", server.errors());
+    let got = server.received();
+    let expected =
+        std::fs::read_to_string(fixtures().join("expected/permit-123-approved.xml")).unwrap();
+    assert_eq!(squash(&got[1].body_xml), squash(&expected));
+    assert_eq!(
+        got[1].fields["inspector.name"],
+        "M. O'Brien & Sons <contract>"
+    );
+    assert_eq!(
+        (got[0].id.as_str(), got[0].attempt, got[0].op.as_str()),
+        ("cobol:1", 1, "create")
+    );
+    assert_eq!(
+        (got[1].id.as_str(), got[1].key.as_str()),
+        ("cobol:2", "123")
+    );
+    assert_eq!(got[1].content_type, "text/xml; charset=utf-8");
+    assert_eq!(got[1].soap_action.as_deref(), Some("\"urn:UpdatePermit\""));
+    assert_eq!(got[1].path, "/PermitService");
+    d.wait_for(Duration::from_secs(5), "status to count both", |d| {
+        d.target_status("cobol")["delivered"] == 2
+    });
+    // `translate` shows the whole envelope that would go out.
+    let out = d.cli(&[
+        "translate",
+        "cobol",
+        fixtures()
+            .join("permits/permit-123-approved.json")
+            .to_str()
+            .unwrap(),
+        "--from",
+        fixtures().join("permits/permit-123.json").to_str().unwrap(),
+    ]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let preview = parse_envelope(shown.as_bytes()).unwrap();
+    assert_eq!(squash(&preview.body_xml), squash(&expected));
+    assert_eq!(preview.id, "cobol:preview");
+}
+
+#[test]
+fn soap_12_sends_the_action_in_the_content_type_and_a_namespace() {
+    let server = LegacyBox::start();
+    let d = TestDaemon::new()
+        .connector(
+            "cobol",
+            &soap_connector(
+                &server.url(),
+                "soap_version = \"1.2\"\nnamespace = \"urn:county:permits\"",
+                FAST_RETRY,
+            ),
+        )
+        .start();
+    d.client().call(&envelope(
+        "7",
+        json!({"permit_number": "7", "status": "NEW"}),
+    ));
+    d.wait_for(Duration::from_secs(10), "a delivery", |_| {
+        server.received().len() == 1
+    });
+    let got = &server.received()[0];
+    assert_eq!(
+        got.content_type,
+        "application/soap+xml; charset=utf-8; action=\"urn:UpdatePermit\""
+    );
+    assert_eq!(got.soap_action, None);
+    assert!(
+        got.body_xml
+            .starts_with("<PermitUpdate op=\"create\" xmlns=\"urn:county:permits\">"),
+        "{}",
+        got.body_xml
+    );
+}
+
+#[test]
+fn soap_outage_longer_than_every_backoff_dead_letters_nothing_and_coalesces() {
+    let mut server = LegacyBox::start();
+    let d = TestDaemon::new()
+        .connector(
+            "cobol",
+            &soap_connector(&server.url(), "connect_timeout = \"200ms\"", FAST_RETRY),
+        )
+        .start();
+    let mut c = d.client();
+    let keys = ["1", "2", "3", "4", "5"];
+    for k in keys {
+        assert_eq!(
+            c.call(&envelope(k, json!({"permit_number": k, "n": 0})))["ok"],
+            true
+        );
+    }
+    d.wait_for(Duration::from_secs(10), "the first round", |_| {
+        server.received().len() == 5
+    });
+    server.stop();
+    // 3 × 50 ms would dead-letter a rejection; the outage lasts about 1.5 s
+    // while changes keep arriving.
+    for n in 1..=10 {
+        for k in keys {
+            assert_eq!(
+                c.call(&envelope(k, json!({"permit_number": k, "n": n})))["ok"],
+                true
+            );
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert_eq!(d.target_status("cobol")["state"], "down");
+    server.resume();
+    d.wait_for(Duration::from_secs(15), "every record's last value", |_| {
+        let got = server.received();
+        keys.iter().all(|k| {
+            got.iter()
+                .rev()
+                .find(|r| r.key == *k)
+                .is_some_and(|r| r.fields.get("n").map(String::as_str) == Some("10"))
+        })
+    });
+    assert!(server.errors().is_empty(), "{:?}", server.errors());
+    let got = server.received();
+    // 50 updates arrived as far fewer deliveries.
+    assert!(
+        got.len() - 5 <= 15,
+        "{} deliveries for 50 updates",
+        got.len() - 5
+    );
+    // Per-record order: n never goes back for any key.
+    for k in keys {
+        let ns: Vec<u32> = got
+            .iter()
+            .filter(|r| r.key == k)
+            .map(|r| r.fields["n"].parse().unwrap())
+            .collect();
+        assert!(ns.windows(2).all(|w| w[0] <= w[1]), "key {k}: {ns:?}");
+    }
+    let st = d.target_status("cobol");
+    assert_eq!(
+        (st["dead"].as_u64(), st["state"].as_str()),
+        (Some(0), Some("up")),
+        "{st}"
+    );
+    let log = delivery_log(&d);
+    assert!(log.iter().any(|e| e["outcome"] == "down"));
+    assert!(
+        log.iter()
+            .all(|e| e["outcome"] != "dead" && e["outcome"] != "rejected")
+    );
+}
+
+#[test]
+fn soap_client_faults_dead_letter_hold_the_record_and_retry_delivers_the_latest_state() {
+    let server = LegacyBox::start();
+    server.reject("13", true);
+    let d = TestDaemon::new()
+        .config("alert_command = \"echo \\\"$HMS_ID $HMS_KEY $HMS_ERROR\\\" >> alerts.txt\"")
+        .connector("cobol", &soap_connector(&server.url(), "", FAST_RETRY))
+        .start();
+    let mut c = d.client();
+    c.call(&envelope(
+        "13",
+        json!({"permit_number": "13", "status": "A"}),
+    ));
+    c.call(&envelope(
+        "14",
+        json!({"permit_number": "14", "status": "A"}),
+    ));
+    d.wait_for(Duration::from_secs(10), "a dead letter", |d| {
+        d.target_status("cobol")["dead"] == 1
+    });
+    assert_eq!(
+        server.received().iter().filter(|r| r.key == "13").count(),
+        3
+    );
+    let attempts: Vec<u32> = server
+        .received()
+        .iter()
+        .filter(|r| r.key == "13")
+        .map(|r| r.attempt)
+        .collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    d.wait_for(Duration::from_secs(5), "the alert", |d| {
+        std::fs::read_to_string(d.path().join("alerts.txt"))
+            .unwrap_or_default()
+            .contains("cobol:1 13 SOAP Fault soap:Client: Permit is locked & cannot change")
+    });
+    let list: serde_json::Value =
+        serde_json::from_slice(&d.cli(&["dead", "list", "--json"]).stdout).unwrap();
+    assert!(
+        list[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("soap:Client"),
+        "{list}"
+    );
+    let log = delivery_log(&d);
+    assert!(log.iter().any(|e| {
+        e["outcome"] == "rejected"
+            && e["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("Permit is locked & cannot change")
+    }));
+    // Other records flowed.
+    assert!(server.received().iter().any(|r| r.key == "14"));
+    // Later updates of 13 are held.
+    c.call(&envelope(
+        "13",
+        json!({"permit_number": "13", "status": "B", "fee": 5}),
+    ));
+    c.call(&envelope(
+        "14",
+        json!({"permit_number": "14", "status": "B"}),
+    ));
+    d.wait_for(Duration::from_secs(10), "14's update", |_| {
+        server
+            .received()
+            .iter()
+            .any(|r| r.key == "14" && r.fields.get("status").map(String::as_str) == Some("B"))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        server.received().iter().filter(|r| r.key == "13").count(),
+        3
+    );
+    server.reject("13", false);
+    let out = d.cli(&["dead", "retry", "cobol:1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.wait_for(Duration::from_secs(10), "the merged delta", |_| {
+        server.received().iter().filter(|r| r.key == "13").count() == 4
+    });
+    let last = server
+        .received()
+        .into_iter()
+        .rfind(|r| r.key == "13")
+        .unwrap();
+    assert_eq!(last.id, "cobol:1");
+    assert_eq!(
+        (last.fields["status"].as_str(), last.fields["fee"].as_str()),
+        ("B", "5")
+    );
+    assert_eq!(d.target_status("cobol")["dead"], 0);
+}
+
+#[test]
+fn soap_dead_letter_on_client_fault_does_not_wait_for_max_attempts() {
+    let server = LegacyBox::start();
+    server.reject("13", true);
+    let d = TestDaemon::new()
+        .connector(
+            "cobol",
+            &soap_connector(
+                &server.url(),
+                "dead_letter_on_client_fault = true",
+                FAST_RETRY,
+            ),
+        )
+        .start();
+    d.client()
+        .call(&envelope("13", json!({"permit_number": "13"})));
+    d.wait_for(Duration::from_secs(10), "a dead letter", |d| {
+        d.target_status("cobol")["dead"] == 1
+    });
+    assert_eq!(server.received().len(), 1);
+}

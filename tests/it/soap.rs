@@ -316,7 +316,7 @@ pub fn squash(s: &str) -> String {
 pub fn soap_connector(url: &str, extra_transport: &str, retry: &str) -> String {
     format!(
         "collections = [\"permits\"]\n[format]\nkind = \"xml\"\nroot = \"PermitUpdate\"\nkey_element = \"PermitNumber\"\n\
-         [transport]\nkind = \"soap\"\nurl = \"{url}\"\nsoap_action = \"urn:UpdatePermit\"\ntimeout = \"2s\"\n{extra_transport}\n[retry]\n{retry}\n"
+         [transport]\nkind = \"soap\"\nurl = \"{url}\"\nsoap_action = \"urn:UpdatePermit\"\n{extra_transport}\n[retry]\n{retry}\n"
     )
 }
 
@@ -616,4 +616,143 @@ fn soap_dead_letter_on_client_fault_does_not_wait_for_max_attempts() {
         d.target_status("cobol")["dead"] == 1
     });
     assert_eq!(server.received().len(), 1);
+}
+
+/// A raw HTTP/1.1 server for answers axum will not give: each request's
+/// `<PermitNumber>` picks the answer. `reset` and `hang` misbehave only on
+/// their first request, so that the retry after the outage gets through.
+fn raw_box() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let seen = seen2.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let key = loop {
+                    let n = match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf);
+                    if let (Some(a), Some(b)) = (text.find("<PermitNumber>"), text.find("</PermitNumber>")) {
+                        if text.contains("</soap:Envelope>") {
+                            break text[a + 14..b].to_string();
+                        }
+                    }
+                };
+                let first = {
+                    let mut s = seen.lock().unwrap();
+                    s.push(key.clone());
+                    s.iter().filter(|k| **k == key).count() == 1
+                };
+                let head = |status: &str, len: usize| {
+                    format!("HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {len}\r\n\r\n")
+                };
+                let whole = |status: &str, body: &str| format!("{}{body}", head(status, body.len()));
+                let _ = match key.as_str() {
+                    "fault200" => stream.write_all(whole("200 OK", &client_fault("no such permit")).as_bytes()),
+                    "e500" => stream.write_all(head("500 Internal Server Error", 0).as_bytes()),
+                    "bad" => stream.write_all(whole("200 OK", "<a><b></a>").as_bytes()),
+                    "huge" => {
+                        let len = 50 * 1024 * 1024;
+                        let _ = stream.write_all(head("200 OK", len).as_bytes());
+                        let block = vec![b'x'; 64 * 1024];
+                        let mut sent = 0;
+                        while sent < len {
+                            if stream.write_all(&block).is_err() {
+                                break;
+                            }
+                            sent += block.len();
+                        }
+                        Ok(())
+                    }
+                    "reset" if first => {
+                        let _ = stream.write_all(head("200 OK", 1000).as_bytes());
+                        let _ = stream.write_all(b"<soap:Envelope");
+                        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+                        use std::os::fd::AsRawFd;
+                        // SAFETY: a valid socket and a properly sized option.
+                        unsafe {
+                            libc::setsockopt(
+                                stream.as_raw_fd(),
+                                libc::SOL_SOCKET,
+                                libc::SO_LINGER,
+                                &linger as *const _ as *const libc::c_void,
+                                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                            );
+                        }
+                        Ok(()) // dropped with linger 0: RST
+                    }
+                    "hang" if first => {
+                        let _ = stream.write_all(head("200 OK", 1000).as_bytes());
+                        let _ = stream.write_all(b"<soap:Envelope");
+                        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                        let _ = stream.read(&mut chunk); // until the client gives up
+                        Ok(())
+                    }
+                    _ => stream.write_all(whole("200 OK", &ack()).as_bytes()),
+                };
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn soap_odd_answers_are_classified_and_never_stall_the_worker() {
+    let (addr, seen) = raw_box();
+    let d = TestDaemon::new()
+        .connector(
+            "cobol",
+            &soap_connector(
+                &format!("http://{addr}/PermitService"),
+                "timeout = \"500ms\"",
+                "max_attempts = 2\nbackoff = \"10ms\"\nmax_backoff = \"50ms\"",
+            ),
+        )
+        .start();
+    let keys = ["fault200", "e500", "huge", "bad", "reset", "hang", "ok"];
+    let mut c = d.client();
+    for k in keys {
+        assert_eq!(c.call(&envelope(k, json!({"permit_number": k})))["ok"], true);
+    }
+    d.wait_for(Duration::from_secs(20), "every record settled", |d| {
+        let st = d.target_status("cobol");
+        st["dead"] == 4 && st["delivered"] == 3
+    });
+    let log = delivery_log(&d);
+    let first = |k: &str| {
+        log.iter()
+            .find(|e| e["key"] == k)
+            .map(|e| (e["outcome"].as_str().unwrap().to_string(), e["error"].as_str().unwrap_or("").to_string()))
+            .unwrap()
+    };
+    let (o, e) = first("fault200");
+    assert!(o == "rejected" && e.contains("soap:Client") && e.contains("no such permit"), "{o} {e}");
+    let (o, e) = first("e500");
+    assert!(o == "rejected" && e.contains("HTTP 500"), "{o} {e}");
+    let (o, e) = first("huge");
+    assert!(o == "rejected" && e.contains("larger than"), "{o} {e}");
+    let (o, e) = first("bad");
+    assert!(o == "rejected" && e.contains("not well-formed"), "{o} {e}");
+    let (o, e) = first("reset");
+    assert!(o == "down", "{o} {e}");
+    let (o, e) = first("hang");
+    assert!(o == "down" && e.contains("in time"), "{o} {e}");
+    let dead: serde_json::Value = serde_json::from_slice(&d.cli(&["dead", "list", "--json"]).stdout).unwrap();
+    let mut dead_keys: Vec<&str> = dead.as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+    dead_keys.sort();
+    assert_eq!(dead_keys, ["bad", "e500", "fault200", "huge"]);
+    // Each rejected record was tried max_attempts times, no more.
+    let seen = seen.lock().unwrap().clone();
+    for k in ["fault200", "e500", "huge", "bad"] {
+        assert_eq!(seen.iter().filter(|s| *s == k).count(), 2, "{k}: {seen:?}");
+    }
 }

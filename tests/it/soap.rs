@@ -47,6 +47,10 @@ struct BoxState {
     reject_keys: HashSet<String>,
     /// Answer only after this long.
     delay: Duration,
+    /// Basic auth the box insists on: (user, password).
+    basic: Option<(String, String)>,
+    /// UsernameToken PasswordDigest the box insists on: (user, password).
+    digest: Option<(String, String)>,
 }
 
 /// The legacy box: an axum server on its own runtime, so that `stop` ends
@@ -120,6 +124,63 @@ impl LegacyBox {
     pub fn set_delay(&self, d: Duration) {
         self.state.lock().unwrap().delay = d;
     }
+
+    pub fn require_basic(&self, user: &str, password: &str) {
+        self.state.lock().unwrap().basic = Some((user.into(), password.into()));
+    }
+
+    pub fn require_digest(&self, user: &str, password: &str) {
+        self.state.lock().unwrap().digest = Some((user.into(), password.into()));
+    }
+
+    /// The same box over TLS with `cert`/`key` (DER); a new port.
+    pub fn start_tls(cert: Vec<u8>, key: Vec<u8>) -> LegacyBox {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert)],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let state: Arc<Mutex<BoxState>> = Arc::default();
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(state.clone());
+        let addr = listener.local_addr().unwrap();
+        rt.spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        LegacyBox {
+            addr,
+            state,
+            rt: Some(rt),
+        }
+    }
 }
 
 impl Drop for LegacyBox {
@@ -175,6 +236,24 @@ async fn handle(
             .push("the client asked to close the connection".into());
     }
     let reject = s.reject_keys.contains(&r.key);
+    if let Some((user, password)) = s.basic.clone() {
+        use base64::Engine as _;
+        let want = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        if r.authorization.as_deref() != Some(want.as_str()) {
+            s.errors
+                .push(format!("bad basic auth: {:?}", r.authorization));
+            return (StatusCode::UNAUTHORIZED, "").into_response();
+        }
+    }
+    if let Some((user, password)) = s.digest.clone() {
+        if let Err(e) = check_digest(&r, &user, &password) {
+            s.errors.push(e.clone());
+            return (StatusCode::INTERNAL_SERVER_ERROR, client_fault(&e)).into_response();
+        }
+    }
     s.got.push(r);
     if reject {
         (
@@ -307,6 +386,26 @@ pub fn parse_envelope(bytes: &[u8]) -> Result<Received, String> {
         r.token = Some(token);
     }
     Ok(r)
+}
+
+/// What a WS-Security service checks: PasswordDigest = Base64(SHA-1(nonce + created + password)).
+fn check_digest(r: &Received, user: &str, password: &str) -> Result<(), String> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (u, kind, digest, nonce, created) = r.token.clone().ok_or("no UsernameToken")?;
+    if u != user || !kind.ends_with("#PasswordDigest") {
+        return Err(format!("wrong user or type: {u} {kind}"));
+    }
+    let nonce = b64.decode(nonce).map_err(|e| e.to_string())?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(&nonce);
+    ctx.update(created.as_bytes());
+    ctx.update(password.as_bytes());
+    if b64.encode(ctx.finish()) != digest {
+        return Err("digest does not match".into());
+    }
+    humantime::parse_rfc3339(&created).map_err(|e| format!("Created: {e}"))?;
+    Ok(())
 }
 
 pub fn squash(s: &str) -> String {
@@ -641,7 +740,9 @@ fn raw_box() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                     };
                     buf.extend_from_slice(&chunk[..n]);
                     let text = String::from_utf8_lossy(&buf);
-                    if let (Some(a), Some(b)) = (text.find("<PermitNumber>"), text.find("</PermitNumber>")) {
+                    if let (Some(a), Some(b)) =
+                        (text.find("<PermitNumber>"), text.find("</PermitNumber>"))
+                    {
                         if text.contains("</soap:Envelope>") {
                             break text[a + 14..b].to_string();
                         }
@@ -653,11 +754,15 @@ fn raw_box() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                     s.iter().filter(|k| **k == key).count() == 1
                 };
                 let head = |status: &str, len: usize| {
-                    format!("HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {len}\r\n\r\n")
+                    format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {len}\r\n\r\n"
+                    )
                 };
-                let whole = |status: &str, body: &str| format!("{}{body}", head(status, body.len()));
+                let whole =
+                    |status: &str, body: &str| format!("{}{body}", head(status, body.len()));
                 let _ = match key.as_str() {
-                    "fault200" => stream.write_all(whole("200 OK", &client_fault("no such permit")).as_bytes()),
+                    "fault200" => stream
+                        .write_all(whole("200 OK", &client_fault("no such permit")).as_bytes()),
                     "e500" => stream.write_all(head("500 Internal Server Error", 0).as_bytes()),
                     "bad" => stream.write_all(whole("200 OK", "<a><b></a>").as_bytes()),
                     "huge" => {
@@ -676,7 +781,10 @@ fn raw_box() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                     "reset" if first => {
                         let _ = stream.write_all(head("200 OK", 1000).as_bytes());
                         let _ = stream.write_all(b"<soap:Envelope");
-                        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+                        let linger = libc::linger {
+                            l_onoff: 1,
+                            l_linger: 0,
+                        };
                         use std::os::fd::AsRawFd;
                         // SAFETY: a valid socket and a properly sized option.
                         unsafe {
@@ -693,7 +801,9 @@ fn raw_box() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                     "hang" if first => {
                         let _ = stream.write_all(head("200 OK", 1000).as_bytes());
                         let _ = stream.write_all(b"<soap:Envelope");
-                        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                        stream
+                            .set_read_timeout(Some(Duration::from_secs(10)))
+                            .unwrap();
                         let _ = stream.read(&mut chunk); // until the client gives up
                         Ok(())
                     }
@@ -721,7 +831,10 @@ fn soap_odd_answers_are_classified_and_never_stall_the_worker() {
     let keys = ["fault200", "e500", "huge", "bad", "reset", "hang", "ok"];
     let mut c = d.client();
     for k in keys {
-        assert_eq!(c.call(&envelope(k, json!({"permit_number": k})))["ok"], true);
+        assert_eq!(
+            c.call(&envelope(k, json!({"permit_number": k})))["ok"],
+            true
+        );
     }
     d.wait_for(Duration::from_secs(20), "every record settled", |d| {
         let st = d.target_status("cobol");
@@ -731,11 +844,19 @@ fn soap_odd_answers_are_classified_and_never_stall_the_worker() {
     let first = |k: &str| {
         log.iter()
             .find(|e| e["key"] == k)
-            .map(|e| (e["outcome"].as_str().unwrap().to_string(), e["error"].as_str().unwrap_or("").to_string()))
+            .map(|e| {
+                (
+                    e["outcome"].as_str().unwrap().to_string(),
+                    e["error"].as_str().unwrap_or("").to_string(),
+                )
+            })
             .unwrap()
     };
     let (o, e) = first("fault200");
-    assert!(o == "rejected" && e.contains("soap:Client") && e.contains("no such permit"), "{o} {e}");
+    assert!(
+        o == "rejected" && e.contains("soap:Client") && e.contains("no such permit"),
+        "{o} {e}"
+    );
     let (o, e) = first("e500");
     assert!(o == "rejected" && e.contains("HTTP 500"), "{o} {e}");
     let (o, e) = first("huge");
@@ -746,8 +867,14 @@ fn soap_odd_answers_are_classified_and_never_stall_the_worker() {
     assert!(o == "down", "{o} {e}");
     let (o, e) = first("hang");
     assert!(o == "down" && e.contains("in time"), "{o} {e}");
-    let dead: serde_json::Value = serde_json::from_slice(&d.cli(&["dead", "list", "--json"]).stdout).unwrap();
-    let mut dead_keys: Vec<&str> = dead.as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+    let dead: serde_json::Value =
+        serde_json::from_slice(&d.cli(&["dead", "list", "--json"]).stdout).unwrap();
+    let mut dead_keys: Vec<&str> = dead
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
     dead_keys.sort();
     assert_eq!(dead_keys, ["bad", "e500", "fault200", "huge"]);
     // Each rejected record was tried max_attempts times, no more.
@@ -755,4 +882,160 @@ fn soap_odd_answers_are_classified_and_never_stall_the_worker() {
     for k in ["fault200", "e500", "huge", "bad"] {
         assert_eq!(seen.iter().filter(|s| *s == k).count(), 2, "{k}: {seen:?}");
     }
+}
+
+/// A CA and a server certificate for `localhost` signed by it: (CA PEM, cert DER, key DER).
+fn test_ca() -> (String, Vec<u8>, Vec<u8>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "Test County CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (ca.pem(), cert.der().to_vec(), key.serialize_der())
+}
+
+#[test]
+fn soap_tls_with_the_county_ca_and_a_wrong_ca_refused() {
+    let (ca_pem, cert, key) = test_ca();
+    let (other_ca, _, _) = test_ca();
+    let server = LegacyBox::start_tls(cert, key);
+    let url = format!("https://localhost:{}/PermitService", server.addr.port());
+    let d = TestDaemon::new()
+        .connector(
+            "good",
+            &soap_connector(&url, "ca_file = \"ca.pem\"", FAST_RETRY),
+        )
+        .connector(
+            "wrongca",
+            &soap_connector(&url, "ca_file = \"other-ca.pem\"", FAST_RETRY),
+        );
+    std::fs::write(d.path().join("ca.pem"), ca_pem).unwrap();
+    std::fs::write(d.path().join("other-ca.pem"), other_ca).unwrap();
+    let d = d.start();
+    d.client().call(&envelope(
+        "9",
+        json!({"permit_number": "9", "status": "OK"}),
+    ));
+    d.wait_for(Duration::from_secs(10), "the TLS delivery", |_| {
+        server.received().len() == 1
+    });
+    d.wait_for(Duration::from_secs(10), "the wrong CA to be refused", |d| {
+        delivery_log(d)
+            .iter()
+            .any(|e| e["target"] == "wrongca" && e["outcome"] == "down")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.received().len(), 1, "only the right CA got through");
+    let st = d.target_status("wrongca");
+    assert_eq!(st["state"], "down");
+    assert_eq!(st["dead"], 0);
+    assert!(
+        st["last_error"].as_str().unwrap().contains("certificate"),
+        "{st}"
+    );
+}
+
+#[test]
+fn soap_basic_auth_and_username_token_digest_are_checked_and_passwords_never_shown() {
+    let basic_box = LegacyBox::start();
+    basic_box.require_basic("cobol-user", "b4sic-S3cret");
+    let digest_box = LegacyBox::start();
+    digest_box.require_digest("wsuser", "d1gest-S3cret");
+    let d = TestDaemon::new()
+        .connector(
+            "basic",
+            &soap_connector(
+                &basic_box.url(),
+                "username = \"cobol-user\"\npassword_file = \"basic.pw\"",
+                FAST_RETRY,
+            ),
+        )
+        .connector(
+            "digest",
+            &soap_connector(
+                &digest_box.url(),
+                "auth = \"ws-security-digest\"\nusername = \"wsuser\"\npassword_file = \"digest.pw\"",
+                FAST_RETRY,
+            ),
+        );
+    std::fs::write(d.path().join("basic.pw"), "b4sic-S3cret\n").unwrap();
+    std::fs::write(d.path().join("digest.pw"), "d1gest-S3cret").unwrap();
+    let d = d.start();
+    d.client().call(&envelope(
+        "5",
+        json!({"permit_number": "5", "status": "OK"}),
+    ));
+    d.wait_for(Duration::from_secs(10), "both deliveries", |_| {
+        basic_box.received().len() == 1 && digest_box.received().len() == 1
+    });
+    assert!(basic_box.errors().is_empty(), "{:?}", basic_box.errors());
+    assert!(digest_box.errors().is_empty(), "{:?}", digest_box.errors());
+    assert!(digest_box.received()[0].token.is_some());
+    let check = d.cli(&["check"]);
+    let translate_in = d.path().join("change.json");
+    std::fs::write(&translate_in, r#"{"permit_number": "5", "status": "NEW"}"#).unwrap();
+    let translate = d.cli(&["translate", "digest", translate_in.to_str().unwrap()]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let check_out = String::from_utf8_lossy(&check.stdout).to_string();
+    assert!(
+        check_out.contains("basic auth as cobol-user"),
+        "{check_out}"
+    );
+    let shown = [
+        check_out,
+        String::from_utf8_lossy(&check.stderr).to_string(),
+        String::from_utf8_lossy(&translate.stdout).to_string(),
+        String::from_utf8_lossy(&d.cli(&["status", "--json"]).stdout).to_string(),
+        d.log(),
+        std::fs::read_to_string(d.path().join("delivery.log")).unwrap(),
+    ];
+    for text in shown {
+        assert!(!text.contains("S3cret"), "a password shows: {text}");
+    }
+    // A wrong password is refused by the box: a rejection, not a delivery.
+    std::fs::write(d.path().join("basic.pw"), "wrong").unwrap();
+    let mut d = d;
+    d.stop();
+    d.restart();
+    d.client()
+        .call(&envelope("6", json!({"permit_number": "6"})));
+    d.wait_for(Duration::from_secs(10), "the 401", |d| {
+        delivery_log(d).iter().any(|e| {
+            e["target"] == "basic"
+                && e["outcome"] == "rejected"
+                && e["error"].as_str().unwrap_or("").contains("401")
+        })
+    });
+}
+
+#[test]
+fn soap_check_names_file_line_and_key_of_a_missing_password_file() {
+    let d = TestDaemon::new().connector(
+        "cobol",
+        &soap_connector(
+            "http://127.0.0.1:9/x",
+            "username = \"u\"\npassword_file = \"missing.pw\"\nsoap_version = \"1.3\"",
+            FAST_RETRY,
+        ),
+    );
+    d.write_config();
+    let out = d.cli(&["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cobol/connector.toml: line 11: [transport] password_file: cannot read")
+            && err.contains("missing.pw"),
+        "{err}"
+    );
+    assert!(err.contains("line 12: [transport] soap_version"), "{err}");
 }

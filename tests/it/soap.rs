@@ -1039,3 +1039,71 @@ fn soap_check_names_file_line_and_key_of_a_missing_password_file() {
     );
     assert!(err.contains("line 12: [transport] soap_version"), "{err}");
 }
+
+#[test]
+fn soap_sigkill_during_deliveries_loses_no_accepted_change() {
+    let server = LegacyBox::start();
+    server.set_delay(Duration::from_millis(10));
+    let mut d = TestDaemon::new()
+        .connector(
+            "cobol",
+            &soap_connector(&server.url(), "max_in_flight = 4", FAST_RETRY),
+        )
+        .start();
+    let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    let mut accepted = BTreeMap::new();
+    let mut killed_mid_delivery = false;
+    for round in 1..=4 {
+        let mut c = d.client();
+        for k in &keys {
+            for n in 1..=3 {
+                let v = round * 10 + n;
+                let answer = c.call(&envelope(k, json!({"permit_number": k, "n": v})));
+                assert_eq!(answer["ok"], true, "{answer}");
+                accepted.insert(k.clone(), v);
+            }
+        }
+        // Kill while the box is still taking deliveries.
+        std::thread::sleep(Duration::from_millis(20 + 15 * round as u64));
+        d.kill9();
+        let settled = accepted.iter().all(|(k, v)| {
+            server
+                .received()
+                .iter()
+                .rev()
+                .find(|r| &r.key == k)
+                .is_some_and(|r| r.fields["n"] == v.to_string())
+        });
+        killed_mid_delivery |= !settled;
+        d.restart();
+    }
+    d.wait_for(Duration::from_secs(20), "every accepted change", |_| {
+        let got = server.received();
+        accepted.iter().all(|(k, v)| {
+            got.iter()
+                .rev()
+                .find(|r| &r.key == k)
+                .is_some_and(|r| r.fields["n"] == v.to_string())
+        })
+    });
+    assert!(
+        killed_mid_delivery,
+        "no kill landed while deliveries were pending"
+    );
+    let got = server.received();
+    assert!(server.errors().is_empty(), "{:?}", server.errors());
+    for k in &keys {
+        let ns: Vec<u32> = got
+            .iter()
+            .filter(|r| &r.key == k)
+            .map(|r| r.fields["n"].parse().unwrap())
+            .collect();
+        assert!(ns.windows(2).all(|w| w[0] <= w[1]), "key {k}: {ns:?}");
+    }
+    // A repeat carries its delivery id again, never someone else's record.
+    let mut by_id: BTreeMap<&str, &str> = BTreeMap::new();
+    for r in &got {
+        let key = by_id.entry(r.id.as_str()).or_insert(r.key.as_str());
+        assert_eq!(*key, r.key, "id {} reused for another record", r.id);
+    }
+}

@@ -28,7 +28,7 @@ pub struct ConnectorFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FormatFile {
-    /// xml | csv | json
+    /// xml | csv | json | template
     pub kind: String,
     /// xml: the element around each delta. Default "RecordUpdate".
     pub root: Option<String>,
@@ -38,6 +38,8 @@ pub struct FormatFile {
     pub columns: Option<Vec<String>>,
     /// csv: the column that holds the record key. Default: the first column.
     pub key_column: Option<String>,
+    /// template: a minijinja file in the connector's folder, named `*.xml.j2`.
+    pub template: Option<PathBuf>,
 }
 
 /// `[transport]`: every key of every kind; `validate` refuses keys of another kind.
@@ -116,6 +118,11 @@ pub enum Format {
         key_column: String,
     },
     Json,
+    /// `name` is the file name in the connector folder, `source` its text.
+    Template {
+        name: String,
+        source: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -230,6 +237,7 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
         "xml" => {
             not_for("format", "columns", "xml", f.columns.is_some());
             not_for("format", "key_column", "xml", f.key_column.is_some());
+            not_for("format", "template", "xml", f.template.is_some());
             let root = f.root.clone().unwrap_or_else(|| "RecordUpdate".into());
             let key_element = f.key_element.clone().unwrap_or_else(|| "Key".into());
             for (key, name) in [("root", &root), ("key_element", &key_element)] {
@@ -245,6 +253,7 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
         "csv" => {
             not_for("format", "root", "csv", f.root.is_some());
             not_for("format", "key_element", "csv", f.key_element.is_some());
+            not_for("format", "template", "csv", f.template.is_some());
             let columns = f.columns.clone().unwrap_or_default();
             if columns.is_empty() {
                 problems.push(format!(
@@ -272,14 +281,16 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
                 ("key_element", f.key_element.is_some()),
                 ("columns", f.columns.is_some()),
                 ("key_column", f.key_column.is_some()),
+                ("template", f.template.is_some()),
             ] {
                 not_for("format", key, "json", present);
             }
             Some(Format::Json)
         }
+        "template" => crate::translator::template::spec(f, &at, folder, &mut problems),
         other => {
             problems.push(format!(
-                "{}[format] kind `{other}` is unknown; known kinds: xml, csv, json",
+                "{}[format] kind `{other}` is unknown; known kinds: xml, csv, json, template",
                 at(Some("format"), "kind")
             ));
             None

@@ -1043,7 +1043,8 @@ fn soap_check_names_file_line_and_key_of_a_missing_password_file() {
 #[test]
 fn soap_sigkill_during_deliveries_loses_no_accepted_change() {
     let server = LegacyBox::start();
-    server.set_delay(Duration::from_millis(10));
+    // 20 records, 4 at a time, 30 ms each: every round leaves at least 150 ms of work.
+    server.set_delay(Duration::from_millis(30));
     let mut d = TestDaemon::new()
         .connector(
             "cobol",
@@ -1064,7 +1065,7 @@ fn soap_sigkill_during_deliveries_loses_no_accepted_change() {
             }
         }
         // Kill while the box is still taking deliveries.
-        std::thread::sleep(Duration::from_millis(20 + 15 * round as u64));
+        std::thread::sleep(Duration::from_millis(10 * round as u64));
         d.kill9();
         let settled = accepted.iter().all(|(k, v)| {
             server
@@ -1106,4 +1107,113 @@ fn soap_sigkill_during_deliveries_loses_no_accepted_change() {
         let key = by_id.entry(r.id.as_str()).or_insert(r.key.as_str());
         assert_eq!(*key, r.key, "id {} reused for another record", r.id);
     }
+}
+
+/// `connectors/county-cobol/` from the repository, with `url` pointed at `server`
+/// and optionally the template switched on.
+fn county_cobol_example(d: &TestDaemon, url: &str, template: bool) {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("connectors/county-cobol");
+    let folder = d.path().join("connectors/county-cobol");
+    std::fs::create_dir_all(&folder).unwrap();
+    let mut text = std::fs::read_to_string(repo.join("connector.toml.example"))
+        .unwrap()
+        .replace("http://127.0.0.1:8080/PermitService", url)
+        .replace("backoff = \"1s\"", "backoff = \"10ms\"");
+    if template {
+        text = text
+            .replace(
+                "kind = \"xml\"\nroot = \"PermitUpdate\"\nkey_element = \"PermitNumber\"\n",
+                "",
+            )
+            .replace(
+                "# kind = \"template\"\n# template",
+                "kind = \"template\"\ntemplate",
+            );
+    }
+    std::fs::write(folder.join("connector.toml"), text).unwrap();
+    std::fs::copy(
+        repo.join("permit-update.xml.j2"),
+        folder.join("permit-update.xml.j2"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn soap_the_county_cobol_example_and_its_template_deliver_escaped_values() {
+    let server = LegacyBox::start();
+    let d = TestDaemon::new();
+    county_cobol_example(&d, &server.url(), false);
+    let d = d.start();
+    d.drop_fixture("permits/permit-123.json", "a.json");
+    d.wait_for(Duration::from_secs(10), "the create", |_| {
+        server.received().len() == 1
+    });
+    d.drop_fixture("permits/permit-123-approved.json", "b.json");
+    d.wait_for(Duration::from_secs(10), "the update", |_| {
+        server.received().len() == 2
+    });
+    let expected =
+        std::fs::read_to_string(fixtures().join("expected/permit-123-approved.xml")).unwrap();
+    assert_eq!(squash(&server.received()[1].body_xml), squash(&expected));
+    assert_eq!(server.received()[1].id, "county-cobol:2");
+    drop(d);
+
+    let server = LegacyBox::start();
+    let d = TestDaemon::new();
+    county_cobol_example(&d, &server.url(), true);
+    let d = d.start();
+    d.drop_fixture("permits/permit-123.json", "a.json");
+    d.wait_for(Duration::from_secs(10), "the create", |_| {
+        server.received().len() == 1
+    });
+    d.drop_fixture("permits/permit-123-approved.json", "b.json");
+    d.wait_for(Duration::from_secs(10), "the update", |_| {
+        server.received().len() == 2
+    });
+    assert!(server.errors().is_empty(), "{:?}", server.errors());
+    let got = &server.received()[1];
+    assert_eq!(
+        squash(&got.body_xml),
+        squash(
+            r#"<PermitUpdate op="update">
+  <PermitNumber>123</PermitNumber>
+  <Status>APPROVED</Status>
+  <Inspector>M. O'Brien &amp; Sons &lt;contract&gt;</Inspector>
+  <Field name="inspector.name">M. O'Brien &amp; Sons &lt;contract&gt;</Field>
+  <Field name="status">APPROVED</Field>
+</PermitUpdate>"#
+        ),
+        "{}",
+        got.body_xml
+    );
+    assert_eq!(got.fields["inspector.name"], "M. O'Brien & Sons <contract>");
+}
+
+#[test]
+fn soap_check_finds_template_syntax_errors_and_new_scaffolds_a_soap_connector() {
+    let d = TestDaemon::new();
+    county_cobol_example(&d, "http://127.0.0.1:9/x", true);
+    std::fs::write(
+        d.path()
+            .join("connectors/county-cobol/permit-update.xml.j2"),
+        "<PermitUpdate>\n  {{ key }\n</PermitUpdate>\n",
+    )
+    .unwrap();
+    d.write_config();
+    let out = d.cli(&["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("county-cobol/permit-update.xml.j2: line 2: template error"),
+        "{err}"
+    );
+    let out = d.cli(&["new", "county-y", "--transport", "soap"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text =
+        std::fs::read_to_string(d.path().join("connectors/county-y/connector.toml")).unwrap();
+    assert!(text.contains("kind = \"soap\""), "{text}");
 }

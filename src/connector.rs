@@ -508,3 +508,46 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod soap_tests {
+    use super::*;
+
+    #[test]
+    fn soap_keys_are_refused_for_a_file_connector_and_file_keys_for_soap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = tmp.path().join("x");
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(
+            folder.join("connector.toml"),
+            "collections = [\"p\"]\n[format]\nkind = \"json\"\n[transport]\nkind = \"file\"\ndir = \"o\"\nurl = \"http://x\"\n",
+        )
+        .unwrap();
+        let err = load(&folder, tmp.path()).unwrap_err().join("\n");
+        assert!(
+            err.contains("line 7: [transport] `url` does not apply"),
+            "{err}"
+        );
+        std::fs::write(
+            folder.join("connector.toml"),
+            "collections = [\"p\"]\n[format]\nkind = \"xml\"\n[transport]\nkind = \"soap\"\nurl = \"http://u:pw@x/\"\ndir = \"o\"\nmax_in_flight = 0\n",
+        )
+        .unwrap();
+        let err = load(&folder, tmp.path()).unwrap_err();
+        assert_eq!(err.len(), 3, "{err:#?}");
+        assert!(
+            err.iter()
+                .any(|e| e.contains("line 6") && e.contains("password_file"))
+        );
+        assert!(!err.iter().any(|e| e.contains("pw@")), "{err:#?}");
+        assert!(
+            err.iter()
+                .any(|e| e.contains("line 7") && e.contains("`dir`")
+                    || e.contains("line 7: [transport] dir"))
+        );
+        assert!(
+            err.iter()
+                .any(|e| e.contains("line 8") && e.contains("max_in_flight"))
+        );
+    }
+}

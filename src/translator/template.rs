@@ -182,3 +182,54 @@ impl TemplateFormat {
         Ok(out.into_bytes())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Delta, Flat, Op, RecordId};
+    use serde_json::json;
+
+    fn render(source: &str, set: Flat, record: Option<&Flat>) -> Result<String, TranslateError> {
+        let rid = RecordId::new("permits", "1<2");
+        let delta = Delta {
+            op: Op::Update,
+            set,
+            unset: ["gone".to_string()].into_iter().collect(),
+        };
+        let item = Item {
+            id: "t:7",
+            attempt: 2,
+            record_id: &rid,
+            delta: &delta,
+            record,
+        };
+        TemplateFormat::new("t.xml.j2", source)
+            .render(&item)
+            .map(|b| String::from_utf8(b).unwrap())
+    }
+
+    #[test]
+    fn values_are_escaped_for_xml_and_null_or_missing_prints_nothing() {
+        let mut set = Flat::new();
+        set.insert("name".into(), json!("O'Brien & \"Sons\" <c>"));
+        set.insert("notes".into(), json!(null));
+        let got = render(
+            r#"<U id="{{ id }}" a="{{ attempt }}" k="{{ key }}" n="{{ set.name }}">{{ set.notes }}|{{ record["nope"] }}|{{ unset|join(",") }}|{{ "<b/>"|safe }}</U>"#,
+            set,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            "<U id=\"t:7\" a=\"2\" k=\"1&lt;2\" n=\"O'Brien &amp; &quot;Sons&quot; &lt;c&gt;\">||gone|<b/></U>\n"
+        );
+    }
+
+    #[test]
+    fn a_control_character_is_an_error_not_altered_output() {
+        let mut set = Flat::new();
+        set.insert("n".into(), json!("bell\u{7}"));
+        let err = render("<U>{{ set.n }}</U>", set, None).unwrap_err();
+        assert!(err.to_string().contains("U+0007"), "{err}");
+    }
+}

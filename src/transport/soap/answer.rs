@@ -172,10 +172,8 @@ pub fn find_fault(text: &str) -> Result<Option<Fault>, String> {
                     path.push(local);
                 }
             }
-            Event::Empty(s) => {
-                if in_fault.is_none() && s.local_name().as_ref() == "Fault" {
-                    found = true;
-                }
+            Event::Empty(s) if in_fault.is_none() && s.local_name().as_ref() == "Fault" => {
+                found = true;
             }
             Event::End(_) => {
                 if in_fault == Some(depth) {
@@ -191,7 +189,7 @@ pub fn find_fault(text: &str) -> Result<Option<Fault>, String> {
             }
             Event::CData(c) if in_fault.is_some() => {
                 let s: &str = &c;
-                push_text(&mut fault, &path, &s);
+                push_text(&mut fault, &path, s);
             }
             Event::GeneralRef(r) if in_fault.is_some() => {
                 let name = r.xml10_content();

@@ -51,6 +51,8 @@ struct BoxState {
     basic: Option<(String, String)>,
     /// UsernameToken PasswordDigest the box insists on: (user, password).
     digest: Option<(String, String)>,
+    /// TCP connections accepted (keep-alive means few).
+    connections: usize,
 }
 
 /// The legacy box: an axum server on its own runtime, so that `stop` ends
@@ -93,6 +95,10 @@ impl LegacyBox {
         let app = axum::Router::new()
             .fallback(handle)
             .with_state(self.state.clone());
+        let state = self.state.clone();
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
+            state.lock().unwrap().connections += 1;
+        });
         rt.spawn(async move { axum::serve(listener, app).await });
         self.rt = Some(rt);
     }
@@ -106,6 +112,10 @@ impl LegacyBox {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().unwrap().got.clone()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
     }
 
     pub fn errors(&self) -> Vec<String> {
@@ -464,6 +474,11 @@ fn soap_the_fixture_pair_arrives_as_the_expected_xml_with_soap_headers() {
     assert_eq!(got[1].content_type, "text/xml; charset=utf-8");
     assert_eq!(got[1].soap_action.as_deref(), Some("\"urn:UpdatePermit\""));
     assert_eq!(got[1].path, "/PermitService");
+    assert_eq!(
+        server.connections(),
+        1,
+        "both requests on one kept-alive connection"
+    );
     d.wait_for(Duration::from_secs(5), "status to count both", |d| {
         d.target_status("cobol")["delivered"] == 2
     });

@@ -53,6 +53,9 @@ struct BoxState {
     digest: Option<(String, String)>,
     /// TCP connections accepted (keep-alive means few).
     connections: usize,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 /// The legacy box: an axum server on its own runtime, so that `stop` ends
@@ -112,6 +115,10 @@ impl LegacyBox {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().unwrap().got.clone()
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.state.lock().unwrap().max_in_flight
     }
 
     pub fn connections(&self) -> usize {
@@ -224,11 +231,16 @@ async fn handle(
             .map(str::to_string)
     };
     let parsed = parse_envelope(&body);
-    let delay = state.lock().unwrap().delay;
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
+    let delay = {
+        let mut s = state.lock().unwrap();
+        s.in_flight += 1;
+        s.max_in_flight = s.max_in_flight.max(s.in_flight);
+        s.delay
+    };
+    // Even when 0: a yield lets concurrent requests overlap here.
+    tokio::time::sleep(delay.max(Duration::from_millis(1))).await;
     let mut s = state.lock().unwrap();
+    s.in_flight -= 1;
     let mut r = match parsed {
         Ok(r) => r,
         Err(e) => {
@@ -606,6 +618,11 @@ fn soap_outage_longer_than_every_backoff_dead_letters_nothing_and_coalesces() {
     );
     let log = delivery_log(&d);
     assert!(log.iter().any(|e| e["outcome"] == "down"));
+    assert_eq!(
+        server.max_in_flight(),
+        1,
+        "max_in_flight = 1 sends one at a time"
+    );
     assert!(
         log.iter()
             .all(|e| e["outcome"] != "dead" && e["outcome"] != "rejected")
@@ -780,6 +797,17 @@ fn raw_box() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                         .write_all(whole("200 OK", &client_fault("no such permit")).as_bytes()),
                     "e500" => stream.write_all(head("500 Internal Server Error", 0).as_bytes()),
                     "bad" => stream.write_all(whole("200 OK", "<a><b></a>").as_bytes()),
+                    "latin1" => {
+                        let body = format!(
+                            "<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?>{}",
+                            client_fault("Se\u{f1}ora Pe\u{f1}a &amp; hijos")
+                        );
+                        // Each character as its one ISO-8859-1 byte.
+                        let bytes: Vec<u8> = body.chars().map(|c| c as u32 as u8).collect();
+                        let _ = stream
+                            .write_all(head("500 Internal Server Error", bytes.len()).as_bytes());
+                        stream.write_all(&bytes)
+                    }
                     "huge" => {
                         let len = 50 * 1024 * 1024;
                         let _ = stream.write_all(head("200 OK", len).as_bytes());
@@ -843,7 +871,9 @@ fn soap_odd_answers_are_classified_and_never_stall_the_worker() {
             ),
         )
         .start();
-    let keys = ["fault200", "e500", "huge", "bad", "reset", "hang", "ok"];
+    let keys = [
+        "fault200", "e500", "huge", "bad", "latin1", "reset", "hang", "ok",
+    ];
     let mut c = d.client();
     for k in keys {
         assert_eq!(
@@ -853,7 +883,7 @@ fn soap_odd_answers_are_classified_and_never_stall_the_worker() {
     }
     d.wait_for(Duration::from_secs(20), "every record settled", |d| {
         let st = d.target_status("cobol");
-        st["dead"] == 4 && st["delivered"] == 3
+        st["dead"] == 5 && st["delivered"] == 3
     });
     let log = delivery_log(&d);
     let first = |k: &str| {
@@ -878,6 +908,11 @@ fn soap_odd_answers_are_classified_and_never_stall_the_worker() {
     assert!(o == "rejected" && e.contains("larger than"), "{o} {e}");
     let (o, e) = first("bad");
     assert!(o == "rejected" && e.contains("not well-formed"), "{o} {e}");
+    let (o, e) = first("latin1");
+    assert!(
+        o == "rejected" && e.contains("Se\u{f1}ora Pe\u{f1}a & hijos"),
+        "{o} {e}"
+    );
     let (o, e) = first("reset");
     assert!(o == "down", "{o} {e}");
     let (o, e) = first("hang");
@@ -891,7 +926,7 @@ fn soap_odd_answers_are_classified_and_never_stall_the_worker() {
         .map(|e| e["key"].as_str().unwrap())
         .collect();
     dead_keys.sort();
-    assert_eq!(dead_keys, ["bad", "e500", "fault200", "huge"]);
+    assert_eq!(dead_keys, ["bad", "e500", "fault200", "huge", "latin1"]);
     // Each rejected record was tried max_attempts times, no more.
     let seen = seen.lock().unwrap().clone();
     for k in ["fault200", "e500", "huge", "bad"] {
@@ -1069,6 +1104,7 @@ fn soap_sigkill_during_deliveries_loses_no_accepted_change() {
     let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
     let mut accepted = BTreeMap::new();
     let mut killed_mid_delivery = false;
+    let mut most_before_kill = 0;
     for round in 1..=4 {
         let mut c = d.client();
         for k in &keys {
@@ -1081,6 +1117,9 @@ fn soap_sigkill_during_deliveries_loses_no_accepted_change() {
         }
         // Kill while the box is still taking deliveries.
         std::thread::sleep(Duration::from_millis(10 * round as u64));
+        if round == 1 {
+            most_before_kill = server.max_in_flight();
+        }
         d.kill9();
         let settled = accepted.iter().all(|(k, v)| {
             server
@@ -1102,6 +1141,11 @@ fn soap_sigkill_during_deliveries_loses_no_accepted_change() {
                 .is_some_and(|r| r.fields["n"] == v.to_string())
         })
     });
+    // (Measured before the first kill: a killed daemon's requests still run at the box.)
+    assert!(
+        (2..=4).contains(&most_before_kill),
+        "at most max_in_flight = 4 at once, got {most_before_kill}"
+    );
     assert!(
         killed_mid_delivery,
         "no kill landed while deliveries were pending"

@@ -168,6 +168,7 @@ fn copy_body(w: &mut Writer<Vec<u8>>, body: &[u8], namespace: Option<&str>) -> R
             Event::Eof => break,
             // A declaration cannot stand inside the envelope.
             Event::Decl(_) => continue,
+            Event::DocType(_) => return Err(not_xml(&"a DOCTYPE cannot stand inside a SOAP body")),
             Event::Start(s) if depth == 0 => {
                 roots += 1;
                 depth += 1;

@@ -633,6 +633,20 @@ mod tests {
         assert!(bad.unwrap_err().contains("not well-formed"));
         let two = envelope::build(&w, "c:1", 1, b"<a/><b/>", &envelope::Token::fresh());
         assert!(two.unwrap_err().contains("exactly one root"));
+        let doctype = envelope::build(&w, "c:1", 1, b"<!DOCTYPE a><a/>", &envelope::Token::fresh());
+        assert!(doctype.unwrap_err().contains("DOCTYPE"));
+        let declared = envelope::build(
+            &w,
+            "c:1",
+            1,
+            b"<?xml version=\"1.0\"?>\n<a/>",
+            &envelope::Token::fresh(),
+        );
+        assert!(
+            String::from_utf8(declared.unwrap())
+                .unwrap()
+                .contains("<soap:Body><a xmlns=\"urn:county:permits\"/></soap:Body>")
+        );
     }
 
     #[test]

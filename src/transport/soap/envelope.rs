@@ -38,6 +38,14 @@ pub struct Token {
 }
 
 impl Token {
+    /// For envelopes without a UsernameToken (nothing to compute).
+    pub fn unused() -> Token {
+        Token {
+            nonce: [0; 16],
+            created: String::new(),
+        }
+    }
+
     pub fn fresh() -> Token {
         let mut nonce = [0u8; 16];
         // ring's system RNG; a failure leaves fastrand's bytes (the nonce only

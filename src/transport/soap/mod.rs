@@ -515,13 +515,11 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 async fn send(client: &reqwest::Client, spec: &SoapSpec, p: &Payload) -> Outcome {
-    let body = match envelope::build(
-        &wrapping(spec),
-        &p.id,
-        p.attempt,
-        &p.bytes,
-        &envelope::Token::fresh(),
-    ) {
+    let token = match spec.auth {
+        Auth::UsernameToken { .. } => envelope::Token::fresh(),
+        _ => envelope::Token::unused(),
+    };
+    let body = match envelope::build(&wrapping(spec), &p.id, p.attempt, &p.bytes, &token) {
         Ok(b) => b,
         Err(reason) => return Outcome::Rejected { reason },
     };

@@ -117,7 +117,12 @@ pub fn run(cfg: &Config, args: TranslateArgs) -> anyhow::Result<ExitCode> {
     };
     let transport = crate::transport::Transport::new(connector, &translator);
     let bytes = match transport.rendering() {
-        crate::transport::Rendering::Standalone => translator.render(&item),
+        // A SOAP connector shows the whole envelope that would be sent.
+        crate::transport::Rendering::Standalone => translator.render(&item).and_then(|body| {
+            transport
+                .preview(&id, 1, body)
+                .map_err(crate::translator::TranslateError::Other)
+        }),
         crate::transport::Rendering::FileEntry => {
             translator.render_file_entry(&item).map(|entry| {
                 let mut whole = translator.file_header();

@@ -44,6 +44,10 @@ pub struct Worker {
     pub health: Arc<Health>,
     pub alert_command: Option<String>,
     pub shutdown: watch::Receiver<bool>,
+    /// Delivered, with the ack still to be recorded: it rides with the next lease,
+    /// so that one commit (one fsync) covers a delivery's ack and the next lease.
+    /// A crash before that commit repeats only these deliveries (same ids).
+    unacked: Vec<u64>,
 }
 
 /// Sleeps for `d` unless shutdown comes first; true if it slept the whole time.
@@ -78,6 +82,7 @@ impl Worker {
             health,
             alert_command,
             shutdown,
+            unacked: Vec::new(),
         }
     }
 
@@ -132,18 +137,31 @@ impl Worker {
                 None => {}
             }
         }
+        if !self.unacked.is_empty() {
+            let (name, seqs) = (self.name.clone(), std::mem::take(&mut self.unacked));
+            if let Err(e) = self.queue.call(move |q| q.ack(&name, &seqs)).await {
+                tracing::error!(target_name = %self.name, error = %e, "cannot record deliveries");
+            }
+        }
         tracing::info!(target_name = %self.name, "worker stopped");
     }
 
-    async fn lease(&self, max: usize) -> Option<crate::queue::Lease> {
+    /// Records the deliveries still unacked, then leases up to `max` deltas, in one
+    /// commit.
+    async fn lease(&mut self, max: usize) -> Option<crate::queue::Lease> {
         let name = self.name.clone();
+        let acks = std::mem::take(&mut self.unacked);
         match self
             .queue
-            .call(move |q| q.lease(&name, max, now_ms()))
+            .call(move |q| {
+                q.ack(&name, &acks)?;
+                q.lease(&name, max, now_ms())
+            })
             .await
         {
             Ok(l) => Some(l),
             Err(e) => {
+                // Deliveries not recorded are sent again after a restart (same ids).
                 tracing::error!(target_name = %self.name, error = %e, "cannot lease from the queue");
                 self.health
                     .down(&self.name, &format!("hms-sync cannot read its queue: {e}"));
@@ -226,10 +244,15 @@ impl Worker {
         }
         if !delivered.is_empty() {
             let seqs: Vec<u64> = delivered.iter().map(|l| l.queued.seq).collect();
-            let name = self.name.clone();
-            if let Err(e) = self.queue.call(move |q| q.ack(&name, &seqs)).await {
-                // Delivered but not recorded: it will be sent again (same id).
-                tracing::error!(target_name = %self.name, error = %e, "cannot record deliveries");
+            if down.is_none() && answered.is_none() {
+                // All went through: the worker leases again at once, with these acks.
+                self.unacked.extend(seqs);
+            } else {
+                let name = self.name.clone();
+                if let Err(e) = self.queue.call(move |q| q.ack(&name, &seqs)).await {
+                    // Delivered but not recorded: it will be sent again (same id).
+                    tracing::error!(target_name = %self.name, error = %e, "cannot record deliveries");
+                }
             }
             self.health.delivered(&self.name, delivered.len() as u64);
             for l in &delivered {

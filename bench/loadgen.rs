@@ -15,6 +15,19 @@
 //!     from just before the rename to the poll that saw the file. Consumes (deletes)
 //!     the outbox files, as a legacy importer would. Prints p50/p90/p99/max in ms.
 //!
+//! loadgen soap-server PORTFILE [--expect N] [--seconds 120] [--dump FILE]
+//!     A keep-alive HTTP/1.1 server on 127.0.0.1 (port written to PORTFILE) that
+//!     answers every POST at once with a short SOAP ack, as a COBOL box that never
+//!     waits would. Stops after `expect` requests (or `seconds`). Prints requests,
+//!     the delivery rate over the second half of them (once the ingest that fed
+//!     the queue is long over), and, for bodies holding a `sent_us` field, the
+//!     drop-to-delivered latency p50/p90/p99/max. `--dump` saves the first body
+//!     (the request wrk repeats).
+//!
+//! loadgen drop INBOX [--rate 200] [--count 2000]
+//!     Writes one-record JSON files (temp name + rename) at a fixed rate, each with
+//!     `sent_us`, the wall-clock time of its rename in µs.
+//!
 //! loadgen restart BIN CONFIG OUTBOX LOG [--timeout 120]
 //!     Starts `BIN run -c CONFIG` (output appended to LOG), polls OUTBOX every 1 ms and
 //!     prints the time from spawn to the first delivery file and to `ready` in LOG,
@@ -38,7 +51,9 @@ fn usage() -> ! {
     eprintln!(
         "usage: loadgen ingest SOCKET [--clients N] [--seconds S] [--max N] [--window W] [--prefix P]\n\
          \x20      loadgen latency INBOX OUTBOX [--rate R] [--count N] [--key-col I] [--trace FILE]\n\
-         \x20      loadgen restart BIN CONFIG OUTBOX LOG [--timeout S]"
+         \x20      loadgen restart BIN CONFIG OUTBOX LOG [--timeout S]\n\
+         \x20      loadgen soap-server PORTFILE [--expect N] [--seconds S] [--dump FILE]\n\
+         \x20      loadgen drop INBOX [--rate R] [--count N]"
     );
     std::process::exit(2);
 }
@@ -92,6 +107,8 @@ fn main() {
         "ingest" => ingest(&args),
         "latency" => latency(&args),
         "restart" => restart(&args),
+        "soap-server" => soap_server(&args),
+        "drop" => drop_files(&args),
         _ => usage(),
     }
 }
@@ -545,4 +562,122 @@ fn restart(args: &Args) {
         "stop_ms={:.0}",
         stop_started.elapsed().as_secs_f64() * 1000.0
     );
+}
+
+// ---- soap ---------------------------------------------------------------------
+
+fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+#[derive(Default)]
+struct SoapStats {
+    /// Arrival time of each request (µs since the epoch).
+    arrivals: Vec<u64>,
+    latencies_us: Vec<u64>,
+    first_body: Option<Vec<u8>>,
+}
+
+fn soap_server(args: &Args) {
+    let port_file = PathBuf::from(args.pos(0));
+    let expect: usize = args.get("expect", usize::MAX);
+    let seconds: f64 = args.get("seconds", 120.0);
+    let dump: String = args.get("dump", String::new());
+    let stats = Arc::new(std::sync::Mutex::new(SoapStats::default()));
+    let done = Arc::new(Notify::new());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::fs::write(&port_file, port.to_string()).unwrap();
+        let ack: &'static str = "<?xml version=\"1.0\"?><soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body><UpdatePermitResponse>got it</UpdatePermitResponse></soap:Body></soap:Envelope>";
+        let (st, dn) = (stats.clone(), done.clone());
+        let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+            let (st, dn) = (st.clone(), dn.clone());
+            async move {
+                let now = wall_us();
+                let mut s = st.lock().unwrap();
+                s.arrivals.push(now);
+                let text = String::from_utf8_lossy(&body);
+                if let Some(pos) = text.find("name=\"sent_us\">") {
+                    let rest = &text[pos + 15..];
+                    if let Some(sent) = rest.split('<').next().and_then(|n| n.parse::<u64>().ok()) {
+                        s.latencies_us.push(now.saturating_sub(sent));
+                    }
+                }
+                if s.first_body.is_none() {
+                    s.first_body = Some(body.to_vec());
+                }
+                if s.arrivals.len() >= expect {
+                    dn.notify_one();
+                }
+                ([("content-type", "text/xml; charset=utf-8")], ack)
+            }
+        });
+        let server = axum::serve(listener, app);
+        tokio::select! {
+            _ = server => {}
+            _ = done.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs_f64(seconds)) => {}
+        }
+    });
+    let s = stats.lock().unwrap();
+    if !dump.is_empty()
+        && let Some(b) = &s.first_body
+    {
+        std::fs::write(&dump, b).unwrap();
+    }
+    let n = s.arrivals.len();
+    println!("requests={n}");
+    if n >= 4 {
+        let half = &s.arrivals[n / 2..];
+        let span = (half[half.len() - 1] - half[0]) as f64 / 1e6;
+        if span > 0.0 {
+            println!("rate={:.0}", (half.len() - 1) as f64 / span);
+        }
+    }
+    let mut lat = s.latencies_us.clone();
+    if !lat.is_empty() {
+        lat.sort_unstable();
+        let pct =
+            |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+        println!("latency_count={}", lat.len());
+        println!("p50_ms={:.1}", pct(0.50));
+        println!("p90_ms={:.1}", pct(0.90));
+        println!("p99_ms={:.1}", pct(0.99));
+        println!("max_ms={:.1}", lat[lat.len() - 1] as f64 / 1000.0);
+    }
+}
+
+fn drop_files(args: &Args) {
+    let inbox = PathBuf::from(args.pos(0));
+    let rate: f64 = args.get("rate", 200.0);
+    let count: usize = args.get("count", 2000);
+    let start = Instant::now() + Duration::from_millis(50);
+    let mut late_us = 0u64;
+    for i in 0..count {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        } else {
+            late_us = late_us.max((now - due).as_micros() as u64);
+        }
+        let key = format!("lat-{i:06}");
+        let tmp = inbox.join(format!(".{key}.json.part"));
+        let body = format!(
+            "{{\"permit_number\":\"{key}\",\"status\":\"ISSUED\",\"sent_us\":{}}}\n",
+            wall_us()
+        );
+        std::fs::write(&tmp, body).expect("write into the inbox");
+        std::fs::rename(&tmp, inbox.join(format!("{key}.json"))).expect("rename into the inbox");
+    }
+    println!("dropped={count}");
+    println!("writer_max_late_ms={:.1}", late_us as f64 / 1000.0);
 }

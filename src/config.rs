@@ -65,7 +65,7 @@ pub struct ConfigFile {
     pub delivery_log_keep: Option<u32>,
     /// Pause ingestion while the queued deltas take more than this. Default 1 GiB.
     pub max_queue_bytes: Option<ByteSize>,
-    /// sled's page cache in MiB: bounds the daemon's memory. Default 64.
+    /// sled's page cache in MiB: bounds the daemon's memory. Default 32.
     pub cache_mib: Option<u64>,
     /// Pause ingestion while the state folder's disk has less free space. Default 256.
     pub min_free_disk_mib: Option<u64>,
@@ -495,7 +495,7 @@ fn build(
         delivery_log_max_bytes: file.delivery_log_max_bytes.map(|b| b.0).unwrap_or(64 << 20),
         delivery_log_keep: file.delivery_log_keep.unwrap_or(5),
         max_queue_bytes: file.max_queue_bytes.map(|b| b.0).unwrap_or(1 << 30),
-        cache_mib: file.cache_mib.unwrap_or(64),
+        cache_mib: file.cache_mib.unwrap_or(32),
         min_free_disk_mib: file.min_free_disk_mib.unwrap_or(256),
         alert_command: file.alert_command,
         socket,

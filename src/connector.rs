@@ -28,7 +28,7 @@ pub struct ConnectorFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FormatFile {
-    /// xml | csv | json
+    /// xml | csv | json | template
     pub kind: String,
     /// xml: the element around each delta. Default "RecordUpdate".
     pub root: Option<String>,
@@ -38,13 +38,15 @@ pub struct FormatFile {
     pub columns: Option<Vec<String>>,
     /// csv: the column that holds the record key. Default: the first column.
     pub key_column: Option<String>,
+    /// template: a minijinja file in the connector's folder, named `*.xml.j2`.
+    pub template: Option<PathBuf>,
 }
 
 /// `[transport]`: every key of every kind; `validate` refuses keys of another kind.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransportFile {
-    /// file (soap and serial come with their own issues)
+    /// file | soap (serial comes with its own issue)
     pub kind: String,
     /// file: the outbox folder (relative paths resolve against the config file's folder).
     pub dir: Option<PathBuf>,
@@ -83,6 +85,30 @@ pub struct TransportFile {
     pub inter_frame_delay: Option<String>,
     /// serial: utf8 (default) | ascii | latin1: how payload text goes on the wire.
     pub encoding: Option<String>,
+    /// soap: the service's address, `http://` or `https://`.
+    pub url: Option<String>,
+    /// soap: the SOAPAction (1.1) or `action` (1.2). Default: empty.
+    pub soap_action: Option<String>,
+    /// soap: "1.1" (default) or "1.2".
+    pub soap_version: Option<String>,
+    /// soap: longest wait for the whole answer. Default "30s".
+    pub timeout: Option<String>,
+    /// soap: longest wait to connect. Default "10s".
+    pub connect_timeout: Option<String>,
+    /// soap: user name for `auth`.
+    pub username: Option<String>,
+    /// soap: a file holding only the password (read at start-up, never shown).
+    pub password_file: Option<PathBuf>,
+    /// soap: "basic" (default with `username`), "ws-security-text", "ws-security-digest".
+    pub auth: Option<String>,
+    /// soap: PEM file of the CA to trust for https (instead of the system's).
+    pub ca_file: Option<PathBuf>,
+    /// soap: `xmlns` for the body's root element.
+    pub namespace: Option<String>,
+    /// soap: deliveries at once (each of a different record). Default 1.
+    pub max_in_flight: Option<usize>,
+    /// soap: dead-letter at once on a Client/Sender Fault. Default false.
+    pub dead_letter_on_client_fault: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -119,6 +145,11 @@ pub enum Format {
         key_column: String,
     },
     Json,
+    /// `name` is the file name in the connector folder, `source` its text.
+    Template {
+        name: String,
+        source: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +161,7 @@ pub enum TransportSpec {
         create_dir: bool,
     },
     Serial(crate::transport::serial::SerialSpec),
+    Soap(Box<crate::transport::soap::SoapSpec>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -234,6 +266,7 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
         "xml" => {
             not_for("format", "columns", "xml", f.columns.is_some());
             not_for("format", "key_column", "xml", f.key_column.is_some());
+            not_for("format", "template", "xml", f.template.is_some());
             let root = f.root.clone().unwrap_or_else(|| "RecordUpdate".into());
             let key_element = f.key_element.clone().unwrap_or_else(|| "Key".into());
             for (key, name) in [("root", &root), ("key_element", &key_element)] {
@@ -249,6 +282,7 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
         "csv" => {
             not_for("format", "root", "csv", f.root.is_some());
             not_for("format", "key_element", "csv", f.key_element.is_some());
+            not_for("format", "template", "csv", f.template.is_some());
             let columns = f.columns.clone().unwrap_or_default();
             if columns.is_empty() {
                 problems.push(format!(
@@ -276,14 +310,16 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
                 ("key_element", f.key_element.is_some()),
                 ("columns", f.columns.is_some()),
                 ("key_column", f.key_column.is_some()),
+                ("template", f.template.is_some()),
             ] {
                 not_for("format", key, "json", present);
             }
             Some(Format::Json)
         }
+        "template" => crate::translator::template::spec(f, &at, folder, &mut problems),
         other => {
             problems.push(format!(
-                "{}[format] kind `{other}` is unknown; known kinds: xml, csv, json",
+                "{}[format] kind `{other}` is unknown; known kinds: xml, csv, json, template",
                 at(Some("format"), "kind")
             ));
             None
@@ -291,17 +327,20 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
     };
 
     let t = &raw.transport;
-    let transport = match t.kind.as_str() {
-        "file" => {
-            for (key, _) in crate::transport::serial::spec::keys_present(t)
-                .into_iter()
-                .filter(|(_, present)| *present)
-            {
+    // A key of another known kind is an error, never ignored.
+    if ["file", "soap", "serial"].contains(&t.kind.as_str()) {
+        for (key, kind) in transport_keys(t) {
+            if kind != t.kind {
                 problems.push(format!(
-                    "{}[transport] `{key}` does not apply to transport kind \"file\"",
-                    at(Some("transport"), key)
+                    "{}[transport] `{key}` does not apply to transport kind \"{}\" (it is a {kind} key)",
+                    at(Some("transport"), key),
+                    t.kind
                 ));
             }
+        }
+    }
+    let transport = match t.kind.as_str() {
+        "file" => {
             let window = match t.batch_window.as_deref().map(parse_duration).transpose() {
                 Ok(w) => w.unwrap_or(Duration::ZERO),
                 Err(e) => {
@@ -339,39 +378,17 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
                 }
             }
         }
-        "serial" => {
-            for (key, present) in [
-                ("dir", t.dir.is_some()),
-                ("batch_max", t.batch_max.is_some()),
-                ("batch_window", t.batch_window.is_some()),
-                ("create_dir", t.create_dir.is_some()),
-            ] {
-                if present {
-                    problems.push(format!(
-                        "{}[transport] `{key}` does not apply to transport kind \"serial\"",
-                        at(Some("transport"), key)
-                    ));
-                }
-            }
-            crate::transport::serial::spec::validate(t, base, &mut |key, message| {
-                problems.push(format!(
-                    "{}[transport] {message}",
-                    at(Some("transport"), key)
-                ))
-            })
-            .map(TransportSpec::Serial)
-        }
-        "soap" => {
+        "serial" => crate::transport::serial::spec::validate(t, base, &mut |key, message| {
             problems.push(format!(
-                "{}[transport] kind \"{}\" is not available in this build yet; available: file, serial",
-                at(Some("transport"), "kind"),
-                t.kind
-            ));
-            None
-        }
+                "{}[transport] {message}",
+                at(Some("transport"), key)
+            ))
+        })
+        .map(TransportSpec::Serial),
+        "soap" => crate::transport::soap::spec(t, &at, base, &mut problems),
         other => {
             problems.push(format!(
-                "{}[transport] kind `{other}` is unknown; known kinds: file, serial",
+                "{}[transport] kind `{other}` is unknown; known kinds: file, soap, serial",
                 at(Some("transport"), "kind")
             ));
             None
@@ -427,6 +444,28 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
         }),
         _ => Err(problems),
     }
+}
+
+/// Every kind-specific `[transport]` key the file sets, with the kind it belongs to.
+fn transport_keys(t: &TransportFile) -> Vec<(&'static str, &'static str)> {
+    let file = [
+        ("dir", t.dir.is_some()),
+        ("batch_max", t.batch_max.is_some()),
+        ("batch_window", t.batch_window.is_some()),
+        ("create_dir", t.create_dir.is_some()),
+    ];
+    let file = file.into_iter().map(|(k, p)| (k, p, "file"));
+    let soap = crate::transport::soap::KEYS
+        .iter()
+        .map(|&k| (k, crate::transport::soap::key_present(t, k), "soap"));
+    let serial = crate::transport::serial::spec::keys_present(t)
+        .into_iter()
+        .map(|(k, p)| (k, p, "serial"));
+    file.chain(soap)
+        .chain(serial)
+        .filter(|&(_, present, _)| present)
+        .map(|(key, _, kind)| (key, kind))
+        .collect()
 }
 
 impl Connector {
@@ -520,6 +559,49 @@ mod tests {
         assert!(
             err.iter()
                 .any(|e| e.contains("line 8") && e.contains("soon"))
+        );
+    }
+}
+
+#[cfg(test)]
+mod soap_tests {
+    use super::*;
+
+    #[test]
+    fn soap_keys_are_refused_for_a_file_connector_and_file_keys_for_soap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = tmp.path().join("x");
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(
+            folder.join("connector.toml"),
+            "collections = [\"p\"]\n[format]\nkind = \"json\"\n[transport]\nkind = \"file\"\ndir = \"o\"\nurl = \"http://x\"\n",
+        )
+        .unwrap();
+        let err = load(&folder, tmp.path()).unwrap_err().join("\n");
+        assert!(
+            err.contains("line 7: [transport] `url` does not apply"),
+            "{err}"
+        );
+        std::fs::write(
+            folder.join("connector.toml"),
+            "collections = [\"p\"]\n[format]\nkind = \"xml\"\n[transport]\nkind = \"soap\"\nurl = \"http://u:pw@x/\"\ndir = \"o\"\nmax_in_flight = 0\n",
+        )
+        .unwrap();
+        let err = load(&folder, tmp.path()).unwrap_err();
+        assert_eq!(err.len(), 3, "{err:#?}");
+        assert!(
+            err.iter()
+                .any(|e| e.contains("line 6") && e.contains("password_file"))
+        );
+        assert!(!err.iter().any(|e| e.contains("pw@")), "{err:#?}");
+        assert!(
+            err.iter()
+                .any(|e| e.contains("line 7") && e.contains("`dir`")
+                    || e.contains("line 7: [transport] dir"))
+        );
+        assert!(
+            err.iter()
+                .any(|e| e.contains("line 8") && e.contains("max_in_flight"))
         );
     }
 }

@@ -62,6 +62,7 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
                 }
                 description
             }
+            TransportSpec::Soap(s) => crate::transport::soap::describe(s),
         };
         println!(
             "target: {} receives {} via {transport}",

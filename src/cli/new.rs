@@ -1,4 +1,4 @@
-//! `hms-sync new NAME --transport file|serial`: scaffolds `connectors/NAME/connector.toml`
+//! `hms-sync new NAME --transport file|soap|serial`: scaffolds `connectors/NAME/connector.toml`
 //! with every key commented, ready to edit.
 
 use std::path::{Path, PathBuf};
@@ -66,16 +66,7 @@ pub fn run(config: Option<&Path>, args: NewArgs) -> anyhow::Result<ExitCode> {
     let text = match args.transport {
         TransportKind::File => file_template(&args.name, &args.collection),
         TransportKind::Serial => serial_template(&args.name, &args.collection),
-        TransportKind::Soap => {
-            return Err(UsageError(
-                format!(
-                    "transport {:?} is not available in this build yet; available: file, serial",
-                    args.transport
-                )
-                .to_lowercase(),
-            )
-            .into());
-        }
+        TransportKind::Soap => soap_template(&args.name, &args.collection),
     };
     let folder = connectors_dir(config).join(&args.name);
     if folder.join("connector.toml").exists() {
@@ -190,6 +181,65 @@ max_backoff = "5m"
     )
 }
 
+/// Like `connectors/county-cobol/connector.toml.example`, with every key commented.
+fn soap_template(name: &str, collection: &str) -> String {
+    format!(
+        r#"# Connector "{name}": delivers each change as a SOAP request to a legacy
+# system's web service, retrying until it answers "got it" (a 2xx without a
+# SOAP Fault). The folder name ({name}) is the target's name in status and logs.
+
+# Collections this system receives.
+collections = ["{collection}"]
+
+# Optional: only these fields (a name also selects its sub-fields).
+# fields = ["status", "inspector.name"]
+
+[format]
+# xml: <RecordUpdate op="update"><Key>123</Key><Field name="status">APPROVED</Field></RecordUpdate>
+kind = "xml"
+root = "PermitUpdate"
+key_element = "PermitNumber"
+# Or a template file in this folder, named *.xml.j2 so values are escaped:
+# kind = "template"
+# template = "update.xml.j2"
+
+[transport]
+kind = "soap"
+# The service's address (http:// or https://).
+url = "http://127.0.0.1:8080/PermitService"
+# SOAPAction (1.1) or action (1.2).
+soap_action = "urn:UpdatePermit"
+# "1.1" or "1.2".
+soap_version = "1.1"
+# Longest wait for a whole answer, and to connect. Past them the system is
+# "down": hms-sync waits and tries again; nothing is lost or counted.
+timeout = "10s"
+connect_timeout = "5s"
+# Optional xmlns for the body's root element.
+# namespace = "urn:county:permits"
+# Optional login. The password file holds only the password; it is read at
+# start-up and never shown. auth: "basic", "ws-security-text", "ws-security-digest".
+# username = "hmssync"
+# password_file = "/etc/hms-sync/secrets/{name}.pw"
+# auth = "basic"
+# Optional: the county's own CA (PEM) for https. Certificate checks cannot be
+# switched off; TLS 1.2 or 1.3 only.
+# ca_file = "/etc/hms-sync/county-ca.pem"
+# Deliveries on the wire at once (different records; one record stays in order).
+max_in_flight = 1
+# true: a Client/Sender Fault dead-letters at once instead of after max_attempts.
+dead_letter_on_client_fault = false
+
+[retry]
+# After this many refusals a change becomes a dead letter (see `hms-sync dead list`).
+max_attempts = 20
+# First wait after a failure, doubled each time up to max_backoff.
+backoff = "1s"
+max_backoff = "5m"
+"#
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -212,6 +262,16 @@ mod tests {
         assert!(matches!(
             c.transport,
             crate::connector::TransportSpec::Serial(_)
+        ));
+        std::fs::write(
+            folder.join("connector.toml"),
+            super::soap_template("x", "permits"),
+        )
+        .unwrap();
+        let c = crate::connector::load(&folder, tmp.path()).unwrap();
+        assert!(matches!(
+            c.transport,
+            crate::connector::TransportSpec::Soap(_)
         ));
     }
 }

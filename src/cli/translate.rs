@@ -117,7 +117,12 @@ pub fn run(cfg: &Config, args: TranslateArgs) -> anyhow::Result<ExitCode> {
     };
     let transport = crate::transport::Transport::new(connector, &translator);
     let bytes = match transport.rendering() {
-        crate::transport::Rendering::Standalone => translator.render(&item),
+        // A SOAP connector shows the whole envelope that would be sent.
+        crate::transport::Rendering::Standalone => translator.render(&item).and_then(|body| {
+            transport
+                .preview(&id, 1, body)
+                .map_err(crate::translator::TranslateError::Other)
+        }),
         crate::transport::Rendering::FileEntry => {
             translator.render_file_entry(&item).map(|entry| {
                 let mut whole = translator.file_header();
@@ -128,19 +133,6 @@ pub fn run(cfg: &Config, args: TranslateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     .map_err(|e| anyhow::anyhow!("{} cannot render this change: {e}", connector.name))?;
-    // Serial: the frame as it goes on the wire, or the refusal (non-zero exit).
-    if let crate::transport::Transport::Serial(serial) = &transport {
-        return Ok(match serial.preview(&bytes) {
-            Ok(frame) => {
-                println!("{frame}");
-                ExitCode::SUCCESS
-            }
-            Err(why) => {
-                eprintln!("{} would refuse this change: {why}", connector.name);
-                ExitCode::FAILURE
-            }
-        });
-    }
     use std::io::Write;
     std::io::stdout().write_all(&bytes)?;
     Ok(ExitCode::SUCCESS)

@@ -44,6 +44,10 @@ pub struct Worker {
     pub health: Arc<Health>,
     pub alert_command: Option<String>,
     pub shutdown: watch::Receiver<bool>,
+    /// Delivered, with the ack still to be recorded: it rides with the next lease,
+    /// so that one commit (one fsync) covers a delivery's ack and the next lease.
+    /// A crash before that commit repeats only these deliveries (same ids).
+    unacked: Vec<u64>,
 }
 
 /// Sleeps for `d` unless shutdown comes first; true if it slept the whole time.
@@ -78,6 +82,7 @@ impl Worker {
             health,
             alert_command,
             shutdown,
+            unacked: Vec::new(),
         }
     }
 
@@ -132,18 +137,31 @@ impl Worker {
                 None => {}
             }
         }
+        if !self.unacked.is_empty() {
+            let (name, seqs) = (self.name.clone(), std::mem::take(&mut self.unacked));
+            if let Err(e) = self.queue.call(move |q| q.ack(&name, &seqs)).await {
+                tracing::error!(target_name = %self.name, error = %e, "cannot record deliveries");
+            }
+        }
         tracing::info!(target_name = %self.name, "worker stopped");
     }
 
-    async fn lease(&self, max: usize) -> Option<crate::queue::Lease> {
+    /// Records the deliveries still unacked, then leases up to `max` deltas, in one
+    /// commit.
+    async fn lease(&mut self, max: usize) -> Option<crate::queue::Lease> {
         let name = self.name.clone();
+        let acks = std::mem::take(&mut self.unacked);
         match self
             .queue
-            .call(move |q| q.lease(&name, max, now_ms()))
+            .call(move |q| {
+                q.ack(&name, &acks)?;
+                q.lease(&name, max, now_ms())
+            })
             .await
         {
             Ok(l) => Some(l),
             Err(e) => {
+                // Deliveries not recorded are sent again after a restart (same ids).
                 tracing::error!(target_name = %self.name, error = %e, "cannot lease from the queue");
                 self.health
                     .down(&self.name, &format!("hms-sync cannot read its queue: {e}"));
@@ -181,7 +199,7 @@ impl Worker {
                     sendable.push(leased);
                 }
                 Err(e) => {
-                    self.reject(&leased, &format!("cannot translate: {e}"), None)
+                    self.reject(&leased, &format!("cannot translate: {e}"), None, false)
                         .await
                 }
             }
@@ -190,26 +208,18 @@ impl Worker {
             return None;
         }
         let started = Instant::now();
-        let outcome = self.transport.deliver(&payloads).await;
+        let outcomes = self.transport.deliver(&payloads).await;
         let latency_ms = started.elapsed().as_millis() as u64;
-        match &outcome {
-            Outcome::Delivered => {
-                let seqs: Vec<u64> = sendable.iter().map(|l| l.queued.seq).collect();
-                let name = self.name.clone();
-                if let Err(e) = self.queue.call(move |q| q.ack(&name, &seqs)).await {
-                    // Delivered but not recorded: it will be sent again (same id).
-                    tracing::error!(target_name = %self.name, error = %e, "cannot record deliveries");
-                }
-                self.health.delivered(&self.name, sendable.len() as u64);
-                for l in &sendable {
-                    let mut e = self.entry(l, "delivered");
-                    e.latency_ms = Some(latency_ms);
-                    self.log.append(&e);
-                }
-            }
-            Outcome::Down { reason } => {
-                self.health.down(&self.name, reason);
-                for l in &sendable {
+        // One outcome per payload (a file batch repeats its one outcome): each
+        // delta is settled by its own, delivered ones in one ack.
+        let mut delivered = Vec::new();
+        let mut down = None;
+        let mut answered = None;
+        for (l, outcome) in sendable.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Delivered => delivered.push(l),
+                Outcome::Down { reason } => {
+                    self.health.down(&self.name, &reason);
                     let (name, seq) = (self.name.clone(), l.queued.seq);
                     if let Err(e) = self.queue.call(move |q| q.release(&name, seq)).await {
                         tracing::error!(target_name = %self.name, error = %e, "cannot return a delta to the queue");
@@ -217,16 +227,45 @@ impl Worker {
                     let mut e = self.entry(l, "down");
                     e.error = Some(reason.clone());
                     self.log.append(&e);
+                    down = Some(Outcome::Down { reason });
                 }
-            }
-            Outcome::Rejected { reason } => {
-                self.health.answered(&self.name);
-                for l in &sendable {
-                    self.reject(l, reason, Some(latency_ms)).await;
+                Outcome::Rejected { reason } => {
+                    self.health.answered(&self.name);
+                    self.reject(l, &reason, Some(latency_ms), false).await;
+                    answered = Some(Outcome::Rejected { reason });
+                }
+                Outcome::ClientFault { reason } => {
+                    self.health.answered(&self.name);
+                    let at_once = self.transport.dead_letter_on_client_fault();
+                    self.reject(l, &reason, Some(latency_ms), at_once).await;
+                    answered = Some(Outcome::Rejected { reason });
                 }
             }
         }
-        Some(outcome)
+        if !delivered.is_empty() {
+            let seqs: Vec<u64> = delivered.iter().map(|l| l.queued.seq).collect();
+            if down.is_none() && answered.is_none() {
+                // All went through: the worker leases again at once, with these acks.
+                self.unacked.extend(seqs);
+            } else {
+                let name = self.name.clone();
+                if let Err(e) = self.queue.call(move |q| q.ack(&name, &seqs)).await {
+                    // Delivered but not recorded: it will be sent again (same id).
+                    tracing::error!(target_name = %self.name, error = %e, "cannot record deliveries");
+                }
+            }
+            self.health.delivered(&self.name, delivered.len() as u64);
+            for l in &delivered {
+                let mut e = self.entry(l, "delivered");
+                e.latency_ms = Some(latency_ms);
+                self.log.append(&e);
+            }
+        }
+        // Any outage backs the whole target off.
+        if let Some(Outcome::Down { reason }) = &down {
+            self.health.down(&self.name, reason);
+        }
+        Some(down.or(answered).unwrap_or(Outcome::Delivered))
     }
 
     fn entry(&self, l: &Leased, outcome: &str) -> Entry {
@@ -242,12 +281,13 @@ impl Worker {
         )
     }
 
-    /// A refusal: retry later with backoff, or dead-letter after `max_attempts`.
-    async fn reject(&self, l: &Leased, reason: &str, latency_ms: Option<u64>) {
+    /// A refusal: retry later with backoff, or dead-letter after `max_attempts`
+    /// (or at once, if `dead_now`).
+    async fn reject(&self, l: &Leased, reason: &str, latency_ms: Option<u64>, dead_now: bool) {
         let attempts = l.queued.attempts + 1;
         self.health.rejected(&self.name, reason);
         let (name, seq, error) = (self.name.clone(), l.queued.seq, reason.to_string());
-        if attempts >= self.retry.max_attempts {
+        if dead_now || attempts >= self.retry.max_attempts {
             match self
                 .queue
                 .call(move |q| q.dead_letter(&name, seq, &error))

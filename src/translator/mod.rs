@@ -8,6 +8,7 @@
 
 pub mod csv;
 pub mod json;
+pub mod template;
 pub mod xml;
 
 use serde_json::Value;
@@ -46,6 +47,7 @@ pub enum Translator {
     Xml(xml::XmlFormat),
     Csv(csv::CsvFormat),
     Json,
+    Template(template::TemplateFormat),
 }
 
 impl Translator {
@@ -63,6 +65,9 @@ impl Translator {
                 key_column: key_column.clone(),
             }),
             Format::Json => Translator::Json,
+            Format::Template { name, source } => {
+                Translator::Template(template::TemplateFormat::new(name, source))
+            }
         }
     }
 
@@ -72,6 +77,7 @@ impl Translator {
             Translator::Xml(f) => f.render(item),
             Translator::Csv(f) => f.row(item),
             Translator::Json => json::render(item),
+            Translator::Template(f) => f.render(item),
         }
     }
 
@@ -84,6 +90,7 @@ impl Translator {
                 v.push(b'\n');
                 v
             }),
+            Translator::Template(f) => f.render(item),
         }
     }
 
@@ -93,7 +100,7 @@ impl Translator {
                 b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Deliveries>\n".to_vec()
             }
             Translator::Csv(f) => f.header(),
-            Translator::Json => Vec::new(),
+            Translator::Json | Translator::Template(_) => Vec::new(),
         }
     }
 
@@ -109,6 +116,7 @@ impl Translator {
             Translator::Xml(_) => "xml",
             Translator::Csv(_) => "csv",
             Translator::Json => "ndjson",
+            Translator::Template(_) => "xml",
         }
     }
 }

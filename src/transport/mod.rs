@@ -8,6 +8,7 @@
 
 pub mod file;
 pub mod serial;
+pub mod soap;
 
 use std::time::Duration;
 
@@ -23,6 +24,9 @@ pub enum Outcome {
     Down { reason: String },
     /// It answered and refused: each delta's attempts grow.
     Rejected { reason: String },
+    /// It answered that the message itself is wrong (SOAP `Client`/`Sender`
+    /// Fault): a rejection, which the connector may ask to dead-letter at once.
+    ClientFault { reason: String },
 }
 
 /// One rendered delta.
@@ -47,6 +51,7 @@ pub enum Rendering {
 pub enum Transport {
     File(file::FileTransport),
     Serial(serial::SerialTransport),
+    Soap(soap::SoapTransport),
 }
 
 impl Transport {
@@ -67,6 +72,9 @@ impl Transport {
             TransportSpec::Serial(spec) => {
                 Transport::Serial(serial::SerialTransport::new(&connector.name, spec.clone()))
             }
+            TransportSpec::Soap(spec) => {
+                Transport::Soap(soap::SoapTransport::new(&connector.name, spec))
+            }
         }
     }
 
@@ -76,6 +84,8 @@ impl Transport {
             Transport::File(t) => (t.batch_max, t.batch_window),
             // A serial device takes one frame at a time: strict queue order.
             Transport::Serial(_) => (1, Duration::ZERO),
+            // Each payload is its own request; a batch is what may be in flight at once.
+            Transport::Soap(t) => (t.max_in_flight(), Duration::ZERO),
         }
     }
 
@@ -83,13 +93,34 @@ impl Transport {
         match self {
             Transport::File(_) => Rendering::FileEntry,
             Transport::Serial(_) => Rendering::Standalone,
+            Transport::Soap(_) => Rendering::Standalone,
         }
     }
 
-    pub async fn deliver(&mut self, batch: &[Payload]) -> Outcome {
+    /// Whether a `ClientFault` dead-letters at once (the connector's choice).
+    pub fn dead_letter_on_client_fault(&self) -> bool {
         match self {
-            Transport::File(t) => t.deliver(batch).await,
-            Transport::Serial(t) => t.deliver(batch).await,
+            Transport::File(_) | Transport::Serial(_) => false,
+            Transport::Soap(t) => t.dead_letter_on_client_fault(),
+        }
+    }
+
+    /// What one standalone payload looks like on the wire (`hms-sync translate`).
+    pub fn preview(&self, id: &str, attempt: u32, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+        match self {
+            Transport::Soap(t) => t.preview(id, attempt, &bytes),
+            Transport::Serial(t) => t.preview(&bytes),
+            Transport::File(_) => Ok(bytes),
+        }
+    }
+
+    /// Delivers a batch: one outcome per payload, in the batch's order. A file
+    /// batch succeeds or fails whole; SOAP sends each payload on its own.
+    pub async fn deliver(&mut self, batch: &[Payload]) -> Vec<Outcome> {
+        match self {
+            Transport::File(t) => vec![t.deliver(batch).await; batch.len()],
+            Transport::Serial(t) => t.deliver_each(batch).await,
+            Transport::Soap(t) => t.deliver(batch).await,
         }
     }
 }

@@ -9,3 +9,4 @@ mod crash;
 mod durability;
 mod pipeline;
 mod serial;
+mod soap;

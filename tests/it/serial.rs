@@ -927,7 +927,8 @@ fn translate_shows_the_serial_frame_or_the_refusal() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("dev would refuse this change") && stderr.contains("ETX (0x03)"),
+        stderr.contains("dev cannot render this change: the serial transport would refuse it")
+            && stderr.contains("ETX (0x03)"),
         "{stderr}"
     );
     assert!(out.stdout.is_empty());

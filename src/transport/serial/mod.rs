@@ -99,11 +99,15 @@ impl SerialTransport {
     }
 
     /// For `hms-sync translate`: the frame this rendering would put on the
-    /// wire, control and non-ASCII bytes written out (`<STX>`, `<0xFC>`,
-    /// `<LRC 0x41>`, `<CR><LF>`), or why it would be refused before sending.
-    pub fn preview(&self, rendered: &[u8]) -> Result<String, frame::Refusal> {
-        let payload = frame::prepare(&self.spec, rendered)?;
-        Ok(frame::show(&self.spec.framing, &payload))
+    /// wire as one line of text, control and non-ASCII bytes written out
+    /// (`<STX>`, `<0xFC>`, `<LRC 0x41>`, `<CR><LF>`), or why it would be
+    /// refused before sending.
+    pub fn preview(&self, rendered: &[u8]) -> Result<Vec<u8>, String> {
+        let payload = frame::prepare(&self.spec, rendered)
+            .map_err(|why| format!("the serial transport would refuse it: {why}"))?;
+        let mut shown = frame::show(&self.spec.framing, &payload).into_bytes();
+        shown.push(b'\n');
+        Ok(shown)
     }
 
     async fn deliver_one(&mut self, payload: &Payload) -> Outcome {
@@ -474,7 +478,7 @@ mod tests {
             matches!(&out[0], Outcome::Down { reason } if reason.contains("does not exist")),
             "{out:?}"
         );
-        assert_eq!(t.preview(b"AB\r\n").unwrap(), "<STX>AB<ETX><LRC 0x00>");
+        assert_eq!(t.preview(b"AB\r\n").unwrap(), b"<STX>AB<ETX><LRC 0x00>\n");
         assert!(t.preview(b"a\x03").is_err());
     }
 

@@ -1,0 +1,646 @@
+//! SOAP transport: one rendered body in, one HTTP/1.1 POST of a SOAP 1.1 or 1.2
+//! envelope out (keep-alive, timeouts, basic auth or a WS-Security
+//! UsernameToken, TLS through rustls with ring), and the answer classified.
+//! `envelope.rs` writes the envelope, `answer.rs` reads what came back.
+//!
+//! **Invariants:** no answer (refused, reset, DNS, timeout, a connection that
+//! breaks mid-answer) is `Down`; an answer is read up to [`MAX_ANSWER_BYTES`]
+//! and never trusted past that; with `max_in_flight = 1` deliveries go strictly
+//! one at a time; passwords are kept in [`Secret`] and never printed.
+
+pub mod answer;
+pub mod envelope;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Outcome, Payload};
+use crate::config::parse_duration;
+use crate::connector::{TransportFile, TransportSpec};
+
+/// Answers longer than this are not read (a SOAP ack is a few hundred bytes).
+pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// A password: compared and cloned, never shown by `Debug`.
+#[derive(Clone, PartialEq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(hidden)")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SoapVersion {
+    V11,
+    V12,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WsSecurity {
+    PasswordText,
+    PasswordDigest,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Auth {
+    None,
+    /// HTTP basic auth.
+    Basic {
+        username: String,
+        password: Secret,
+    },
+    /// A WS-Security UsernameToken in the SOAP header.
+    UsernameToken {
+        username: String,
+        password: Secret,
+        mode: WsSecurity,
+    },
+}
+
+/// A validated `[transport] kind = "soap"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SoapSpec {
+    pub url: String,
+    /// SOAPAction (1.1) or the `action` parameter (1.2); empty: none.
+    pub soap_action: String,
+    pub version: SoapVersion,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub auth: Auth,
+    /// Where the password came from, for `check`.
+    pub password_file: Option<PathBuf>,
+    /// PEM of the CA(s) to trust instead of the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    pub ca_file: Option<PathBuf>,
+    /// `xmlns` put on the body's root element.
+    pub namespace: Option<String>,
+    pub max_in_flight: usize,
+    pub dead_letter_on_client_fault: bool,
+}
+
+/// The `[transport]` keys of kind "soap" (the loader refuses them for other kinds).
+pub const KEYS: &[&str] = &[
+    "url",
+    "soap_action",
+    "soap_version",
+    "timeout",
+    "connect_timeout",
+    "username",
+    "password_file",
+    "auth",
+    "ca_file",
+    "namespace",
+    "max_in_flight",
+    "dead_letter_on_client_fault",
+];
+
+/// Is `key` of `[transport]` set in `t`? (For refusing keys of another kind.)
+pub fn key_present(t: &TransportFile, key: &str) -> bool {
+    match key {
+        "url" => t.url.is_some(),
+        "soap_action" => t.soap_action.is_some(),
+        "soap_version" => t.soap_version.is_some(),
+        "timeout" => t.timeout.is_some(),
+        "connect_timeout" => t.connect_timeout.is_some(),
+        "username" => t.username.is_some(),
+        "password_file" => t.password_file.is_some(),
+        "auth" => t.auth.is_some(),
+        "ca_file" => t.ca_file.is_some(),
+        "namespace" => t.namespace.is_some(),
+        "max_in_flight" => t.max_in_flight.is_some(),
+        "dead_letter_on_client_fault" => t.dead_letter_on_client_fault.is_some(),
+        _ => false,
+    }
+}
+
+/// Validates `[transport] kind = "soap"`; every problem goes to `problems`
+/// with file, line and key (`at`). Reads `password_file` and `ca_file`.
+pub fn spec(
+    t: &TransportFile,
+    at: &dyn Fn(Option<&str>, &str) -> String,
+    base: &Path,
+    problems: &mut Vec<String>,
+) -> Option<TransportSpec> {
+    let before = problems.len();
+    let mut problem = |key: &str, text: String| {
+        problems.push(format!(
+            "{}[transport] {key}: {text}",
+            at(Some("transport"), key)
+        ));
+    };
+    let url = t.url.clone().unwrap_or_default();
+    match reqwest::Url::parse(&url) {
+        _ if t.url.is_none() => problem(
+            "url",
+            "kind \"soap\" needs `url = \"http://host:port/Service\"`".into(),
+        ),
+        Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+            problem("url", format!("`{url}` must start with http:// or https://"))
+        }
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => problem(
+            "url",
+            "holds a user name or password: put the user in `username` and the password in a file named by `password_file`".into(),
+        ),
+        Ok(_) => {}
+        Err(e) => problem("url", format!("`{url}` is not a URL: {e}")),
+    }
+    let version = match t.soap_version.as_deref() {
+        None | Some("1.1") => SoapVersion::V11,
+        Some("1.2") => SoapVersion::V12,
+        Some(other) => {
+            problem(
+                "soap_version",
+                format!("`{other}` is not a SOAP version; use \"1.1\" (default) or \"1.2\""),
+            );
+            SoapVersion::V11
+        }
+    };
+    let mut duration = |key: &str, value: &Option<String>, default: Duration| match value
+        .as_deref()
+        .map(parse_duration)
+    {
+        None => default,
+        Some(Ok(d)) if d.is_zero() => {
+            problem(key, "must be longer than 0s".into());
+            default
+        }
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            problem(key, e.to_string());
+            default
+        }
+    };
+    let timeout = duration("timeout", &t.timeout, Duration::from_secs(30));
+    let connect_timeout = duration(
+        "connect_timeout",
+        &t.connect_timeout,
+        Duration::from_secs(10),
+    );
+    let password_file = t.password_file.as_ref().map(|p| {
+        if p.is_absolute() {
+            p.clone()
+        } else {
+            base.join(p)
+        }
+    });
+    let password = match &password_file {
+        None => None,
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(text) => {
+                let pw = text.strip_suffix('\n').unwrap_or(&text);
+                let pw = pw.strip_suffix('\r').unwrap_or(pw);
+                if pw.is_empty() {
+                    problem("password_file", format!("{} is empty", p.display()));
+                    None
+                } else {
+                    Some(Secret(pw.to_string()))
+                }
+            }
+            Err(e) => {
+                problem("password_file", format!("cannot read {}: {e}", p.display()));
+                None
+            }
+        },
+    };
+    let auth_kind = t.auth.as_deref().unwrap_or(if t.username.is_some() {
+        "basic"
+    } else {
+        "none"
+    });
+    let auth = match (auth_kind, &t.username, password) {
+        ("none", None, None) if t.password_file.is_none() => Auth::None,
+        ("none", _, _) => {
+            problem(
+                "auth",
+                "is \"none\" but `username` or `password_file` is set".into(),
+            );
+            Auth::None
+        }
+        ("basic" | "ws-security-text" | "ws-security-digest", Some(user), Some(password)) => {
+            let username = user.clone();
+            match auth_kind {
+                "basic" => Auth::Basic { username, password },
+                "ws-security-text" => Auth::UsernameToken {
+                    username,
+                    password,
+                    mode: WsSecurity::PasswordText,
+                },
+                _ => Auth::UsernameToken {
+                    username,
+                    password,
+                    mode: WsSecurity::PasswordDigest,
+                },
+            }
+        }
+        ("basic" | "ws-security-text" | "ws-security-digest", user, _) => {
+            if user.is_none() {
+                problem("username", format!("auth \"{auth_kind}\" needs `username`"));
+            }
+            if t.password_file.is_none() {
+                problem(
+                    "password_file",
+                    format!(
+                        "auth \"{auth_kind}\" needs `password_file` (a file holding only the password)"
+                    ),
+                );
+            }
+            Auth::None
+        }
+        (other, _, _) => {
+            problem(
+                "auth",
+                format!(
+                    "`{other}` is unknown; use \"basic\", \"ws-security-text\" or \"ws-security-digest\""
+                ),
+            );
+            Auth::None
+        }
+    };
+    let ca_file = t.ca_file.as_ref().map(|p| {
+        if p.is_absolute() {
+            p.clone()
+        } else {
+            base.join(p)
+        }
+    });
+    let ca_pem = match &ca_file {
+        None => None,
+        Some(p) => match std::fs::read(p) {
+            Ok(pem) => match reqwest::Certificate::from_pem_bundle(&pem) {
+                Ok(certs) if !certs.is_empty() => Some(pem),
+                Ok(_) => {
+                    problem(
+                        "ca_file",
+                        format!("{} holds no PEM certificate", p.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    problem(
+                        "ca_file",
+                        format!("{}: not a PEM certificate: {e}", p.display()),
+                    );
+                    None
+                }
+            },
+            Err(e) => {
+                problem("ca_file", format!("cannot read {}: {e}", p.display()));
+                None
+            }
+        },
+    };
+    if ca_file.is_some() && url.starts_with("http://") {
+        problem(
+            "ca_file",
+            "is set but `url` is http://, not https://".into(),
+        );
+    }
+    if let Some(ns) = &t.namespace
+        && ns.trim().is_empty()
+    {
+        problem(
+            "namespace",
+            "is empty; leave it out for no namespace".into(),
+        );
+    }
+    let max_in_flight = t.max_in_flight.unwrap_or(1);
+    if !(1..=64).contains(&max_in_flight) {
+        problem("max_in_flight", "must be between 1 and 64".into());
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(TransportSpec::Soap(Box::new(SoapSpec {
+        url,
+        soap_action: t.soap_action.clone().unwrap_or_default(),
+        version,
+        timeout,
+        connect_timeout,
+        auth,
+        password_file,
+        ca_pem,
+        ca_file,
+        namespace: t.namespace.clone(),
+        max_in_flight,
+        dead_letter_on_client_fault: t.dead_letter_on_client_fault.unwrap_or(false),
+    })))
+}
+
+/// One line for `check`: where it sends and how, never the password.
+pub fn describe(s: &SoapSpec) -> String {
+    let version = match s.version {
+        SoapVersion::V11 => "1.1",
+        SoapVersion::V12 => "1.2",
+    };
+    let auth = match &s.auth {
+        Auth::None => String::new(),
+        Auth::Basic { username, .. } => format!(", basic auth as {username}"),
+        Auth::UsernameToken { username, mode, .. } => format!(
+            ", WS-Security {} as {username}",
+            match mode {
+                WsSecurity::PasswordText => "PasswordText",
+                WsSecurity::PasswordDigest => "PasswordDigest",
+            }
+        ),
+    };
+    let password = match &s.password_file {
+        Some(p) => format!(" (password from {}, readable)", p.display()),
+        None => String::new(),
+    };
+    let ca = match &s.ca_file {
+        Some(p) => format!(", trusting the CA in {}", p.display()),
+        None => String::new(),
+    };
+    format!(
+        "soap {version} -> {}{auth}{password}{ca}, timeout {}, {} in flight",
+        s.url,
+        humantime::format_duration(s.timeout),
+        s.max_in_flight
+    )
+}
+
+/// rustls needs one crypto provider for the process: ring (no C beyond ring's
+/// own, static musl builds work). Installing twice is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub struct SoapTransport {
+    target: String,
+    spec: Arc<SoapSpec>,
+    /// `Err` if the client could not be built (every delivery then says why).
+    client: Result<reqwest::Client, String>,
+}
+
+impl SoapTransport {
+    pub fn new(target: &str, spec: &SoapSpec) -> SoapTransport {
+        install_crypto_provider();
+        SoapTransport {
+            target: target.to_string(),
+            spec: Arc::new(spec.clone()),
+            client: build_client(spec),
+        }
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.spec.max_in_flight
+    }
+
+    pub fn dead_letter_on_client_fault(&self) -> bool {
+        self.spec.dead_letter_on_client_fault
+    }
+
+    /// The envelope as `translate` shows it: the password, if one is in it, masked.
+    pub fn preview(&self, id: &str, attempt: u32, body: &[u8]) -> Result<Vec<u8>, String> {
+        let masked = Secret("********".into());
+        let mut spec = (*self.spec).clone();
+        if let Auth::UsernameToken { password, .. } = &mut spec.auth {
+            *password = masked;
+        }
+        envelope::build(
+            &wrapping(&spec),
+            id,
+            attempt,
+            body,
+            &envelope::Token::fresh(),
+        )
+    }
+
+    /// Sends each payload on its own request, up to `max_in_flight` at once
+    /// (the batch is never larger). One outcome per payload, in order.
+    pub async fn deliver(&mut self, batch: &[Payload]) -> Vec<Outcome> {
+        let client = match &self.client {
+            Ok(c) => c.clone(),
+            Err(e) => {
+                return batch
+                    .iter()
+                    .map(|_| Outcome::Down { reason: e.clone() })
+                    .collect();
+            }
+        };
+        if batch.len() == 1 {
+            return vec![send(&client, &self.spec, &batch[0]).await];
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for (i, p) in batch.iter().enumerate() {
+            let (client, spec, p) = (client.clone(), self.spec.clone(), p.clone());
+            set.spawn(async move { (i, send(&client, &spec, &p).await) });
+        }
+        let mut outcomes = vec![None; batch.len()];
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((i, o)) => outcomes[i] = Some(o),
+                Err(e) => {
+                    tracing::error!(target_name = %self.target, error = %e, "a SOAP send task failed")
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or(Outcome::Down {
+                    reason: "the send task failed".into(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn wrapping(spec: &SoapSpec) -> envelope::Wrapping<'_> {
+    envelope::Wrapping {
+        version: spec.version,
+        namespace: spec.namespace.as_deref(),
+        ws_security: match &spec.auth {
+            Auth::UsernameToken {
+                username,
+                password,
+                mode,
+            } => Some((username.as_str(), password.expose(), *mode)),
+            _ => None,
+        },
+    }
+}
+
+fn build_client(spec: &SoapSpec) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .http1_only()
+        .timeout(spec.timeout)
+        .connect_timeout(spec.connect_timeout)
+        .pool_max_idle_per_host(spec.max_in_flight)
+        .pool_idle_timeout(Duration::from_secs(50))
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("hms-sync/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = &spec.ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("ca_file: not a PEM certificate: {e}"))?;
+        b = b.tls_certs_only(certs);
+    }
+    b.build()
+        .map_err(|e| format!("cannot set up the HTTP client: {}", chain(&e)))
+}
+
+/// An error and its causes on one line ("connection refused" is a cause).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+async fn send(client: &reqwest::Client, spec: &SoapSpec, p: &Payload) -> Outcome {
+    let token = match spec.auth {
+        Auth::UsernameToken { .. } => envelope::Token::fresh(),
+        _ => envelope::Token::unused(),
+    };
+    let body = match envelope::build(&wrapping(spec), &p.id, p.attempt, &p.bytes, &token) {
+        Ok(b) => b,
+        Err(reason) => return Outcome::Rejected { reason },
+    };
+    let mut req = client.post(&spec.url).body(body);
+    req = match spec.version {
+        SoapVersion::V11 => req
+            .header("Content-Type", "text/xml; charset=utf-8")
+            .header("SOAPAction", format!("\"{}\"", spec.soap_action)),
+        SoapVersion::V12 if spec.soap_action.is_empty() => {
+            req.header("Content-Type", "application/soap+xml; charset=utf-8")
+        }
+        SoapVersion::V12 => req.header(
+            "Content-Type",
+            format!(
+                "application/soap+xml; charset=utf-8; action=\"{}\"",
+                spec.soap_action
+            ),
+        ),
+    };
+    if let Auth::Basic { username, password } = &spec.auth {
+        req = req.basic_auth(username, Some(password.expose()));
+    }
+    let mut resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            let what = if e.is_timeout() {
+                "no answer in time"
+            } else if e.is_connect() {
+                "cannot connect"
+            } else {
+                "no answer"
+            };
+            return Outcome::Down {
+                reason: format!("{what}: {}", chain(&e)),
+            };
+        }
+    };
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut answer = Vec::new();
+    let mut truncated = false;
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if answer.len() + chunk.len() > MAX_ANSWER_BYTES {
+                    truncated = true;
+                    break;
+                }
+                answer.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                let what = if e.is_timeout() {
+                    "the answer did not end in time"
+                } else {
+                    "the connection broke during the answer"
+                };
+                return Outcome::Down {
+                    reason: format!("{what} (HTTP {status}): {}", chain(&e)),
+                };
+            }
+        }
+    }
+    match answer::classify(status, content_type.as_deref(), &answer, truncated) {
+        answer::Answer::Delivered => Outcome::Delivered,
+        answer::Answer::Down(reason) => Outcome::Down { reason },
+        answer::Answer::Rejected {
+            reason,
+            client: true,
+        } => Outcome::ClientFault { reason },
+        answer::Answer::Rejected { reason, .. } => Outcome::Rejected { reason },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let a = Auth::Basic {
+            username: "u".into(),
+            password: Secret("hunter2".into()),
+        };
+        assert!(!format!("{a:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn envelope_carries_id_attempt_body_and_namespace() {
+        let w = envelope::Wrapping {
+            version: SoapVersion::V11,
+            namespace: Some("urn:county:permits"),
+            ws_security: None,
+        };
+        let body = b"<PermitUpdate op=\"update\"><PermitNumber>1</PermitNumber><Field name=\"n\">a &amp; b</Field></PermitUpdate>\n";
+        let env = envelope::build(&w, "cobol:42", 3, body, &envelope::Token::fresh()).unwrap();
+        let env = String::from_utf8(env).unwrap();
+        assert!(
+            env.contains(r#"<hms:Delivery xmlns:hms="urn:hms-sync" id="cobol:42" attempt="3"/>"#),
+            "{env}"
+        );
+        assert!(env.contains(r#"<soap:Body><PermitUpdate op="update" xmlns="urn:county:permits"><PermitNumber>1</PermitNumber><Field name="n">a &amp; b</Field></PermitUpdate></soap:Body>"#), "{env}");
+        assert!(env.contains(envelope::SOAP11_NS));
+        let bad = envelope::build(&w, "c:1", 1, b"<a><b></a>", &envelope::Token::fresh());
+        assert!(bad.unwrap_err().contains("not well-formed"));
+        let two = envelope::build(&w, "c:1", 1, b"<a/><b/>", &envelope::Token::fresh());
+        assert!(two.unwrap_err().contains("exactly one root"));
+        let doctype = envelope::build(&w, "c:1", 1, b"<!DOCTYPE a><a/>", &envelope::Token::fresh());
+        assert!(doctype.unwrap_err().contains("DOCTYPE"));
+        let declared = envelope::build(
+            &w,
+            "c:1",
+            1,
+            b"<?xml version=\"1.0\"?>\n<a/>",
+            &envelope::Token::fresh(),
+        );
+        assert!(
+            String::from_utf8(declared.unwrap())
+                .unwrap()
+                .contains("<soap:Body><a xmlns=\"urn:county:permits\"/></soap:Body>")
+        );
+    }
+
+    #[test]
+    fn password_digest_matches_the_profile_example() {
+        // Computed outside: printf '0123456789abcdef2026-11-26T14:00:00Zsecret' | sha1sum | xxd -r -p | base64
+        let d = envelope::password_digest(b"0123456789abcdef", "2026-11-26T14:00:00Z", "secret");
+        assert_eq!(d, "shG8XMcz+EoIcve/jaQmvVMusnY=");
+    }
+}

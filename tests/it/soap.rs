@@ -1074,7 +1074,7 @@ fn soap_check_names_file_line_and_key_of_a_missing_password_file() {
         "cobol",
         &soap_connector(
             "http://127.0.0.1:9/x",
-            "username = \"u\"\npassword_file = \"missing.pw\"\nsoap_version = \"1.3\"",
+            "username = \"u\"\npassword_file = \"missing.pw\"",
             FAST_RETRY,
         ),
     );
@@ -1087,7 +1087,76 @@ fn soap_check_names_file_line_and_key_of_a_missing_password_file() {
             && err.contains("missing.pw"),
         "{err}"
     );
-    assert!(err.contains("line 12: [transport] soap_version"), "{err}");
+    let bad_version = TestDaemon::new().connector(
+        "cobol",
+        &soap_connector("http://127.0.0.1:9/x", "soap_version = \"1.3\"", FAST_RETRY),
+    );
+    bad_version.write_config();
+    let err = bad_version.cli(&["check"]).stderr;
+    let err = String::from_utf8_lossy(&err);
+    assert!(err.contains("line 10: [transport] soap_version"), "{err}");
+}
+
+#[test]
+fn soap_status_tail_and_translate_work_for_users_who_cannot_read_the_password_file() {
+    // What an operator outside the service user sees with the file at 0600. Tests
+    // run as root, where chmod 000 stops nothing: a folder cannot be read by anyone.
+    let server = LegacyBox::start();
+    server.require_basic("cobol-user", "S3cret-pw");
+    let d = TestDaemon::new().connector(
+        "cobol",
+        &soap_connector(
+            &server.url(),
+            "username = \"cobol-user\"\npassword_file = \"cobol.pw\"",
+            FAST_RETRY,
+        ),
+    );
+    d.write_config();
+    let pw = d.path().join("cobol.pw");
+    std::fs::create_dir(&pw).unwrap();
+    let change = d.path().join("change.json");
+    std::fs::write(&change, r#"{"permit_number": "5", "status": "NEW"}"#).unwrap();
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["tail"],
+        &["translate", "cobol", change.to_str().unwrap()],
+    ] {
+        let out = d.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // `check` runs as the service user and says what is wrong.
+    let check = d.cli(&["check"]);
+    assert_eq!(check.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        err.contains("line 11: [transport] password_file: cannot read") && err.contains("cobol.pw"),
+        "{err}"
+    );
+    // The daemon starts, holds the change as an outage, and delivers once the
+    // file is readable, without a restart.
+    let d = d.start();
+    d.client().call(&envelope(
+        "5",
+        json!({"permit_number": "5", "status": "OK"}),
+    ));
+    d.wait_for(Duration::from_secs(10), "the outage", |d| {
+        d.target_status("cobol")["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("password_file")
+    });
+    std::fs::remove_dir(&pw).unwrap();
+    std::fs::write(&pw, "S3cret-pw\n").unwrap();
+    d.wait_for(Duration::from_secs(10), "the delivery", |_| {
+        server.received().len() == 1
+    });
+    assert!(server.errors().is_empty(), "{:?}", server.errors());
+    assert!(!d.log().contains("S3cret"));
 }
 
 #[test]

@@ -50,18 +50,18 @@ pub enum WsSecurity {
     PasswordDigest,
 }
 
+/// How to log in; the password itself is in `password_file`, read only by the
+/// daemon and by `check` (see [`read_password`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Auth {
     None,
     /// HTTP basic auth.
     Basic {
         username: String,
-        password: Secret,
     },
     /// A WS-Security UsernameToken in the SOAP header.
     UsernameToken {
         username: String,
-        password: Secret,
         mode: WsSecurity,
     },
 }
@@ -76,8 +76,12 @@ pub struct SoapSpec {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub auth: Auth,
-    /// Where the password came from, for `check`.
+    /// The file holding the password (set whenever `auth` is not `None`). Not
+    /// read while the config loads: operators who may run `status` or `tail`
+    /// need not be able to read it. The daemon and `check` read it.
     pub password_file: Option<PathBuf>,
+    /// Where `password_file` is written ("FILE: line N: "), for `check`.
+    pub password_file_at: String,
     /// PEM of the CA(s) to trust instead of the system's roots.
     pub ca_pem: Option<Vec<u8>>,
     pub ca_file: Option<PathBuf>,
@@ -123,7 +127,8 @@ pub fn key_present(t: &TransportFile, key: &str) -> bool {
 }
 
 /// Validates `[transport] kind = "soap"`; every problem goes to `problems`
-/// with file, line and key (`at`). Reads `password_file` and `ca_file`.
+/// with file, line and key (`at`). Reads `ca_file` (public); never
+/// `password_file` (see [`read_password`]).
 pub fn spec(
     t: &TransportFile,
     at: &dyn Fn(Option<&str>, &str) -> String,
@@ -192,32 +197,13 @@ pub fn spec(
             base.join(p)
         }
     });
-    let password = match &password_file {
-        None => None,
-        Some(p) => match std::fs::read_to_string(p) {
-            Ok(text) => {
-                let pw = text.strip_suffix('\n').unwrap_or(&text);
-                let pw = pw.strip_suffix('\r').unwrap_or(pw);
-                if pw.is_empty() {
-                    problem("password_file", format!("{} is empty", p.display()));
-                    None
-                } else {
-                    Some(Secret(pw.to_string()))
-                }
-            }
-            Err(e) => {
-                problem("password_file", format!("cannot read {}: {e}", p.display()));
-                None
-            }
-        },
-    };
     let auth_kind = t.auth.as_deref().unwrap_or(if t.username.is_some() {
         "basic"
     } else {
         "none"
     });
-    let auth = match (auth_kind, &t.username, password) {
-        ("none", None, None) if t.password_file.is_none() => Auth::None,
+    let auth = match (auth_kind, &t.username, &password_file) {
+        ("none", None, None) => Auth::None,
         ("none", _, _) => {
             problem(
                 "auth",
@@ -225,18 +211,16 @@ pub fn spec(
             );
             Auth::None
         }
-        ("basic" | "ws-security-text" | "ws-security-digest", Some(user), Some(password)) => {
+        ("basic" | "ws-security-text" | "ws-security-digest", Some(user), Some(_)) => {
             let username = user.clone();
             match auth_kind {
-                "basic" => Auth::Basic { username, password },
+                "basic" => Auth::Basic { username },
                 "ws-security-text" => Auth::UsernameToken {
                     username,
-                    password,
                     mode: WsSecurity::PasswordText,
                 },
                 _ => Auth::UsernameToken {
                     username,
-                    password,
                     mode: WsSecurity::PasswordDigest,
                 },
             }
@@ -327,6 +311,7 @@ pub fn spec(
         connect_timeout,
         auth,
         password_file,
+        password_file_at: at(Some("transport"), "password_file"),
         ca_pem,
         ca_file,
         namespace: t.namespace.clone(),
@@ -353,7 +338,7 @@ pub fn describe(s: &SoapSpec) -> String {
         ),
     };
     let password = match &s.password_file {
-        Some(p) => format!(" (password from {}, readable)", p.display()),
+        Some(p) => format!(" (password from {})", p.display()),
         None => String::new(),
     };
     let ca = match &s.ca_file {
@@ -368,6 +353,23 @@ pub fn describe(s: &SoapSpec) -> String {
     )
 }
 
+/// Reads the password from `password_file` (one line; a final newline is not
+/// part of it). `Ok(None)` when the connector logs in without one. The error
+/// names the file, never the password.
+pub fn read_password(spec: &SoapSpec) -> Result<Option<Secret>, String> {
+    let Some(p) = &spec.password_file else {
+        return Ok(None);
+    };
+    let text =
+        std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    let pw = text.strip_suffix('\n').unwrap_or(&text);
+    let pw = pw.strip_suffix('\r').unwrap_or(pw);
+    if pw.is_empty() {
+        return Err(format!("{} is empty", p.display()));
+    }
+    Ok(Some(Secret(pw.to_string())))
+}
+
 /// rustls needs one crypto provider for the process: ring (no C beyond ring's
 /// own, static musl builds work). Installing twice is harmless.
 pub fn install_crypto_provider() {
@@ -379,6 +381,10 @@ pub struct SoapTransport {
     spec: Arc<SoapSpec>,
     /// `Err` if the client could not be built (every delivery then says why).
     client: Result<reqwest::Client, String>,
+    /// The password, read from `password_file` when the transport starts; while
+    /// it cannot be read, every delivery is `Down` saying why and tries again
+    /// (fixing the file's owner needs no restart).
+    password: Result<Option<Secret>, String>,
 }
 
 impl SoapTransport {
@@ -388,6 +394,7 @@ impl SoapTransport {
             target: target.to_string(),
             spec: Arc::new(spec.clone()),
             client: build_client(spec),
+            password: read_password(spec),
         }
     }
 
@@ -400,14 +407,11 @@ impl SoapTransport {
     }
 
     /// The envelope as `translate` shows it: the password, if one is in it, masked.
+    /// It never needs `password_file` (the user running it may not read it).
     pub fn preview(&self, id: &str, attempt: u32, body: &[u8]) -> Result<Vec<u8>, String> {
         let masked = Secret("********".into());
-        let mut spec = (*self.spec).clone();
-        if let Auth::UsernameToken { password, .. } = &mut spec.auth {
-            *password = masked;
-        }
         envelope::build(
-            &wrapping(&spec),
+            &wrapping(&self.spec, Some(&masked)),
             id,
             attempt,
             body,
@@ -418,22 +422,35 @@ impl SoapTransport {
     /// Sends each payload on its own request, up to `max_in_flight` at once
     /// (the batch is never larger). One outcome per payload, in order.
     pub async fn deliver(&mut self, batch: &[Payload]) -> Vec<Outcome> {
-        let client = match &self.client {
-            Ok(c) => c.clone(),
-            Err(e) => {
+        if self.password.is_err() {
+            self.password = read_password(&self.spec);
+        }
+        let (client, password) = match (&self.client, &self.password) {
+            (Ok(c), Ok(p)) => (c.clone(), p.clone()),
+            (Err(e), _) => {
                 return batch
                     .iter()
                     .map(|_| Outcome::Down { reason: e.clone() })
                     .collect();
             }
+            (_, Err(e)) => {
+                let reason = format!("password_file: {e}");
+                return batch
+                    .iter()
+                    .map(|_| Outcome::Down {
+                        reason: reason.clone(),
+                    })
+                    .collect();
+            }
         };
         if batch.len() == 1 {
-            return vec![send(&client, &self.spec, &batch[0]).await];
+            return vec![send(&client, &self.spec, password.as_ref(), &batch[0]).await];
         }
         let mut set = tokio::task::JoinSet::new();
         for (i, p) in batch.iter().enumerate() {
             let (client, spec, p) = (client.clone(), self.spec.clone(), p.clone());
-            set.spawn(async move { (i, send(&client, &spec, &p).await) });
+            let password = password.clone();
+            set.spawn(async move { (i, send(&client, &spec, password.as_ref(), &p).await) });
         }
         let mut outcomes = vec![None; batch.len()];
         while let Some(joined) = set.join_next().await {
@@ -455,16 +472,14 @@ impl SoapTransport {
     }
 }
 
-fn wrapping(spec: &SoapSpec) -> envelope::Wrapping<'_> {
+fn wrapping<'a>(spec: &'a SoapSpec, password: Option<&'a Secret>) -> envelope::Wrapping<'a> {
     envelope::Wrapping {
         version: spec.version,
         namespace: spec.namespace.as_deref(),
-        ws_security: match &spec.auth {
-            Auth::UsernameToken {
-                username,
-                password,
-                mode,
-            } => Some((username.as_str(), password.expose(), *mode)),
+        ws_security: match (&spec.auth, password) {
+            (Auth::UsernameToken { username, mode }, Some(password)) => {
+                Some((username.as_str(), password.expose(), *mode))
+            }
             _ => None,
         },
     }
@@ -504,12 +519,23 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-async fn send(client: &reqwest::Client, spec: &SoapSpec, p: &Payload) -> Outcome {
+async fn send(
+    client: &reqwest::Client,
+    spec: &SoapSpec,
+    password: Option<&Secret>,
+    p: &Payload,
+) -> Outcome {
     let token = match spec.auth {
         Auth::UsernameToken { .. } => envelope::Token::fresh(),
         _ => envelope::Token::unused(),
     };
-    let body = match envelope::build(&wrapping(spec), &p.id, p.attempt, &p.bytes, &token) {
+    let body = match envelope::build(
+        &wrapping(spec, password),
+        &p.id,
+        p.attempt,
+        &p.bytes,
+        &token,
+    ) {
         Ok(b) => b,
         Err(reason) => return Outcome::Rejected { reason },
     };
@@ -529,7 +555,7 @@ async fn send(client: &reqwest::Client, spec: &SoapSpec, p: &Payload) -> Outcome
             ),
         ),
     };
-    if let Auth::Basic { username, password } = &spec.auth {
+    if let (Auth::Basic { username }, Some(password)) = (&spec.auth, password) {
         req = req.basic_auth(username, Some(password.expose()));
     }
     let mut resp = match req.send().await {
@@ -594,10 +620,7 @@ mod tests {
 
     #[test]
     fn secrets_do_not_show_in_debug() {
-        let a = Auth::Basic {
-            username: "u".into(),
-            password: Secret("hunter2".into()),
-        };
+        let a = Some(Secret("hunter2".into()));
         assert!(!format!("{a:?}").contains("hunter2"));
     }
 

@@ -143,20 +143,26 @@ pub fn spec(
         ));
     };
     let url = t.url.clone().unwrap_or_default();
-    match reqwest::Url::parse(&url) {
-        _ if t.url.is_none() => problem(
+    // Credentials first: no message below may show a URL that holds a password.
+    if t.url.is_none() {
+        problem(
             "url",
             "kind \"soap\" needs `url = \"http://host:port/Service\"`".into(),
-        ),
-        Ok(u) if !matches!(u.scheme(), "http" | "https") => {
-            problem("url", format!("`{url}` must start with http:// or https://"))
-        }
-        Ok(u) if !u.username().is_empty() || u.password().is_some() => problem(
+        );
+    } else if holds_credentials(&url) {
+        problem(
             "url",
             "holds a user name or password: put the user in `username` and the password in a file named by `password_file`".into(),
-        ),
-        Ok(_) => {}
-        Err(e) => problem("url", format!("`{url}` is not a URL: {e}")),
+        );
+    } else {
+        match reqwest::Url::parse(&url) {
+            Ok(u) if !matches!(u.scheme(), "http" | "https") => problem(
+                "url",
+                format!("must start with http:// or https://, not `{}:`", u.scheme()),
+            ),
+            Ok(_) => {}
+            Err(e) => problem("url", format!("`{url}` is not a URL: {e}")),
+        }
     }
     let version = match t.soap_version.as_deref() {
         None | Some("1.1") => SoapVersion::V11,
@@ -318,6 +324,19 @@ pub fn spec(
         max_in_flight,
         dead_letter_on_client_fault: t.dead_letter_on_client_fault.unwrap_or(false),
     })))
+}
+
+/// Whether `url` carries a user name or password (`scheme://user:pw@host`), also
+/// when it is not a valid http URL: then anything with `@` before the path counts.
+fn holds_credentials(url: &str) -> bool {
+    if let Ok(u) = reqwest::Url::parse(url)
+        && (!u.username().is_empty() || u.password().is_some())
+    {
+        return true;
+    }
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority.contains('@')
 }
 
 /// One line for `check`: where it sends and how, never the password.
@@ -658,6 +677,38 @@ mod tests {
                 .unwrap()
                 .contains("<soap:Body><a xmlns=\"urn:county:permits\"/></soap:Body>")
         );
+    }
+
+    /// The problems `spec` finds in a `[transport]` table.
+    fn problems(transport: &str) -> Vec<String> {
+        let t: TransportFile = toml::from_str(transport).unwrap();
+        let mut problems = Vec::new();
+        spec(
+            &t,
+            &|_, key| format!("c.toml: {key}: "),
+            Path::new("/"),
+            &mut problems,
+        );
+        problems
+    }
+
+    #[test]
+    fn a_url_with_a_password_is_refused_without_showing_it() {
+        for url in [
+            "ftp://user:Secret@host/",
+            "http://user:Secret@host:99999/",
+            "user:Secret@host/x",
+            "http://user:Secret@ho st/",
+        ] {
+            let p = problems(&format!("kind = \"soap\"\nurl = \"{url}\""));
+            assert_eq!(p.len(), 1, "{url}: {p:?}");
+            assert!(p[0].contains("holds a user name or password"), "{p:?}");
+            assert!(!p[0].contains("Secret"), "{p:?}");
+        }
+        let p = problems("kind = \"soap\"\nurl = \"ftp://host/\"");
+        assert!(p[0].contains("must start with http://"), "{p:?}");
+        let p = problems("kind = \"soap\"\nurl = \"http://host:99999/\"");
+        assert!(p[0].contains("is not a URL"), "{p:?}");
     }
 
     #[test]

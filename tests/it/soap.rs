@@ -1306,8 +1306,8 @@ fn soap_the_county_cobol_example_and_its_template_deliver_escaped_values() {
             r#"<PermitUpdate op="update">
   <PermitNumber>123</PermitNumber>
   <Status>APPROVED</Status>
-  <Inspector>M. O'Brien &amp; Sons &lt;contract&gt;</Inspector>
-  <Field name="inspector.name">M. O'Brien &amp; Sons &lt;contract&gt;</Field>
+  <Inspector>M. O&apos;Brien &amp; Sons &lt;contract&gt;</Inspector>
+  <Field name="inspector.name">M. O&apos;Brien &amp; Sons &lt;contract&gt;</Field>
   <Field name="status">APPROVED</Field>
 </PermitUpdate>"#
         ),

@@ -302,6 +302,10 @@ pub fn spec(
             "is empty; leave it out for no namespace".into(),
         );
     }
+    let soap_action = t.soap_action.clone().unwrap_or_default();
+    if let Err(e) = action_headers(version, &soap_action) {
+        problem("soap_action", e);
+    }
     let max_in_flight = t.max_in_flight.unwrap_or(1);
     if !(1..=64).contains(&max_in_flight) {
         problem("max_in_flight", "must be between 1 and 64".into());
@@ -311,7 +315,7 @@ pub fn spec(
     }
     Some(TransportSpec::Soap(Box::new(SoapSpec {
         url,
-        soap_action: t.soap_action.clone().unwrap_or_default(),
+        soap_action,
         version,
         timeout,
         connect_timeout,
@@ -523,6 +527,47 @@ fn build_client(spec: &SoapSpec) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot set up the HTTP client: {}", chain(&e)))
 }
 
+/// `Content-Type` and, for 1.1, `SOAPAction` for a connector's action; `Err`
+/// says why the action cannot go in a header (checked by `spec`, so that a
+/// bad action is a config error and never an endless "down").
+fn action_headers(
+    version: SoapVersion,
+    action: &str,
+) -> Result<reqwest::header::HeaderMap, String> {
+    use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+    if action.contains('"') {
+        return Err("must not hold a double quote (`\"`)".into());
+    }
+    let value = |text: String| {
+        HeaderValue::from_str(&text).map_err(|_| {
+            "holds a character an HTTP header cannot carry (a control character such as a line break?)"
+                .to_string()
+        })
+    };
+    let mut h = HeaderMap::new();
+    match version {
+        SoapVersion::V11 => {
+            h.insert(CONTENT_TYPE, value("text/xml; charset=utf-8".into())?);
+            h.insert("SOAPAction", value(format!("\"{action}\""))?);
+        }
+        SoapVersion::V12 if action.is_empty() => {
+            h.insert(
+                CONTENT_TYPE,
+                value("application/soap+xml; charset=utf-8".into())?,
+            );
+        }
+        SoapVersion::V12 => {
+            h.insert(
+                CONTENT_TYPE,
+                value(format!(
+                    "application/soap+xml; charset=utf-8; action=\"{action}\""
+                ))?,
+            );
+        }
+    }
+    Ok(h)
+}
+
 /// An error and its causes on one line ("connection refused" is a cause).
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -559,26 +604,25 @@ async fn send(
         Err(reason) => return Outcome::Rejected { reason },
     };
     let mut req = client.post(&spec.url).body(body);
-    req = match spec.version {
-        SoapVersion::V11 => req
-            .header("Content-Type", "text/xml; charset=utf-8")
-            .header("SOAPAction", format!("\"{}\"", spec.soap_action)),
-        SoapVersion::V12 if spec.soap_action.is_empty() => {
-            req.header("Content-Type", "application/soap+xml; charset=utf-8")
+    match action_headers(spec.version, &spec.soap_action) {
+        Ok(headers) => req = req.headers(headers),
+        Err(e) => {
+            return Outcome::Rejected {
+                reason: format!("soap_action: {e}"),
+            };
         }
-        SoapVersion::V12 => req.header(
-            "Content-Type",
-            format!(
-                "application/soap+xml; charset=utf-8; action=\"{}\"",
-                spec.soap_action
-            ),
-        ),
-    };
+    }
     if let (Auth::Basic { username }, Some(password)) = (&spec.auth, password) {
         req = req.basic_auth(username, Some(password.expose()));
     }
     let mut resp = match req.send().await {
         Ok(r) => r,
+        // A request that cannot be built never reaches the service: not an outage.
+        Err(e) if e.is_builder() => {
+            return Outcome::Rejected {
+                reason: format!("cannot build the request: {}", chain(&e)),
+            };
+        }
         Err(e) => {
             let what = if e.is_timeout() {
                 "no answer in time"
@@ -709,6 +753,46 @@ mod tests {
         assert!(p[0].contains("must start with http://"), "{p:?}");
         let p = problems("kind = \"soap\"\nurl = \"http://host:99999/\"");
         assert!(p[0].contains("is not a URL"), "{p:?}");
+    }
+
+    #[test]
+    fn an_action_no_header_can_carry_is_a_config_error() {
+        for version in ["1.1", "1.2"] {
+            for action in [r#"urn:a\nb"#, r#"urn:a\u0007"#, r#"urn:\"x\""#] {
+                let p = problems(&format!(
+                    "kind = \"soap\"\nurl = \"http://h/\"\nsoap_version = \"{version}\"\nsoap_action = \"{action}\""
+                ));
+                assert_eq!(p.len(), 1, "{version} {action}: {p:?}");
+                assert!(p[0].contains("soap_action"), "{p:?}");
+            }
+        }
+        assert!(
+            problems("kind = \"soap\"\nurl = \"http://h/\"\nsoap_action = \"urn:ok\"").is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_be_built_is_rejected_not_down() {
+        let t: TransportFile =
+            toml::from_str("kind = \"soap\"\nurl = \"http://127.0.0.1:9/\"").unwrap();
+        let Some(TransportSpec::Soap(mut spec)) =
+            spec(&t, &|_, _| String::new(), Path::new("/"), &mut Vec::new())
+        else {
+            panic!("a valid spec");
+        };
+        // What a spec from before the check above held.
+        spec.soap_action = "urn:a\nb".into();
+        let mut transport = SoapTransport::new("t", &spec);
+        let payload = Payload {
+            id: "t:1".into(),
+            attempt: 1,
+            bytes: b"<a/>".to_vec(),
+        };
+        let outcome = transport.deliver(&[payload]).await;
+        assert!(
+            matches!(&outcome[..], [Outcome::Rejected { reason }] if reason.contains("soap_action")),
+            "{outcome:?}"
+        );
     }
 
     #[test]

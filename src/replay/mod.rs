@@ -211,13 +211,41 @@ impl Worker {
         let outcomes = self.transport.deliver(&payloads).await;
         let latency_ms = started.elapsed().as_millis() as u64;
         // One outcome per payload (a file batch repeats its one outcome): each
-        // delta is settled by its own, delivered ones in one ack.
+        // delta is settled by its own, delivered ones in one ack. Deliveries are
+        // settled first so that a rejection or outage of the same batch is the
+        // `last_error` that `status` shows.
         let mut delivered = Vec::new();
-        let mut down = None;
-        let mut answered = None;
+        let mut failed = Vec::new();
         for (l, outcome) in sendable.iter().zip(outcomes) {
             match outcome {
                 Outcome::Delivered => delivered.push(l),
+                other => failed.push((l, other)),
+            }
+        }
+        if !delivered.is_empty() {
+            let seqs: Vec<u64> = delivered.iter().map(|l| l.queued.seq).collect();
+            if failed.is_empty() {
+                // All went through: the worker leases again at once, with these acks.
+                self.unacked.extend(seqs);
+            } else {
+                let name = self.name.clone();
+                if let Err(e) = self.queue.call(move |q| q.ack(&name, &seqs)).await {
+                    // Delivered but not recorded: it will be sent again (same id).
+                    tracing::error!(target_name = %self.name, error = %e, "cannot record deliveries");
+                }
+            }
+            self.health.delivered(&self.name, delivered.len() as u64);
+            for l in &delivered {
+                let mut e = self.entry(l, "delivered");
+                e.latency_ms = Some(latency_ms);
+                self.log.append(&e);
+            }
+        }
+        let mut down = None;
+        let mut answered = None;
+        for (l, outcome) in failed {
+            match outcome {
+                Outcome::Delivered => {}
                 Outcome::Down { reason } => {
                     self.health.down(&self.name, &reason);
                     let (name, seq) = (self.name.clone(), l.queued.seq);
@@ -240,25 +268,6 @@ impl Worker {
                     self.reject(l, &reason, Some(latency_ms), at_once).await;
                     answered = Some(Outcome::Rejected { reason });
                 }
-            }
-        }
-        if !delivered.is_empty() {
-            let seqs: Vec<u64> = delivered.iter().map(|l| l.queued.seq).collect();
-            if down.is_none() && answered.is_none() {
-                // All went through: the worker leases again at once, with these acks.
-                self.unacked.extend(seqs);
-            } else {
-                let name = self.name.clone();
-                if let Err(e) = self.queue.call(move |q| q.ack(&name, &seqs)).await {
-                    // Delivered but not recorded: it will be sent again (same id).
-                    tracing::error!(target_name = %self.name, error = %e, "cannot record deliveries");
-                }
-            }
-            self.health.delivered(&self.name, delivered.len() as u64);
-            for l in &delivered {
-                let mut e = self.entry(l, "delivered");
-                e.latency_ms = Some(latency_ms);
-                self.log.append(&e);
             }
         }
         // Any outage backs the whole target off.

@@ -749,6 +749,48 @@ fn soap_dead_letter_on_client_fault_does_not_wait_for_max_attempts() {
     assert_eq!(server.received().len(), 1);
 }
 
+#[test]
+fn soap_status_shows_a_rejection_delivered_in_the_same_batch_as_a_delivery() {
+    let mut server = LegacyBox::start();
+    server.reject("21", true);
+    server.stop();
+    let d = TestDaemon::new()
+        .connector(
+            "cobol",
+            &soap_connector(
+                &server.url(),
+                "max_in_flight = 2\ndead_letter_on_client_fault = true",
+                FAST_RETRY,
+            ),
+        )
+        .start();
+    // Both wait out the outage, then go in one batch of two.
+    d.client()
+        .call(&envelope("21", json!({"permit_number": "21"})));
+    d.client()
+        .call(&envelope("22", json!({"permit_number": "22"})));
+    std::thread::sleep(Duration::from_millis(300));
+    server.resume();
+    d.wait_for(
+        Duration::from_secs(10),
+        "one delivery and one dead letter",
+        |d| {
+            let t = d.target_status("cobol");
+            t["dead"] == 1 && t["pending"] == 0 && t["in_flight"] == 0
+        },
+    );
+    assert_eq!(server.received().len(), 2, "one batch, nothing resent");
+    assert_eq!(server.max_in_flight(), 2, "both were on the wire at once");
+    let t = d.target_status("cobol");
+    assert!(
+        t["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Permit is locked"),
+        "{t}"
+    );
+}
+
 /// A raw HTTP/1.1 server for answers axum will not give: each request's
 /// `<PermitNumber>` picks the answer. `reset` and `hang` misbehave only on
 /// their first request, so that the retry after the outage gets through.

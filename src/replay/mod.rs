@@ -34,6 +34,22 @@ pub fn backoff_delay(policy: &RetryPolicy, n: u32) -> Duration {
     capped.mul_f64(1.0 - jitter)
 }
 
+/// Exactly `n` outcomes, one per payload sent. A transport that gave fewer
+/// (a bug) must not leave the rest leased until a restart, which would block
+/// their records: they count as an outage and go back to the queue.
+fn one_per_payload(target: &str, mut outcomes: Vec<Outcome>, n: usize) -> Vec<Outcome> {
+    if outcomes.len() != n {
+        tracing::error!(target_name = %target, payloads = n, outcomes = outcomes.len(), "the transport did not answer for every delta; the rest go back to the queue");
+        outcomes.resize(
+            n,
+            Outcome::Down {
+                reason: "the transport gave no outcome for this delta".into(),
+            },
+        );
+    }
+    outcomes
+}
+
 pub struct Worker {
     pub name: String,
     pub queue: QueueHandle,
@@ -208,7 +224,11 @@ impl Worker {
             return None;
         }
         let started = Instant::now();
-        let outcomes = self.transport.deliver(&payloads).await;
+        let outcomes = one_per_payload(
+            &self.name,
+            self.transport.deliver(&payloads).await,
+            sendable.len(),
+        );
         let latency_ms = started.elapsed().as_millis() as u64;
         // One outcome per payload (a file batch repeats its one outcome): each
         // delta is settled by its own, delivered ones in one ack. Deliveries are
@@ -373,6 +393,19 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_outcome_is_an_outage_so_the_delta_is_released() {
+        let got = one_per_payload("t", vec![Outcome::Delivered], 3);
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0], Outcome::Delivered);
+        assert!(matches!(got[1], Outcome::Down { .. }));
+        assert!(matches!(got[2], Outcome::Down { .. }));
+        assert_eq!(
+            one_per_payload("t", vec![Outcome::Delivered; 2], 1).len(),
+            1
+        );
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_jittered_down_only() {

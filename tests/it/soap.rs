@@ -829,7 +829,7 @@ fn raw_box() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                 };
                 let head = |status: &str, len: usize| {
                     format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {len}\r\n\r\n"
+                        "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
                     )
                 };
                 let whole =
@@ -1108,6 +1108,35 @@ fn soap_basic_auth_and_username_token_digest_are_checked_and_passwords_never_sho
                 && e["error"].as_str().unwrap_or("").contains("401")
         })
     });
+}
+
+#[test]
+fn soap_translate_masks_the_password_of_a_ws_security_text_token() {
+    let d = TestDaemon::new().connector(
+        "cobol",
+        &soap_connector(
+            "http://127.0.0.1:9/x",
+            "auth = \"ws-security-text\"\nusername = \"wsuser\"\npassword_file = \"text.pw\"",
+            FAST_RETRY,
+        ),
+    );
+    d.write_config();
+    std::fs::write(d.path().join("text.pw"), "T3xt-S3cret\n").unwrap();
+    let change = d.path().join("change.json");
+    std::fs::write(&change, r#"{"permit_number": "5", "status": "NEW"}"#).unwrap();
+    let out = d.cli(&["translate", "cobol", change.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("<wsse:Username>wsuser</wsse:Username>") && shown.contains("********"),
+        "{shown}"
+    );
+    assert!(!shown.contains("S3cret"), "{shown}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("S3cret"));
 }
 
 #[test]

@@ -5,8 +5,9 @@
 //!
 //! **Invariants:** no I/O; any bytes in, never a panic; only a `Fault` in the
 //! envelope's SOAP namespace directly in its `Body` is a Fault (the service's
-//! own elements may be called that); ISO-8859-1 answers and
-//! entity references (`&amp;`, `&#233;`) are read as the service meant them.
+//! own elements may be called that); UTF-8, ISO-8859-1 and windows-1252
+//! answers and entity references (`&amp;`, `&#233;`) are read as the service
+//! meant them (any other charset is read as UTF-8).
 
 use quick_xml::NsReader;
 use quick_xml::events::Event;
@@ -108,46 +109,78 @@ fn snippet(text: &str) -> String {
     }
 }
 
-/// The charset of the answer: the Content-Type's, else the XML declaration's.
-fn is_latin1(content_type: Option<&str>, body: &[u8]) -> bool {
-    let latin = |name: &str| {
+/// How the answer's bytes are to be read.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Charset {
+    Utf8,
+    Latin1,
+    Windows1252,
+}
+
+/// The charset of the answer: the Content-Type's, else the XML declaration's;
+/// UTF-8 when neither names one we know.
+fn charset(content_type: Option<&str>, body: &[u8]) -> Charset {
+    let named = |name: &str| {
         let n = name.trim().trim_matches(['"', '\'']).to_ascii_lowercase();
-        matches!(
-            n.as_str(),
-            "iso-8859-1" | "latin1" | "latin-1" | "iso8859-1" | "l1" | "windows-1252" | "cp1252"
-        )
+        match n.as_str() {
+            "iso-8859-1" | "latin1" | "latin-1" | "iso8859-1" | "l1" | "iso_8859-1" => {
+                Charset::Latin1
+            }
+            "windows-1252" | "cp1252" | "x-cp1252" => Charset::Windows1252,
+            _ => Charset::Utf8,
+        }
     };
     if let Some(ct) = content_type
         && let Some(cs) = ct
             .split(';')
-            .filter_map(|p| p.trim().strip_prefix("charset="))
-            .next()
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("charset"))
+            .map(|(_, v)| v)
     {
-        return latin(cs);
+        return named(cs);
     }
     let head = &body[..body.len().min(200)];
     let head = String::from_utf8_lossy(head);
     if let Some(decl) = head.strip_prefix("<?xml")
         && let Some(end) = decl.find("?>")
-        && let Some(pos) = decl[..end].find("encoding=")
+        && let Some(pos) = decl[..end].find("encoding")
     {
-        let rest = &decl[pos + 9..end];
-        let value: String = rest
-            .chars()
-            .skip(1)
-            .take_while(|c| *c != '"' && *c != '\'')
-            .collect();
-        return latin(&value);
+        // `encoding = "..."`: spaces may stand around the `=`.
+        let rest = decl[pos + "encoding".len()..end].trim_start();
+        if let Some(rest) = rest.strip_prefix('=') {
+            let value: String = rest
+                .trim_start()
+                .chars()
+                .skip(1)
+                .take_while(|c| *c != '"' && *c != '\'')
+                .collect();
+            return named(&value);
+        }
     }
-    false
+    Charset::Utf8
 }
 
+/// windows-1252's characters for the bytes 0x80–0x9F (where it differs from
+/// ISO-8859-1); the five bytes it leaves undefined map to U+FFFD.
+const CP1252_80_9F: [char; 32] = [
+    '\u{20AC}', '\u{FFFD}', '\u{201A}', '\u{0192}', '\u{201E}', '\u{2026}', '\u{2020}', '\u{2021}',
+    '\u{02C6}', '\u{2030}', '\u{0160}', '\u{2039}', '\u{0152}', '\u{FFFD}', '\u{017D}', '\u{FFFD}',
+    '\u{FFFD}', '\u{2018}', '\u{2019}', '\u{201C}', '\u{201D}', '\u{2022}', '\u{2013}', '\u{2014}',
+    '\u{02DC}', '\u{2122}', '\u{0161}', '\u{203A}', '\u{0153}', '\u{FFFD}', '\u{017E}', '\u{0178}',
+];
+
 fn to_utf8(content_type: Option<&str>, body: &[u8]) -> String {
-    if is_latin1(content_type, body) {
+    match charset(content_type, body) {
         // Every ISO-8859-1 byte is the code point of the same number.
-        body.iter().map(|&b| b as char).collect()
-    } else {
-        String::from_utf8_lossy(body).into_owned()
+        Charset::Latin1 => body.iter().map(|&b| b as char).collect(),
+        Charset::Windows1252 => body
+            .iter()
+            .map(|&b| match b {
+                0x80..=0x9F => CP1252_80_9F[usize::from(b - 0x80)],
+                _ => b as char,
+            })
+            .collect(),
+        Charset::Utf8 => String::from_utf8_lossy(body).into_owned(),
     }
 }
 
@@ -389,6 +422,53 @@ mod tests {
             Answer::Rejected { reason, .. } => assert!(reason.contains("caf\u{e9}"), "{reason}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// `text` with its `@@` replaced by raw `bytes`.
+    fn with_bytes(text: &str, bytes: &[u8]) -> Vec<u8> {
+        let (a, b) = text.split_once("@@").unwrap();
+        [a.as_bytes(), bytes, b.as_bytes()].concat()
+    }
+
+    #[test]
+    fn windows_1252_any_case_charset_and_spaced_declarations() {
+        // 0x80 is the euro sign, 0x93/0x94 curly quotes in windows-1252.
+        let body = with_bytes(
+            &format!(
+                "<?xml version='1.0' encoding = 'windows-1252' ?>{}",
+                fault11("Server", "@@")
+            ),
+            &[0x93, b'5', 0x80, 0x94],
+        );
+        match classify(500, None, &body, false) {
+            Answer::Rejected { reason, .. } => {
+                assert!(reason.contains("\u{201C}5\u{20AC}\u{201D}"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let body = with_bytes(&fault11("Server", "caf@@"), &[0xE9]);
+        for ct in [
+            "text/xml; Charset=ISO-8859-1",
+            "text/xml;CHARSET=\"latin1\"",
+        ] {
+            match classify(500, Some(ct), &body, false) {
+                Answer::Rejected { reason, .. } => {
+                    assert!(reason.contains("caf\u{e9}"), "{ct}: {reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            charset(
+                None,
+                b"<?xml version=\"1.0\" encoding =\"ISO-8859-1\"?><a/>"
+            ),
+            Charset::Latin1
+        );
+        assert_eq!(
+            charset(Some("text/xml"), b"<?xml version=\"1.0\"?><a/>"),
+            Charset::Utf8
+        );
     }
 
     #[test]

@@ -796,6 +796,41 @@ mod tests {
     }
 
     #[test]
+    fn nothing_but_white_space_may_stand_outside_the_body_root() {
+        let w = envelope::Wrapping {
+            version: SoapVersion::V11,
+            namespace: None,
+            ws_security: None,
+        };
+        for body in [
+            &b"&amp;<a/>"[..],
+            b"<a/>&#65;",
+            b"<![CDATA[x]]><a/>",
+            b"<a/>\n<![CDATA[]]>",
+            b"x<a/>",
+        ] {
+            let got = envelope::build(&w, "c:1", 1, body, &envelope::Token::unused());
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains("outside the root")),
+                "{}: {got:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let ok = envelope::build(
+            &w,
+            "c:1",
+            1,
+            b"\n <a>&amp;<![CDATA[x]]></a>\n",
+            &envelope::Token::unused(),
+        );
+        assert!(
+            String::from_utf8(ok.unwrap())
+                .unwrap()
+                .contains("<soap:Body><a>&amp;<![CDATA[x]]></a></soap:Body>")
+        );
+    }
+
+    #[test]
     fn password_digest_matches_the_profile_example() {
         // Computed outside: printf '0123456789abcdef2026-11-26T14:00:00Zsecret' | sha1sum | xxd -r -p | base64
         let d = envelope::password_digest(b"0123456789abcdef", "2026-11-26T14:00:00Z", "secret");

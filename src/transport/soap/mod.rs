@@ -38,15 +38,21 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// Which SOAP: it sets the envelope's namespace and how the action is sent.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum SoapVersion {
+    /// `text/xml` with a `SOAPAction` header (the default; most legacy services).
     V11,
+    /// `application/soap+xml` with the action as a Content-Type parameter.
     V12,
 }
 
+/// How a UsernameToken carries the password.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum WsSecurity {
+    /// The password itself, in the envelope: https only.
     PasswordText,
+    /// Base64(SHA-1(nonce + created + password)), a fresh nonce each request.
     PasswordDigest,
 }
 
@@ -69,11 +75,14 @@ pub enum Auth {
 /// A validated `[transport] kind = "soap"`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SoapSpec {
+    /// Where to POST, `http://` or `https://`; never holds a user or password.
     pub url: String,
     /// SOAPAction (1.1) or the `action` parameter (1.2); empty: none.
     pub soap_action: String,
     pub version: SoapVersion,
+    /// Longest wait for the whole answer; past it the target is down.
     pub timeout: Duration,
+    /// Longest wait to connect; past it the target is down.
     pub connect_timeout: Duration,
     pub auth: Auth,
     /// The file holding the password (set whenever `auth` is not `None`). Not
@@ -84,10 +93,15 @@ pub struct SoapSpec {
     pub password_file_at: String,
     /// PEM of the CA(s) to trust instead of the system's roots.
     pub ca_pem: Option<Vec<u8>>,
+    /// Where `ca_pem` came from, for `check`.
     pub ca_file: Option<PathBuf>,
     /// `xmlns` put on the body's root element.
     pub namespace: Option<String>,
+    /// Requests on the wire at once (1..=64), each for a different record; 1
+    /// keeps strict queue order.
     pub max_in_flight: usize,
+    /// A Client/Sender Fault dead-letters at once: the service says the message
+    /// itself is wrong, so resending it cannot help.
     pub dead_letter_on_client_fault: bool,
 }
 

@@ -247,10 +247,10 @@ pub fn find_fault(text: &str) -> Result<Option<Fault>, String> {
                     found = true;
                 }
             }
-            Event::Empty(s) if in_fault.is_none() => {
-                if place_of(s.local_name().as_ref(), &stack, soap_ns).1 {
-                    found = true;
-                }
+            Event::Empty(s)
+                if in_fault.is_none() && place_of(s.local_name().as_ref(), &stack, soap_ns).1 =>
+            {
+                found = true;
             }
             Event::End(_) => {
                 if in_fault == Some(stack.len()) {

@@ -390,19 +390,32 @@ pub fn describe(s: &SoapSpec) -> String {
     )
 }
 
+/// Why the password could not be had. It names the file, never the password.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is empty", path.display())]
+    Empty { path: PathBuf },
+}
+
 /// Reads the password from `password_file` (one line; a final newline is not
-/// part of it). `Ok(None)` when the connector logs in without one. The error
-/// names the file, never the password.
-pub fn read_password(spec: &SoapSpec) -> Result<Option<Secret>, String> {
-    let Some(p) = &spec.password_file else {
+/// part of it). `Ok(None)` when the connector logs in without one.
+pub fn read_password(spec: &SoapSpec) -> Result<Option<Secret>, PasswordError> {
+    let Some(path) = &spec.password_file else {
         return Ok(None);
     };
-    let text =
-        std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|source| PasswordError::Unreadable {
+        path: path.clone(),
+        source,
+    })?;
     let pw = text.strip_suffix('\n').unwrap_or(&text);
     let pw = pw.strip_suffix('\r').unwrap_or(pw);
     if pw.is_empty() {
-        return Err(format!("{} is empty", p.display()));
+        return Err(PasswordError::Empty { path: path.clone() });
     }
     Ok(Some(Secret(pw.to_string())))
 }
@@ -421,7 +434,7 @@ pub struct SoapTransport {
     /// The password, read from `password_file` when the transport starts; while
     /// it cannot be read, every delivery is `Down` saying why and tries again
     /// (fixing the file's owner needs no restart).
-    password: Result<Option<Secret>, String>,
+    password: Result<Option<Secret>, PasswordError>,
 }
 
 impl SoapTransport {
@@ -842,6 +855,34 @@ mod tests {
                 .unwrap()
                 .contains("<soap:Body><a>&amp;<![CDATA[x]]></a></soap:Body>")
         );
+    }
+
+    #[test]
+    fn the_password_file_is_read_only_when_asked_and_errors_name_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t: TransportFile = toml::from_str(
+            "kind = \"soap\"\nurl = \"http://h/\"\nusername = \"u\"\npassword_file = \"pw\"",
+        )
+        .unwrap();
+        // Loading the config does not need the file.
+        let mut problems = Vec::new();
+        let Some(TransportSpec::Soap(spec)) =
+            spec(&t, &|_, _| String::new(), tmp.path(), &mut problems)
+        else {
+            panic!("{problems:?}");
+        };
+        let err = read_password(&spec).unwrap_err().to_string();
+        assert!(
+            err.starts_with("cannot read ") && err.contains("/pw"),
+            "{err}"
+        );
+        std::fs::write(tmp.path().join("pw"), "\n").unwrap();
+        assert!(matches!(
+            read_password(&spec),
+            Err(PasswordError::Empty { .. })
+        ));
+        std::fs::write(tmp.path().join("pw"), "s3cret\r\n").unwrap();
+        assert_eq!(read_password(&spec).unwrap().unwrap().expose(), "s3cret");
     }
 
     #[test]

@@ -94,7 +94,9 @@ start_daemon() {
 }
 
 # rate_run MAX_IN_FLIGHT: feeds SOAP_COUNT changes through the socket and
-# measures the server's request rate over the second half (the drain).
+# measures the server's request rate over the second half (the drain); sets RATE.
+# Called directly, never in $( ): the pids it starts must reach PIDS so that
+# cleanup stops them if anything fails.
 rate_run() {
     local mif=$1 dir
     start_server "rate$mif" "$SOAP_COUNT" --dump "$TMP/envelope.xml"
@@ -104,13 +106,15 @@ rate_run() {
     wait "$SERVER_PID" || true
     kill -TERM "$DAEMON_PID" 2>/dev/null || true
     wait "$DAEMON_PID" 2>/dev/null || true
-    echo "$(get "$TMP/rate$mif.out" rate)"
+    RATE=$(get "$TMP/rate$mif.out" rate)
 }
 
 log "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-RATE1=$(rate_run 1)
+rate_run 1
+RATE1=$RATE
 log "max_in_flight=1: $RATE1 deliveries/s"
-RATE8=$(rate_run 8)
+rate_run 8
+RATE8=$RATE
 log "max_in_flight=8: $RATE8 deliveries/s"
 
 # wrk: the same envelope, the same headers, one connection, one thread.

@@ -351,10 +351,18 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
                     Duration::ZERO
                 }
             };
-            let batch_max = t.batch_max.unwrap_or(1000);
+            // A template renders one XML document: one change per file, or the
+            // file would hold several roots (not XML).
+            let template = matches!(format, Some(Format::Template { .. }));
+            let batch_max = t.batch_max.unwrap_or(if template { 1 } else { 1000 });
             if batch_max == 0 {
                 problems.push(format!(
                     "{}[transport] batch_max must be at least 1",
+                    at(Some("transport"), "batch_max")
+                ));
+            } else if template && batch_max > 1 {
+                problems.push(format!(
+                    "{}[transport] batch_max = {batch_max} with [format] kind \"template\": a template renders one XML document, so each file can hold only one change; set `batch_max = 1` (the default for templates)",
                     at(Some("transport"), "batch_max")
                 ));
             }
@@ -566,6 +574,31 @@ mod tests {
 #[cfg(test)]
 mod soap_tests {
     use super::*;
+
+    #[test]
+    fn a_template_writes_one_change_per_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = tmp.path().join("x");
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("t.xml.j2"), "<U>{{ key }}</U>").unwrap();
+        let text = "collections = [\"p\"]\n[format]\nkind = \"template\"\ntemplate = \"t.xml.j2\"\n[transport]\nkind = \"file\"\ndir = \"o\"\n";
+        std::fs::write(folder.join("connector.toml"), text).unwrap();
+        let c = load(&folder, tmp.path()).unwrap();
+        assert!(matches!(
+            c.transport,
+            TransportSpec::File { batch_max: 1, .. }
+        ));
+        std::fs::write(
+            folder.join("connector.toml"),
+            format!("{text}batch_max = 10\n"),
+        )
+        .unwrap();
+        let err = load(&folder, tmp.path()).unwrap_err().join("\n");
+        assert!(
+            err.contains("line 8: [transport] batch_max = 10") && err.contains("batch_max = 1"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn soap_keys_are_refused_for_a_file_connector_and_file_keys_for_soap() {

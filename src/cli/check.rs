@@ -17,6 +17,25 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    // Secrets are not read while the config loads (operators who cannot read
+    // them still run `status`); `check` runs as the service user and reads them.
+    let secrets: Vec<String> = cfg
+        .connectors
+        .iter()
+        .filter_map(|c| match &c.transport {
+            TransportSpec::Soap(s) => crate::transport::soap::read_password(s)
+                .err()
+                .map(|e| format!("{}[transport] password_file: {e}", s.password_file_at)),
+            _ => None,
+        })
+        .collect();
+    if !secrets.is_empty() {
+        eprintln!("hms-sync check: {} problem(s):", secrets.len());
+        for e in &secrets {
+            eprintln!("  - {e}");
+        }
+        return Ok(ExitCode::from(2));
+    }
     println!("config: {}", cfg.source);
     println!("state:  {}", cfg.state_dir.display());
     for w in &cfg.watches {

@@ -195,7 +195,7 @@ collections = ["{collection}"]
 # fields = ["status", "inspector.name"]
 
 [format]
-# xml: <RecordUpdate op="update"><Key>123</Key><Field name="status">APPROVED</Field></RecordUpdate>
+# xml: <PermitUpdate op="update"><PermitNumber>123</PermitNumber><Field name="status">APPROVED</Field></PermitUpdate>
 kind = "xml"
 root = "PermitUpdate"
 key_element = "PermitNumber"

@@ -34,6 +34,22 @@ pub fn backoff_delay(policy: &RetryPolicy, n: u32) -> Duration {
     capped.mul_f64(1.0 - jitter)
 }
 
+/// Exactly `n` outcomes, one per payload sent. A transport that gave fewer
+/// (a bug) must not leave the rest leased until a restart, which would block
+/// their records: they count as an outage and go back to the queue.
+fn one_per_payload(target: &str, mut outcomes: Vec<Outcome>, n: usize) -> Vec<Outcome> {
+    if outcomes.len() != n {
+        tracing::error!(target_name = %target, payloads = n, outcomes = outcomes.len(), "the transport did not answer for every delta; the rest go back to the queue");
+        outcomes.resize(
+            n,
+            Outcome::Down {
+                reason: "the transport gave no outcome for this delta".into(),
+            },
+        );
+    }
+    outcomes
+}
+
 pub struct Worker {
     pub name: String,
     pub queue: QueueHandle,
@@ -208,16 +224,48 @@ impl Worker {
             return None;
         }
         let started = Instant::now();
-        let outcomes = self.transport.deliver(&payloads).await;
+        let outcomes = one_per_payload(
+            &self.name,
+            self.transport.deliver(&payloads).await,
+            sendable.len(),
+        );
         let latency_ms = started.elapsed().as_millis() as u64;
         // One outcome per payload (a file batch repeats its one outcome): each
-        // delta is settled by its own, delivered ones in one ack.
+        // delta is settled by its own, delivered ones in one ack. Deliveries are
+        // settled first so that a rejection or outage of the same batch is the
+        // `last_error` that `status` shows.
         let mut delivered = Vec::new();
-        let mut down = None;
-        let mut answered = None;
+        let mut failed = Vec::new();
         for (l, outcome) in sendable.iter().zip(outcomes) {
             match outcome {
                 Outcome::Delivered => delivered.push(l),
+                other => failed.push((l, other)),
+            }
+        }
+        if !delivered.is_empty() {
+            let seqs: Vec<u64> = delivered.iter().map(|l| l.queued.seq).collect();
+            if failed.is_empty() {
+                // All went through: the worker leases again at once, with these acks.
+                self.unacked.extend(seqs);
+            } else {
+                let name = self.name.clone();
+                if let Err(e) = self.queue.call(move |q| q.ack(&name, &seqs)).await {
+                    // Delivered but not recorded: it will be sent again (same id).
+                    tracing::error!(target_name = %self.name, error = %e, "cannot record deliveries");
+                }
+            }
+            self.health.delivered(&self.name, delivered.len() as u64);
+            for l in &delivered {
+                let mut e = self.entry(l, "delivered");
+                e.latency_ms = Some(latency_ms);
+                self.log.append(&e);
+            }
+        }
+        let mut down = None;
+        let mut answered = None;
+        for (l, outcome) in failed {
+            match outcome {
+                Outcome::Delivered => {}
                 Outcome::Down { reason } => {
                     self.health.down(&self.name, &reason);
                     let (name, seq) = (self.name.clone(), l.queued.seq);
@@ -240,25 +288,6 @@ impl Worker {
                     self.reject(l, &reason, Some(latency_ms), at_once).await;
                     answered = Some(Outcome::Rejected { reason });
                 }
-            }
-        }
-        if !delivered.is_empty() {
-            let seqs: Vec<u64> = delivered.iter().map(|l| l.queued.seq).collect();
-            if down.is_none() && answered.is_none() {
-                // All went through: the worker leases again at once, with these acks.
-                self.unacked.extend(seqs);
-            } else {
-                let name = self.name.clone();
-                if let Err(e) = self.queue.call(move |q| q.ack(&name, &seqs)).await {
-                    // Delivered but not recorded: it will be sent again (same id).
-                    tracing::error!(target_name = %self.name, error = %e, "cannot record deliveries");
-                }
-            }
-            self.health.delivered(&self.name, delivered.len() as u64);
-            for l in &delivered {
-                let mut e = self.entry(l, "delivered");
-                e.latency_ms = Some(latency_ms);
-                self.log.append(&e);
             }
         }
         // Any outage backs the whole target off.
@@ -364,6 +393,19 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_outcome_is_an_outage_so_the_delta_is_released() {
+        let got = one_per_payload("t", vec![Outcome::Delivered], 3);
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0], Outcome::Delivered);
+        assert!(matches!(got[1], Outcome::Down { .. }));
+        assert!(matches!(got[2], Outcome::Down { .. }));
+        assert_eq!(
+            one_per_payload("t", vec![Outcome::Delivered; 2], 1).len(),
+            1
+        );
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_jittered_down_only() {

@@ -4,7 +4,7 @@
 //! and `record` (the record's latest state, flattened: `record["address.city"]`).
 //!
 //! **Invariants:** the file name ends in `.xml.j2`, so every value is escaped for
-//! XML (`&`, `<`, `>`, `"`) unless the template marks it `|safe`; `none` prints
+//! XML (`&`, `<`, `>`, `"`, `'`) unless the template marks it `|safe`; `none` prints
 //! as nothing; a control character XML cannot carry is an error, as in `xml.rs`.
 
 use std::path::Path;
@@ -43,7 +43,8 @@ fn xml_formatter(out: &mut Output, state: &State, value: &Value) -> Result<(), E
             ),
         ));
     }
-    let escaped = quick_xml::escape::partial_escape(&text).replace('"', "&quot;");
+    // All five: a value may land in an attribute quoted with ' as well as ".
+    let escaped = quick_xml::escape::escape(&text);
     out.write_str(&escaped).map_err(Error::from)
 }
 
@@ -221,8 +222,16 @@ mod tests {
         .unwrap();
         assert_eq!(
             got,
-            "<U id=\"t:7\" a=\"2\" k=\"1&lt;2\" n=\"O'Brien &amp; &quot;Sons&quot; &lt;c&gt;\">||gone|<b/></U>\n"
+            "<U id=\"t:7\" a=\"2\" k=\"1&lt;2\" n=\"O&apos;Brien &amp; &quot;Sons&quot; &lt;c&gt;\">||gone|<b/></U>\n"
         );
+    }
+
+    #[test]
+    fn a_value_cannot_close_a_single_quoted_attribute() {
+        let mut set = Flat::new();
+        set.insert("v".into(), json!("x' evil='1"));
+        let got = render("<U name='{{ set.v }}'/>", set, None).unwrap();
+        assert_eq!(got, "<U name='x&apos; evil=&apos;1'/>\n");
     }
 
     #[test]

@@ -749,6 +749,48 @@ fn soap_dead_letter_on_client_fault_does_not_wait_for_max_attempts() {
     assert_eq!(server.received().len(), 1);
 }
 
+#[test]
+fn soap_status_shows_a_rejection_delivered_in_the_same_batch_as_a_delivery() {
+    let mut server = LegacyBox::start();
+    server.reject("21", true);
+    server.stop();
+    let d = TestDaemon::new()
+        .connector(
+            "cobol",
+            &soap_connector(
+                &server.url(),
+                "max_in_flight = 2\ndead_letter_on_client_fault = true",
+                FAST_RETRY,
+            ),
+        )
+        .start();
+    // Both wait out the outage, then go in one batch of two.
+    d.client()
+        .call(&envelope("21", json!({"permit_number": "21"})));
+    d.client()
+        .call(&envelope("22", json!({"permit_number": "22"})));
+    std::thread::sleep(Duration::from_millis(300));
+    server.resume();
+    d.wait_for(
+        Duration::from_secs(10),
+        "one delivery and one dead letter",
+        |d| {
+            let t = d.target_status("cobol");
+            t["dead"] == 1 && t["pending"] == 0 && t["in_flight"] == 0
+        },
+    );
+    assert_eq!(server.received().len(), 2, "one batch, nothing resent");
+    assert_eq!(server.max_in_flight(), 2, "both were on the wire at once");
+    let t = d.target_status("cobol");
+    assert!(
+        t["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Permit is locked"),
+        "{t}"
+    );
+}
+
 /// A raw HTTP/1.1 server for answers axum will not give: each request's
 /// `<PermitNumber>` picks the answer. `reset` and `hang` misbehave only on
 /// their first request, so that the retry after the outage gets through.
@@ -787,7 +829,7 @@ fn raw_box() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                 };
                 let head = |status: &str, len: usize| {
                     format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {len}\r\n\r\n"
+                        "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
                     )
                 };
                 let whole =
@@ -1069,12 +1111,41 @@ fn soap_basic_auth_and_username_token_digest_are_checked_and_passwords_never_sho
 }
 
 #[test]
+fn soap_translate_masks_the_password_of_a_ws_security_text_token() {
+    let d = TestDaemon::new().connector(
+        "cobol",
+        &soap_connector(
+            "http://127.0.0.1:9/x",
+            "auth = \"ws-security-text\"\nusername = \"wsuser\"\npassword_file = \"text.pw\"",
+            FAST_RETRY,
+        ),
+    );
+    d.write_config();
+    std::fs::write(d.path().join("text.pw"), "T3xt-S3cret\n").unwrap();
+    let change = d.path().join("change.json");
+    std::fs::write(&change, r#"{"permit_number": "5", "status": "NEW"}"#).unwrap();
+    let out = d.cli(&["translate", "cobol", change.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("<wsse:Username>wsuser</wsse:Username>") && shown.contains("********"),
+        "{shown}"
+    );
+    assert!(!shown.contains("S3cret"), "{shown}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("S3cret"));
+}
+
+#[test]
 fn soap_check_names_file_line_and_key_of_a_missing_password_file() {
     let d = TestDaemon::new().connector(
         "cobol",
         &soap_connector(
             "http://127.0.0.1:9/x",
-            "username = \"u\"\npassword_file = \"missing.pw\"\nsoap_version = \"1.3\"",
+            "username = \"u\"\npassword_file = \"missing.pw\"",
             FAST_RETRY,
         ),
     );
@@ -1087,7 +1158,76 @@ fn soap_check_names_file_line_and_key_of_a_missing_password_file() {
             && err.contains("missing.pw"),
         "{err}"
     );
-    assert!(err.contains("line 12: [transport] soap_version"), "{err}");
+    let bad_version = TestDaemon::new().connector(
+        "cobol",
+        &soap_connector("http://127.0.0.1:9/x", "soap_version = \"1.3\"", FAST_RETRY),
+    );
+    bad_version.write_config();
+    let err = bad_version.cli(&["check"]).stderr;
+    let err = String::from_utf8_lossy(&err);
+    assert!(err.contains("line 10: [transport] soap_version"), "{err}");
+}
+
+#[test]
+fn soap_status_tail_and_translate_work_for_users_who_cannot_read_the_password_file() {
+    // What an operator outside the service user sees with the file at 0600. Tests
+    // run as root, where chmod 000 stops nothing: a folder cannot be read by anyone.
+    let server = LegacyBox::start();
+    server.require_basic("cobol-user", "S3cret-pw");
+    let d = TestDaemon::new().connector(
+        "cobol",
+        &soap_connector(
+            &server.url(),
+            "username = \"cobol-user\"\npassword_file = \"cobol.pw\"",
+            FAST_RETRY,
+        ),
+    );
+    d.write_config();
+    let pw = d.path().join("cobol.pw");
+    std::fs::create_dir(&pw).unwrap();
+    let change = d.path().join("change.json");
+    std::fs::write(&change, r#"{"permit_number": "5", "status": "NEW"}"#).unwrap();
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["tail"],
+        &["translate", "cobol", change.to_str().unwrap()],
+    ] {
+        let out = d.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // `check` runs as the service user and says what is wrong.
+    let check = d.cli(&["check"]);
+    assert_eq!(check.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        err.contains("line 11: [transport] password_file: cannot read") && err.contains("cobol.pw"),
+        "{err}"
+    );
+    // The daemon starts, holds the change as an outage, and delivers once the
+    // file is readable, without a restart.
+    let d = d.start();
+    d.client().call(&envelope(
+        "5",
+        json!({"permit_number": "5", "status": "OK"}),
+    ));
+    d.wait_for(Duration::from_secs(10), "the outage", |d| {
+        d.target_status("cobol")["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("password_file")
+    });
+    std::fs::remove_dir(&pw).unwrap();
+    std::fs::write(&pw, "S3cret-pw\n").unwrap();
+    d.wait_for(Duration::from_secs(10), "the delivery", |_| {
+        server.received().len() == 1
+    });
+    assert!(server.errors().is_empty(), "{:?}", server.errors());
+    assert!(!d.log().contains("S3cret"));
 }
 
 #[test]
@@ -1237,8 +1377,8 @@ fn soap_the_county_cobol_example_and_its_template_deliver_escaped_values() {
             r#"<PermitUpdate op="update">
   <PermitNumber>123</PermitNumber>
   <Status>APPROVED</Status>
-  <Inspector>M. O'Brien &amp; Sons &lt;contract&gt;</Inspector>
-  <Field name="inspector.name">M. O'Brien &amp; Sons &lt;contract&gt;</Field>
+  <Inspector>M. O&apos;Brien &amp; Sons &lt;contract&gt;</Inspector>
+  <Field name="inspector.name">M. O&apos;Brien &amp; Sons &lt;contract&gt;</Field>
   <Field name="status">APPROVED</Field>
 </PermitUpdate>"#
         ),

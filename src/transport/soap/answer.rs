@@ -3,11 +3,17 @@
 //! HTTP error with a response is a rejection; 502/503/504 without a Fault is the
 //! service saying it is not there (an outage).
 //!
-//! **Invariants:** no I/O; any bytes in, never a panic; ISO-8859-1 answers and
-//! entity references (`&amp;`, `&#233;`) are read as the service meant them.
+//! **Invariants:** no I/O; any bytes in, never a panic; only a `Fault` in the
+//! envelope's SOAP namespace directly in its `Body` is a Fault (the service's
+//! own elements may be called that); UTF-8, ISO-8859-1 and windows-1252
+//! answers and entity references (`&amp;`, `&#233;`) are read as the service
+//! meant them (any other charset is read as UTF-8).
 
-use quick_xml::Reader;
+use quick_xml::NsReader;
 use quick_xml::events::Event;
+use quick_xml::name::{Namespace, ResolveResult};
+
+use super::envelope::{SOAP11_NS, SOAP12_NS};
 
 /// The classification before the worker's policy applies.
 #[derive(Clone, Debug, PartialEq)]
@@ -103,85 +109,156 @@ fn snippet(text: &str) -> String {
     }
 }
 
-/// The charset of the answer: the Content-Type's, else the XML declaration's.
-fn is_latin1(content_type: Option<&str>, body: &[u8]) -> bool {
-    let latin = |name: &str| {
+/// How the answer's bytes are to be read.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Charset {
+    Utf8,
+    Latin1,
+    Windows1252,
+}
+
+/// The charset of the answer: the Content-Type's, else the XML declaration's;
+/// UTF-8 when neither names one we know.
+fn charset(content_type: Option<&str>, body: &[u8]) -> Charset {
+    let named = |name: &str| {
         let n = name.trim().trim_matches(['"', '\'']).to_ascii_lowercase();
-        matches!(
-            n.as_str(),
-            "iso-8859-1" | "latin1" | "latin-1" | "iso8859-1" | "l1" | "windows-1252" | "cp1252"
-        )
+        match n.as_str() {
+            "iso-8859-1" | "latin1" | "latin-1" | "iso8859-1" | "l1" | "iso_8859-1" => {
+                Charset::Latin1
+            }
+            "windows-1252" | "cp1252" | "x-cp1252" => Charset::Windows1252,
+            _ => Charset::Utf8,
+        }
     };
     if let Some(ct) = content_type
         && let Some(cs) = ct
             .split(';')
-            .filter_map(|p| p.trim().strip_prefix("charset="))
-            .next()
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("charset"))
+            .map(|(_, v)| v)
     {
-        return latin(cs);
+        return named(cs);
     }
     let head = &body[..body.len().min(200)];
     let head = String::from_utf8_lossy(head);
     if let Some(decl) = head.strip_prefix("<?xml")
         && let Some(end) = decl.find("?>")
-        && let Some(pos) = decl[..end].find("encoding=")
+        && let Some(pos) = decl[..end].find("encoding")
     {
-        let rest = &decl[pos + 9..end];
-        let value: String = rest
-            .chars()
-            .skip(1)
-            .take_while(|c| *c != '"' && *c != '\'')
-            .collect();
-        return latin(&value);
+        // `encoding = "..."`: spaces may stand around the `=`.
+        let rest = decl[pos + "encoding".len()..end].trim_start();
+        if let Some(rest) = rest.strip_prefix('=') {
+            let value: String = rest
+                .trim_start()
+                .chars()
+                .skip(1)
+                .take_while(|c| *c != '"' && *c != '\'')
+                .collect();
+            return named(&value);
+        }
     }
-    false
+    Charset::Utf8
 }
+
+/// windows-1252's characters for the bytes 0x80–0x9F (where it differs from
+/// ISO-8859-1); the five bytes it leaves undefined map to U+FFFD.
+const CP1252_80_9F: [char; 32] = [
+    '\u{20AC}', '\u{FFFD}', '\u{201A}', '\u{0192}', '\u{201E}', '\u{2026}', '\u{2020}', '\u{2021}',
+    '\u{02C6}', '\u{2030}', '\u{0160}', '\u{2039}', '\u{0152}', '\u{FFFD}', '\u{017D}', '\u{FFFD}',
+    '\u{FFFD}', '\u{2018}', '\u{2019}', '\u{201C}', '\u{201D}', '\u{2022}', '\u{2013}', '\u{2014}',
+    '\u{02DC}', '\u{2122}', '\u{0161}', '\u{203A}', '\u{0153}', '\u{FFFD}', '\u{017E}', '\u{0178}',
+];
 
 fn to_utf8(content_type: Option<&str>, body: &[u8]) -> String {
-    if is_latin1(content_type, body) {
+    match charset(content_type, body) {
         // Every ISO-8859-1 byte is the code point of the same number.
-        body.iter().map(|&b| b as char).collect()
-    } else {
-        String::from_utf8_lossy(body).into_owned()
+        Charset::Latin1 => body.iter().map(|&b| b as char).collect(),
+        Charset::Windows1252 => body
+            .iter()
+            .map(|&b| match b {
+                0x80..=0x9F => CP1252_80_9F[usize::from(b - 0x80)],
+                _ => b as char,
+            })
+            .collect(),
+        Charset::Utf8 => String::from_utf8_lossy(body).into_owned(),
     }
 }
 
-/// The first SOAP Fault in `text` (1.1 or 1.2), if there is one.
+/// Where an element sits, as far as finding a Fault goes.
+#[derive(Clone, Copy, PartialEq)]
+enum Place {
+    /// The root `Envelope` in a SOAP namespace.
+    Envelope,
+    /// `Body` of that envelope, in the same namespace.
+    Body,
+    /// Anything else (a payload element named `Fault` among them).
+    Other,
+}
+
+/// The SOAP Fault in `text` (1.1 or 1.2), if there is one: only a `Fault` in the
+/// envelope's namespace that is a child of its `Body` counts; an element of the
+/// service's own payload named `Fault` (`<Result><Fault>0</Fault></Result>`) does not.
 pub fn find_fault(text: &str) -> Result<Option<Fault>, String> {
-    let mut reader = Reader::from_str(text);
-    // Path of local names from the Fault element down.
+    let mut reader = NsReader::from_str(text);
+    // The SOAP namespace of the root Envelope, if it is one.
+    let mut soap_ns: Option<&'static str> = None;
+    let mut stack: Vec<Place> = Vec::new();
+    // Depth of the Fault element while inside it; the local names from it down.
     let mut in_fault: Option<usize> = None;
-    let mut depth = 0usize;
     let mut path: Vec<String> = Vec::new();
     let mut fault = Fault::default();
     let mut found = false;
     loop {
-        let event = reader
-            .read_event()
-            .map_err(|e| format!("at byte {}: {e}", reader.error_position()))?;
+        // The element's namespace, if it is one of SOAP's.
+        let (ns, event): (Option<&'static str>, _) = match reader.read_resolved_event() {
+            Ok((ResolveResult::Bound(Namespace(n)), e)) if n == SOAP11_NS => (Some(SOAP11_NS), e),
+            Ok((ResolveResult::Bound(Namespace(n)), e)) if n == SOAP12_NS => (Some(SOAP12_NS), e),
+            Ok((_, e)) => (None, e),
+            Err(e) => return Err(format!("at byte {}: {e}", reader.error_position())),
+        };
+        // What a start (or empty) element with this name is, given its parent.
+        let place_of =
+            |local: &str, stack: &[Place], soap_ns: Option<&str>| match (stack.last(), local) {
+                (None, "Envelope") if ns.is_some() => (Place::Envelope, false),
+                (Some(Place::Envelope), "Body") if ns.is_some() && ns == soap_ns => {
+                    (Place::Body, false)
+                }
+                (Some(Place::Body), "Fault") if ns.is_some() && ns == soap_ns => {
+                    (Place::Other, true)
+                }
+                _ => (Place::Other, false),
+            };
         match event {
-            Event::Eof if depth > 0 => return Err("the answer ends inside an element".into()),
+            Event::Eof if !stack.is_empty() => {
+                return Err("the answer ends inside an element".into());
+            }
             Event::Eof => break,
             Event::Start(s) => {
                 let local = s.local_name().as_ref().to_string();
-                depth += 1;
-                if in_fault.is_none() && local == "Fault" {
-                    in_fault = Some(depth);
-                    found = true;
-                } else if in_fault.is_some() {
+                let (place, is_fault) = place_of(&local, &stack, soap_ns);
+                if place == Place::Envelope {
+                    soap_ns = ns;
+                }
+                stack.push(place);
+                if in_fault.is_some() {
                     path.push(local);
+                } else if is_fault && !found {
+                    in_fault = Some(stack.len());
+                    found = true;
                 }
             }
-            Event::Empty(s) if in_fault.is_none() && s.local_name().as_ref() == "Fault" => {
+            Event::Empty(s)
+                if in_fault.is_none() && place_of(s.local_name().as_ref(), &stack, soap_ns).1 =>
+            {
                 found = true;
             }
             Event::End(_) => {
-                if in_fault == Some(depth) {
+                if in_fault == Some(stack.len()) {
                     in_fault = None;
                 } else if in_fault.is_some() {
                     path.pop();
                 }
-                depth = depth.saturating_sub(1);
+                stack.pop();
             }
             Event::Text(t) if in_fault.is_some() => {
                 let s = t.xml10_content();
@@ -278,6 +355,55 @@ mod tests {
     }
 
     #[test]
+    fn only_a_fault_in_the_soap_body_counts() {
+        // The service's own element named Fault, at any depth or namespace: delivered.
+        for payload in [
+            "<Result><Fault>0</Fault></Result>",
+            "<Fault>none</Fault>",
+            r#"<m:Fault xmlns:m="urn:county">none</m:Fault>"#,
+            "<Result><soap:Fault><faultcode>soap:Client</faultcode></soap:Fault></Result>",
+        ] {
+            let body = format!("{ENV11}{payload}{END}");
+            assert_eq!(
+                classify(200, None, body.as_bytes(), false),
+                Answer::Delivered,
+                "{payload}"
+            );
+        }
+        // A Fault of the other SOAP version's namespace is not this envelope's.
+        let body =
+            format!(r#"{ENV11}<e:Fault xmlns:e="http://www.w3.org/2003/05/soap-envelope"/>{END}"#);
+        assert_eq!(
+            classify(200, None, body.as_bytes(), false),
+            Answer::Delivered
+        );
+        // Not an envelope at all.
+        assert_eq!(
+            classify(
+                200,
+                None,
+                b"<Fault><faultcode>Client</faultcode></Fault>",
+                false
+            ),
+            Answer::Delivered
+        );
+        // Real faults, 1.1 and 1.2, with any prefix or a default namespace.
+        let s11 = r#"<S:Envelope xmlns:S="http://schemas.xmlsoap.org/soap/envelope/"><S:Header/><S:Body><S:Fault><faultcode>S:Client</faultcode><faultstring>bad</faultstring></S:Fault></S:Body></S:Envelope>"#;
+        assert_eq!(find_fault(s11).unwrap().unwrap().code, "S:Client");
+        let s11_default = r#"<Envelope xmlns="http://schemas.xmlsoap.org/soap/envelope/"><Body><Fault><faultcode xmlns="">Server</faultcode><faultstring xmlns="">busy</faultstring></Fault></Body></Envelope>"#;
+        let f = find_fault(s11_default).unwrap().unwrap();
+        assert_eq!((f.code.as_str(), f.reason.as_str()), ("Server", "busy"));
+        let s12 = r#"<soap12:Envelope xmlns:soap12="http://www.w3.org/2003/05/soap-envelope"><soap12:Body><soap12:Fault><soap12:Code><soap12:Value>soap12:Receiver</soap12:Value></soap12:Code><soap12:Reason><soap12:Text xml:lang="en">down</soap12:Text></soap12:Reason></soap12:Fault></soap12:Body></soap12:Envelope>"#;
+        let f = find_fault(s12).unwrap().unwrap();
+        assert_eq!(
+            (f.code.as_str(), f.reason.as_str()),
+            ("soap12:Receiver", "down")
+        );
+        let empty = r#"<x:Envelope xmlns:x="http://schemas.xmlsoap.org/soap/envelope/"><x:Body><x:Fault/></x:Body></x:Envelope>"#;
+        assert!(find_fault(empty).unwrap().is_some());
+    }
+
+    #[test]
     fn latin1_answers_and_char_refs_are_read_as_meant() {
         let latin1 = |s: &str| -> Vec<u8> { s.chars().map(|c| c as u32 as u8).collect() };
         let body = latin1(&format!(
@@ -296,6 +422,53 @@ mod tests {
             Answer::Rejected { reason, .. } => assert!(reason.contains("caf\u{e9}"), "{reason}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// `text` with its `@@` replaced by raw `bytes`.
+    fn with_bytes(text: &str, bytes: &[u8]) -> Vec<u8> {
+        let (a, b) = text.split_once("@@").unwrap();
+        [a.as_bytes(), bytes, b.as_bytes()].concat()
+    }
+
+    #[test]
+    fn windows_1252_any_case_charset_and_spaced_declarations() {
+        // 0x80 is the euro sign, 0x93/0x94 curly quotes in windows-1252.
+        let body = with_bytes(
+            &format!(
+                "<?xml version='1.0' encoding = 'windows-1252' ?>{}",
+                fault11("Server", "@@")
+            ),
+            &[0x93, b'5', 0x80, 0x94],
+        );
+        match classify(500, None, &body, false) {
+            Answer::Rejected { reason, .. } => {
+                assert!(reason.contains("\u{201C}5\u{20AC}\u{201D}"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let body = with_bytes(&fault11("Server", "caf@@"), &[0xE9]);
+        for ct in [
+            "text/xml; Charset=ISO-8859-1",
+            "text/xml;CHARSET=\"latin1\"",
+        ] {
+            match classify(500, Some(ct), &body, false) {
+                Answer::Rejected { reason, .. } => {
+                    assert!(reason.contains("caf\u{e9}"), "{ct}: {reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            charset(
+                None,
+                b"<?xml version=\"1.0\" encoding =\"ISO-8859-1\"?><a/>"
+            ),
+            Charset::Latin1
+        );
+        assert_eq!(
+            charset(Some("text/xml"), b"<?xml version=\"1.0\"?><a/>"),
+            Charset::Utf8
+        );
     }
 
     #[test]

@@ -200,6 +200,10 @@ fn copy_body(w: &mut Writer<Vec<u8>>, body: &[u8], namespace: Option<&str>) -> R
                 }
                 return Err(not_xml(&"text outside the root element"));
             }
+            // `&amp;` or CDATA before or after the root would land in soap:Body.
+            Event::GeneralRef(_) | Event::CData(_) if depth == 0 => {
+                return Err(not_xml(&"text outside the root element"));
+            }
             other => other,
         };
         w.write_event(event).map_err(io)?;

@@ -38,30 +38,36 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// Which SOAP: it sets the envelope's namespace and how the action is sent.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum SoapVersion {
+    /// `text/xml` with a `SOAPAction` header (the default; most legacy services).
     V11,
+    /// `application/soap+xml` with the action as a Content-Type parameter.
     V12,
 }
 
+/// How a UsernameToken carries the password.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum WsSecurity {
+    /// The password itself, in the envelope: https only.
     PasswordText,
+    /// Base64(SHA-1(nonce + created + password)), a fresh nonce each request.
     PasswordDigest,
 }
 
+/// How to log in; the password itself is in `password_file`, read only by the
+/// daemon and by `check` (see [`read_password`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Auth {
     None,
     /// HTTP basic auth.
     Basic {
         username: String,
-        password: Secret,
     },
     /// A WS-Security UsernameToken in the SOAP header.
     UsernameToken {
         username: String,
-        password: Secret,
         mode: WsSecurity,
     },
 }
@@ -69,21 +75,33 @@ pub enum Auth {
 /// A validated `[transport] kind = "soap"`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SoapSpec {
+    /// Where to POST, `http://` or `https://`; never holds a user or password.
     pub url: String,
     /// SOAPAction (1.1) or the `action` parameter (1.2); empty: none.
     pub soap_action: String,
     pub version: SoapVersion,
+    /// Longest wait for the whole answer; past it the target is down.
     pub timeout: Duration,
+    /// Longest wait to connect; past it the target is down.
     pub connect_timeout: Duration,
     pub auth: Auth,
-    /// Where the password came from, for `check`.
+    /// The file holding the password (set whenever `auth` is not `None`). Not
+    /// read while the config loads: operators who may run `status` or `tail`
+    /// need not be able to read it. The daemon and `check` read it.
     pub password_file: Option<PathBuf>,
+    /// Where `password_file` is written ("FILE: line N: "), for `check`.
+    pub password_file_at: String,
     /// PEM of the CA(s) to trust instead of the system's roots.
     pub ca_pem: Option<Vec<u8>>,
+    /// Where `ca_pem` came from, for `check`.
     pub ca_file: Option<PathBuf>,
     /// `xmlns` put on the body's root element.
     pub namespace: Option<String>,
+    /// Requests on the wire at once (1..=64), each for a different record; 1
+    /// keeps strict queue order.
     pub max_in_flight: usize,
+    /// A Client/Sender Fault dead-letters at once: the service says the message
+    /// itself is wrong, so resending it cannot help.
     pub dead_letter_on_client_fault: bool,
 }
 
@@ -123,7 +141,8 @@ pub fn key_present(t: &TransportFile, key: &str) -> bool {
 }
 
 /// Validates `[transport] kind = "soap"`; every problem goes to `problems`
-/// with file, line and key (`at`). Reads `password_file` and `ca_file`.
+/// with file, line and key (`at`). Reads `ca_file` (public); never
+/// `password_file` (see [`read_password`]).
 pub fn spec(
     t: &TransportFile,
     at: &dyn Fn(Option<&str>, &str) -> String,
@@ -138,20 +157,26 @@ pub fn spec(
         ));
     };
     let url = t.url.clone().unwrap_or_default();
-    match reqwest::Url::parse(&url) {
-        _ if t.url.is_none() => problem(
+    // Credentials first: no message below may show a URL that holds a password.
+    if t.url.is_none() {
+        problem(
             "url",
             "kind \"soap\" needs `url = \"http://host:port/Service\"`".into(),
-        ),
-        Ok(u) if !matches!(u.scheme(), "http" | "https") => {
-            problem("url", format!("`{url}` must start with http:// or https://"))
-        }
-        Ok(u) if !u.username().is_empty() || u.password().is_some() => problem(
+        );
+    } else if holds_credentials(&url) {
+        problem(
             "url",
             "holds a user name or password: put the user in `username` and the password in a file named by `password_file`".into(),
-        ),
-        Ok(_) => {}
-        Err(e) => problem("url", format!("`{url}` is not a URL: {e}")),
+        );
+    } else {
+        match reqwest::Url::parse(&url) {
+            Ok(u) if !matches!(u.scheme(), "http" | "https") => problem(
+                "url",
+                format!("must start with http:// or https://, not `{}:`", u.scheme()),
+            ),
+            Ok(_) => {}
+            Err(e) => problem("url", format!("`{url}` is not a URL: {e}")),
+        }
     }
     let version = match t.soap_version.as_deref() {
         None | Some("1.1") => SoapVersion::V11,
@@ -192,32 +217,13 @@ pub fn spec(
             base.join(p)
         }
     });
-    let password = match &password_file {
-        None => None,
-        Some(p) => match std::fs::read_to_string(p) {
-            Ok(text) => {
-                let pw = text.strip_suffix('\n').unwrap_or(&text);
-                let pw = pw.strip_suffix('\r').unwrap_or(pw);
-                if pw.is_empty() {
-                    problem("password_file", format!("{} is empty", p.display()));
-                    None
-                } else {
-                    Some(Secret(pw.to_string()))
-                }
-            }
-            Err(e) => {
-                problem("password_file", format!("cannot read {}: {e}", p.display()));
-                None
-            }
-        },
-    };
     let auth_kind = t.auth.as_deref().unwrap_or(if t.username.is_some() {
         "basic"
     } else {
         "none"
     });
-    let auth = match (auth_kind, &t.username, password) {
-        ("none", None, None) if t.password_file.is_none() => Auth::None,
+    let auth = match (auth_kind, &t.username, &password_file) {
+        ("none", None, None) => Auth::None,
         ("none", _, _) => {
             problem(
                 "auth",
@@ -225,18 +231,16 @@ pub fn spec(
             );
             Auth::None
         }
-        ("basic" | "ws-security-text" | "ws-security-digest", Some(user), Some(password)) => {
+        ("basic" | "ws-security-text" | "ws-security-digest", Some(user), Some(_)) => {
             let username = user.clone();
             match auth_kind {
-                "basic" => Auth::Basic { username, password },
+                "basic" => Auth::Basic { username },
                 "ws-security-text" => Auth::UsernameToken {
                     username,
-                    password,
                     mode: WsSecurity::PasswordText,
                 },
                 _ => Auth::UsernameToken {
                     username,
-                    password,
                     mode: WsSecurity::PasswordDigest,
                 },
             }
@@ -312,6 +316,10 @@ pub fn spec(
             "is empty; leave it out for no namespace".into(),
         );
     }
+    let soap_action = t.soap_action.clone().unwrap_or_default();
+    if let Err(e) = action_headers(version, &soap_action) {
+        problem("soap_action", e);
+    }
     let max_in_flight = t.max_in_flight.unwrap_or(1);
     if !(1..=64).contains(&max_in_flight) {
         problem("max_in_flight", "must be between 1 and 64".into());
@@ -321,18 +329,32 @@ pub fn spec(
     }
     Some(TransportSpec::Soap(Box::new(SoapSpec {
         url,
-        soap_action: t.soap_action.clone().unwrap_or_default(),
+        soap_action,
         version,
         timeout,
         connect_timeout,
         auth,
         password_file,
+        password_file_at: at(Some("transport"), "password_file"),
         ca_pem,
         ca_file,
         namespace: t.namespace.clone(),
         max_in_flight,
         dead_letter_on_client_fault: t.dead_letter_on_client_fault.unwrap_or(false),
     })))
+}
+
+/// Whether `url` carries a user name or password (`scheme://user:pw@host`), also
+/// when it is not a valid http URL: then anything with `@` before the path counts.
+fn holds_credentials(url: &str) -> bool {
+    if let Ok(u) = reqwest::Url::parse(url)
+        && (!u.username().is_empty() || u.password().is_some())
+    {
+        return true;
+    }
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority.contains('@')
 }
 
 /// One line for `check`: where it sends and how, never the password.
@@ -353,7 +375,7 @@ pub fn describe(s: &SoapSpec) -> String {
         ),
     };
     let password = match &s.password_file {
-        Some(p) => format!(" (password from {}, readable)", p.display()),
+        Some(p) => format!(" (password from {})", p.display()),
         None => String::new(),
     };
     let ca = match &s.ca_file {
@@ -368,6 +390,36 @@ pub fn describe(s: &SoapSpec) -> String {
     )
 }
 
+/// Why the password could not be had. It names the file, never the password.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is empty", path.display())]
+    Empty { path: PathBuf },
+}
+
+/// Reads the password from `password_file` (one line; a final newline is not
+/// part of it). `Ok(None)` when the connector logs in without one.
+pub fn read_password(spec: &SoapSpec) -> Result<Option<Secret>, PasswordError> {
+    let Some(path) = &spec.password_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| PasswordError::Unreadable {
+        path: path.clone(),
+        source,
+    })?;
+    let pw = text.strip_suffix('\n').unwrap_or(&text);
+    let pw = pw.strip_suffix('\r').unwrap_or(pw);
+    if pw.is_empty() {
+        return Err(PasswordError::Empty { path: path.clone() });
+    }
+    Ok(Some(Secret(pw.to_string())))
+}
+
 /// rustls needs one crypto provider for the process: ring (no C beyond ring's
 /// own, static musl builds work). Installing twice is harmless.
 pub fn install_crypto_provider() {
@@ -379,6 +431,10 @@ pub struct SoapTransport {
     spec: Arc<SoapSpec>,
     /// `Err` if the client could not be built (every delivery then says why).
     client: Result<reqwest::Client, String>,
+    /// The password, read from `password_file` when the transport starts; while
+    /// it cannot be read, every delivery is `Down` saying why and tries again
+    /// (fixing the file's owner needs no restart).
+    password: Result<Option<Secret>, PasswordError>,
 }
 
 impl SoapTransport {
@@ -388,6 +444,7 @@ impl SoapTransport {
             target: target.to_string(),
             spec: Arc::new(spec.clone()),
             client: build_client(spec),
+            password: read_password(spec),
         }
     }
 
@@ -400,14 +457,11 @@ impl SoapTransport {
     }
 
     /// The envelope as `translate` shows it: the password, if one is in it, masked.
+    /// It never needs `password_file` (the user running it may not read it).
     pub fn preview(&self, id: &str, attempt: u32, body: &[u8]) -> Result<Vec<u8>, String> {
         let masked = Secret("********".into());
-        let mut spec = (*self.spec).clone();
-        if let Auth::UsernameToken { password, .. } = &mut spec.auth {
-            *password = masked;
-        }
         envelope::build(
-            &wrapping(&spec),
+            &wrapping(&self.spec, Some(&masked)),
             id,
             attempt,
             body,
@@ -418,22 +472,35 @@ impl SoapTransport {
     /// Sends each payload on its own request, up to `max_in_flight` at once
     /// (the batch is never larger). One outcome per payload, in order.
     pub async fn deliver(&mut self, batch: &[Payload]) -> Vec<Outcome> {
-        let client = match &self.client {
-            Ok(c) => c.clone(),
-            Err(e) => {
+        if self.password.is_err() {
+            self.password = read_password(&self.spec);
+        }
+        let (client, password) = match (&self.client, &self.password) {
+            (Ok(c), Ok(p)) => (c.clone(), p.clone()),
+            (Err(e), _) => {
                 return batch
                     .iter()
                     .map(|_| Outcome::Down { reason: e.clone() })
                     .collect();
             }
+            (_, Err(e)) => {
+                let reason = format!("password_file: {e}");
+                return batch
+                    .iter()
+                    .map(|_| Outcome::Down {
+                        reason: reason.clone(),
+                    })
+                    .collect();
+            }
         };
         if batch.len() == 1 {
-            return vec![send(&client, &self.spec, &batch[0]).await];
+            return vec![send(&client, &self.spec, password.as_ref(), &batch[0]).await];
         }
         let mut set = tokio::task::JoinSet::new();
         for (i, p) in batch.iter().enumerate() {
             let (client, spec, p) = (client.clone(), self.spec.clone(), p.clone());
-            set.spawn(async move { (i, send(&client, &spec, &p).await) });
+            let password = password.clone();
+            set.spawn(async move { (i, send(&client, &spec, password.as_ref(), &p).await) });
         }
         let mut outcomes = vec![None; batch.len()];
         while let Some(joined) = set.join_next().await {
@@ -455,16 +522,14 @@ impl SoapTransport {
     }
 }
 
-fn wrapping(spec: &SoapSpec) -> envelope::Wrapping<'_> {
+fn wrapping<'a>(spec: &'a SoapSpec, password: Option<&'a Secret>) -> envelope::Wrapping<'a> {
     envelope::Wrapping {
         version: spec.version,
         namespace: spec.namespace.as_deref(),
-        ws_security: match &spec.auth {
-            Auth::UsernameToken {
-                username,
-                password,
-                mode,
-            } => Some((username.as_str(), password.expose(), *mode)),
+        ws_security: match (&spec.auth, password) {
+            (Auth::UsernameToken { username, mode }, Some(password)) => {
+                Some((username.as_str(), password.expose(), *mode))
+            }
             _ => None,
         },
     }
@@ -489,6 +554,47 @@ fn build_client(spec: &SoapSpec) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot set up the HTTP client: {}", chain(&e)))
 }
 
+/// `Content-Type` and, for 1.1, `SOAPAction` for a connector's action; `Err`
+/// says why the action cannot go in a header (checked by `spec`, so that a
+/// bad action is a config error and never an endless "down").
+fn action_headers(
+    version: SoapVersion,
+    action: &str,
+) -> Result<reqwest::header::HeaderMap, String> {
+    use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+    if action.contains('"') {
+        return Err("must not hold a double quote (`\"`)".into());
+    }
+    let value = |text: String| {
+        HeaderValue::from_str(&text).map_err(|_| {
+            "holds a character an HTTP header cannot carry (a control character such as a line break?)"
+                .to_string()
+        })
+    };
+    let mut h = HeaderMap::new();
+    match version {
+        SoapVersion::V11 => {
+            h.insert(CONTENT_TYPE, value("text/xml; charset=utf-8".into())?);
+            h.insert("SOAPAction", value(format!("\"{action}\""))?);
+        }
+        SoapVersion::V12 if action.is_empty() => {
+            h.insert(
+                CONTENT_TYPE,
+                value("application/soap+xml; charset=utf-8".into())?,
+            );
+        }
+        SoapVersion::V12 => {
+            h.insert(
+                CONTENT_TYPE,
+                value(format!(
+                    "application/soap+xml; charset=utf-8; action=\"{action}\""
+                ))?,
+            );
+        }
+    }
+    Ok(h)
+}
+
 /// An error and its causes on one line ("connection refused" is a cause).
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -504,36 +610,46 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-async fn send(client: &reqwest::Client, spec: &SoapSpec, p: &Payload) -> Outcome {
+async fn send(
+    client: &reqwest::Client,
+    spec: &SoapSpec,
+    password: Option<&Secret>,
+    p: &Payload,
+) -> Outcome {
     let token = match spec.auth {
         Auth::UsernameToken { .. } => envelope::Token::fresh(),
         _ => envelope::Token::unused(),
     };
-    let body = match envelope::build(&wrapping(spec), &p.id, p.attempt, &p.bytes, &token) {
+    let body = match envelope::build(
+        &wrapping(spec, password),
+        &p.id,
+        p.attempt,
+        &p.bytes,
+        &token,
+    ) {
         Ok(b) => b,
         Err(reason) => return Outcome::Rejected { reason },
     };
     let mut req = client.post(&spec.url).body(body);
-    req = match spec.version {
-        SoapVersion::V11 => req
-            .header("Content-Type", "text/xml; charset=utf-8")
-            .header("SOAPAction", format!("\"{}\"", spec.soap_action)),
-        SoapVersion::V12 if spec.soap_action.is_empty() => {
-            req.header("Content-Type", "application/soap+xml; charset=utf-8")
+    match action_headers(spec.version, &spec.soap_action) {
+        Ok(headers) => req = req.headers(headers),
+        Err(e) => {
+            return Outcome::Rejected {
+                reason: format!("soap_action: {e}"),
+            };
         }
-        SoapVersion::V12 => req.header(
-            "Content-Type",
-            format!(
-                "application/soap+xml; charset=utf-8; action=\"{}\"",
-                spec.soap_action
-            ),
-        ),
-    };
-    if let Auth::Basic { username, password } = &spec.auth {
+    }
+    if let (Auth::Basic { username }, Some(password)) = (&spec.auth, password) {
         req = req.basic_auth(username, Some(password.expose()));
     }
     let mut resp = match req.send().await {
         Ok(r) => r,
+        // A request that cannot be built never reaches the service: not an outage.
+        Err(e) if e.is_builder() => {
+            return Outcome::Rejected {
+                reason: format!("cannot build the request: {}", chain(&e)),
+            };
+        }
         Err(e) => {
             let what = if e.is_timeout() {
                 "no answer in time"
@@ -594,10 +710,7 @@ mod tests {
 
     #[test]
     fn secrets_do_not_show_in_debug() {
-        let a = Auth::Basic {
-            username: "u".into(),
-            password: Secret("hunter2".into()),
-        };
+        let a = Some(Secret("hunter2".into()));
         assert!(!format!("{a:?}").contains("hunter2"));
     }
 
@@ -635,6 +748,141 @@ mod tests {
                 .unwrap()
                 .contains("<soap:Body><a xmlns=\"urn:county:permits\"/></soap:Body>")
         );
+    }
+
+    /// The problems `spec` finds in a `[transport]` table.
+    fn problems(transport: &str) -> Vec<String> {
+        let t: TransportFile = toml::from_str(transport).unwrap();
+        let mut problems = Vec::new();
+        spec(
+            &t,
+            &|_, key| format!("c.toml: {key}: "),
+            Path::new("/"),
+            &mut problems,
+        );
+        problems
+    }
+
+    #[test]
+    fn a_url_with_a_password_is_refused_without_showing_it() {
+        for url in [
+            "ftp://user:Secret@host/",
+            "http://user:Secret@host:99999/",
+            "user:Secret@host/x",
+            "http://user:Secret@ho st/",
+        ] {
+            let p = problems(&format!("kind = \"soap\"\nurl = \"{url}\""));
+            assert_eq!(p.len(), 1, "{url}: {p:?}");
+            assert!(p[0].contains("holds a user name or password"), "{p:?}");
+            assert!(!p[0].contains("Secret"), "{p:?}");
+        }
+        let p = problems("kind = \"soap\"\nurl = \"ftp://host/\"");
+        assert!(p[0].contains("must start with http://"), "{p:?}");
+        let p = problems("kind = \"soap\"\nurl = \"http://host:99999/\"");
+        assert!(p[0].contains("is not a URL"), "{p:?}");
+    }
+
+    #[test]
+    fn an_action_no_header_can_carry_is_a_config_error() {
+        for version in ["1.1", "1.2"] {
+            for action in [r#"urn:a\nb"#, r#"urn:a\u0007"#, r#"urn:\"x\""#] {
+                let p = problems(&format!(
+                    "kind = \"soap\"\nurl = \"http://h/\"\nsoap_version = \"{version}\"\nsoap_action = \"{action}\""
+                ));
+                assert_eq!(p.len(), 1, "{version} {action}: {p:?}");
+                assert!(p[0].contains("soap_action"), "{p:?}");
+            }
+        }
+        assert!(
+            problems("kind = \"soap\"\nurl = \"http://h/\"\nsoap_action = \"urn:ok\"").is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_be_built_is_rejected_not_down() {
+        let t: TransportFile =
+            toml::from_str("kind = \"soap\"\nurl = \"http://127.0.0.1:9/\"").unwrap();
+        let Some(TransportSpec::Soap(mut spec)) =
+            spec(&t, &|_, _| String::new(), Path::new("/"), &mut Vec::new())
+        else {
+            panic!("a valid spec");
+        };
+        // What a spec from before the check above held.
+        spec.soap_action = "urn:a\nb".into();
+        let mut transport = SoapTransport::new("t", &spec);
+        let payload = Payload {
+            id: "t:1".into(),
+            attempt: 1,
+            bytes: b"<a/>".to_vec(),
+        };
+        let outcome = transport.deliver(&[payload]).await;
+        assert!(
+            matches!(&outcome[..], [Outcome::Rejected { reason }] if reason.contains("soap_action")),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn nothing_but_white_space_may_stand_outside_the_body_root() {
+        let w = envelope::Wrapping {
+            version: SoapVersion::V11,
+            namespace: None,
+            ws_security: None,
+        };
+        for body in [
+            &b"&amp;<a/>"[..],
+            b"<a/>&#65;",
+            b"<![CDATA[x]]><a/>",
+            b"<a/>\n<![CDATA[]]>",
+            b"x<a/>",
+        ] {
+            let got = envelope::build(&w, "c:1", 1, body, &envelope::Token::unused());
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains("outside the root")),
+                "{}: {got:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let ok = envelope::build(
+            &w,
+            "c:1",
+            1,
+            b"\n <a>&amp;<![CDATA[x]]></a>\n",
+            &envelope::Token::unused(),
+        );
+        assert!(
+            String::from_utf8(ok.unwrap())
+                .unwrap()
+                .contains("<soap:Body><a>&amp;<![CDATA[x]]></a></soap:Body>")
+        );
+    }
+
+    #[test]
+    fn the_password_file_is_read_only_when_asked_and_errors_name_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t: TransportFile = toml::from_str(
+            "kind = \"soap\"\nurl = \"http://h/\"\nusername = \"u\"\npassword_file = \"pw\"",
+        )
+        .unwrap();
+        // Loading the config does not need the file.
+        let mut problems = Vec::new();
+        let Some(TransportSpec::Soap(spec)) =
+            spec(&t, &|_, _| String::new(), tmp.path(), &mut problems)
+        else {
+            panic!("{problems:?}");
+        };
+        let err = read_password(&spec).unwrap_err().to_string();
+        assert!(
+            err.starts_with("cannot read ") && err.contains("/pw"),
+            "{err}"
+        );
+        std::fs::write(tmp.path().join("pw"), "\n").unwrap();
+        assert!(matches!(
+            read_password(&spec),
+            Err(PasswordError::Empty { .. })
+        ));
+        std::fs::write(tmp.path().join("pw"), "s3cret\r\n").unwrap();
+        assert_eq!(read_password(&spec).unwrap().unwrap().expose(), "s3cret");
     }
 
     #[test]

@@ -23,6 +23,8 @@ EXTRA_CONFIG=${EXTRA_CONFIG:-}
 wanted() { [[ " $ONLY " == *" $1 "* ]]; }
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/daemon-config.sh
+. "$BENCH_DIR/daemon-config.sh"
 REPO=$(cd "$BENCH_DIR/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 SCRIPT_START=$(date +%s.%N)
@@ -74,24 +76,7 @@ trap 'exit 130' INT TERM
 # or down (outbox folder missing, so the target is down and deltas pile up).
 mkcase() {
     local dir=$TMP/$1 mode=$2
-    mkdir -p "$dir/connectors" "$dir/inbox/permits"
-    cat >"$dir/hms-sync.toml" <<EOF
-$EXTRA_CONFIG
-state_dir = "state"
-connectors_dir = "connectors"
-delivery_log = "delivery.log"
-
-[socket]
-path = "hms.sock"
-
-[status]
-listen = "127.0.0.1:0"
-
-[[watch]]
-dir = "inbox/permits"
-collection = "permits"
-key = "permit_number"
-EOF
+    daemon_config "$dir" "$EXTRA_CONFIG"
     if [[ $mode != none ]]; then
         mkdir -p "$dir/connectors/bench"
         cat >"$dir/connectors/bench/connector.toml" <<'EOF'

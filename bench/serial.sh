@@ -9,6 +9,8 @@ set -euo pipefail
 
 FRAMES=${FRAMES:-2000}
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/daemon-config.sh
+. "$BENCH_DIR/daemon-config.sh"
 REPO=$(cd "$BENCH_DIR/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 
@@ -38,20 +40,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 dir=$TMP/serial
-mkdir -p "$dir/connectors/bench" "$dir/inbox/permits"
-cat >"$dir/hms-sync.toml" <<CONF
-state_dir = "state"
-connectors_dir = "connectors"
-delivery_log = "delivery.log"
-[socket]
-path = "hms.sock"
-[status]
-listen = "127.0.0.1:0"
-[[watch]]
-dir = "inbox/permits"
-collection = "permits"
-key = "permit_number"
-CONF
+daemon_config "$dir"
+mkdir -p "$dir/connectors/bench"
 cat >"$dir/connectors/bench/connector.toml" <<'CONF'
 collections = ["permits"]
 [format]

@@ -14,6 +14,8 @@ LAT_RATE=${LAT_RATE:-200}
 LAT_COUNT=${LAT_COUNT:-2000}
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/daemon-config.sh
+. "$BENCH_DIR/daemon-config.sh"
 REPO=$(cd "$BENCH_DIR/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 log() { printf '[soap-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -52,20 +54,8 @@ start_server() {
 # case_dir NAME MAX_IN_FLIGHT: a daemon folder with one SOAP connector to $PORT.
 case_dir() {
     local dir=$TMP/$1
-    mkdir -p "$dir/connectors/bench" "$dir/inbox/permits"
-    cat >"$dir/hms-sync.toml" <<EOF
-state_dir = "state"
-connectors_dir = "connectors"
-delivery_log = "delivery.log"
-[socket]
-path = "hms.sock"
-[status]
-listen = "127.0.0.1:0"
-[[watch]]
-dir = "inbox/permits"
-collection = "permits"
-key = "permit_number"
-EOF
+    daemon_config "$dir"
+    mkdir -p "$dir/connectors/bench"
     cat >"$dir/connectors/bench/connector.toml" <<EOF
 collections = ["permits"]
 [format]

@@ -63,11 +63,7 @@ pub fn run(config: Option<&Path>, args: NewArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    let text = match args.transport {
-        TransportKind::File => file_template(&args.name, &args.collection),
-        TransportKind::Serial => serial_template(&args.name, &args.collection),
-        TransportKind::Soap => soap_template(&args.name, &args.collection),
-    };
+    let text = scaffold(args.transport, &args.name, &args.collection);
     let folder = connectors_dir(config).join(&args.name);
     if folder.join("connector.toml").exists() {
         return Err(UsageError(format!(
@@ -83,10 +79,16 @@ pub fn run(config: Option<&Path>, args: NewArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn file_template(name: &str, collection: &str) -> String {
+/// `connector.toml` for `kind`: the transport's own intro and sections between the
+/// parts every connector has (collections, fields, retry).
+fn scaffold(kind: TransportKind, name: &str, collection: &str) -> String {
+    let (intro, sections) = match kind {
+        TransportKind::File => file_template(name),
+        TransportKind::Serial => serial_template(name),
+        TransportKind::Soap => soap_template(name),
+    };
     format!(
-        r#"# Connector "{name}": delivers changes as batch files into a folder the legacy
-# system reads. The folder name ({name}) is the target's name in status and logs.
+        r#"{intro}
 
 # Collections this system receives.
 collections = ["{collection}"]
@@ -95,7 +97,25 @@ collections = ["{collection}"]
 # selects "address.street"). Leave it out to send every field.
 # fields = ["status", "inspector.name"]
 
-[format]
+{sections}
+[retry]
+# After this many refusals a change becomes a dead letter (see `hms-sync dead list`).
+max_attempts = 20
+# First wait after a failure, doubled each time up to max_backoff.
+backoff = "1s"
+max_backoff = "5m"
+"#
+    )
+}
+
+fn file_template(name: &str) -> (String, String) {
+    (
+        format!(
+            r#"# Connector "{name}": delivers changes as batch files into a folder the legacy
+# system reads. The folder name ({name}) is the target's name in status and logs."#
+        ),
+        format!(
+            r#"[format]
 # csv: one row a change, with the record's latest values.
 kind = "csv"
 # The columns, in order. Nested fields use dots: "address.street".
@@ -115,30 +135,20 @@ batch_max = 500
 # Wait this long to gather changes into one file ("0s": write at once).
 batch_window = "200ms"
 
-[retry]
-# After this many refusals a change becomes a dead letter (see `hms-sync dead list`).
-max_attempts = 20
-# First wait after a failure, doubled each time up to max_backoff.
-backoff = "1s"
-max_backoff = "5m"
 "#
+        ),
     )
 }
 
-fn serial_template(name: &str, collection: &str) -> String {
-    format!(
-        r#"# Connector "{name}": delivers changes one framed record at a time over a
+fn serial_template(name: &str) -> (String, String) {
+    (
+        format!(
+            r#"# Connector "{name}": delivers changes one framed record at a time over a
 # serial line (RS-232) to a terminal controller or mainframe front end that
 # answers ACK or NAK. The folder name ({name}) is the target's name in status
-# and logs. The service needs access to the port: see systemd/serial.conf.
-
-# Collections this system receives.
-collections = ["{collection}"]
-
-# Optional: only these fields. Leave it out to send every field.
-# fields = ["status", "inspector.name"]
-
-[format]
+# and logs. The service needs access to the port: see systemd/serial.conf."#
+        ),
+        r#"[format]
 # csv: one line a change: delivery_id,op,<columns...>. The delivery id lets the
 # device drop a repeat (after a lost ACK the same frame may come twice).
 kind = "csv"
@@ -171,30 +181,21 @@ inter_frame_delay = "0s"
 # Text on the wire: utf8, ascii (anything else is refused), latin1.
 encoding = "ascii"
 
-[retry]
-# After this many refusals a change becomes a dead letter (see `hms-sync dead list`).
-max_attempts = 20
-# First wait after a failure, doubled each time up to max_backoff.
-backoff = "1s"
-max_backoff = "5m"
 "#
+        .to_string(),
     )
 }
 
 /// Like `connectors/county-cobol/connector.toml.example`, with every key commented.
-fn soap_template(name: &str, collection: &str) -> String {
-    format!(
-        r#"# Connector "{name}": delivers each change as a SOAP request to a legacy
+fn soap_template(name: &str) -> (String, String) {
+    (
+        format!(
+            r#"# Connector "{name}": delivers each change as a SOAP request to a legacy
 # system's web service, retrying until it answers "got it" (a 2xx without a
-# SOAP Fault). The folder name ({name}) is the target's name in status and logs.
-
-# Collections this system receives.
-collections = ["{collection}"]
-
-# Optional: only these fields (a name also selects its sub-fields).
-# fields = ["status", "inspector.name"]
-
-[format]
+# SOAP Fault). The folder name ({name}) is the target's name in status and logs."#
+        ),
+        format!(
+            r#"[format]
 # xml: <PermitUpdate op="update"><PermitNumber>123</PermitNumber><Field name="status">APPROVED</Field></PermitUpdate>
 kind = "xml"
 root = "PermitUpdate"
@@ -230,13 +231,8 @@ max_in_flight = 1
 # true: a Client/Sender Fault dead-letters at once instead of after max_attempts.
 dead_letter_on_client_fault = false
 
-[retry]
-# After this many refusals a change becomes a dead letter (see `hms-sync dead list`).
-max_attempts = 20
-# First wait after a failure, doubled each time up to max_backoff.
-backoff = "1s"
-max_backoff = "5m"
 "#
+        ),
     )
 }
 
@@ -244,18 +240,27 @@ max_backoff = "5m"
 mod tests {
     #[test]
     fn the_template_is_a_valid_connector() {
+        use super::TransportKind::*;
+        for kind in [File, Serial, Soap] {
+            let text = super::scaffold(kind, "x", "permits");
+            assert!(
+                !text.contains("{name}") && !text.contains("{collection}"),
+                "{text}"
+            );
+            assert!(text.contains("collections = [\"permits\"]") && text.contains("[retry]"));
+        }
         let tmp = tempfile::tempdir().unwrap();
         let folder = tmp.path().join("x");
         std::fs::create_dir_all(&folder).unwrap();
         std::fs::write(
             folder.join("connector.toml"),
-            super::file_template("x", "permits"),
+            super::scaffold(super::TransportKind::File, "x", "permits"),
         )
         .unwrap();
         crate::connector::load(&folder, tmp.path()).unwrap();
         std::fs::write(
             folder.join("connector.toml"),
-            super::serial_template("x", "permits"),
+            super::scaffold(super::TransportKind::Serial, "x", "permits"),
         )
         .unwrap();
         let c = crate::connector::load(&folder, tmp.path()).unwrap();
@@ -265,7 +270,7 @@ mod tests {
         ));
         std::fs::write(
             folder.join("connector.toml"),
-            super::soap_template("x", "permits"),
+            super::scaffold(super::TransportKind::Soap, "x", "permits"),
         )
         .unwrap();
         let c = crate::connector::load(&folder, tmp.path()).unwrap();

@@ -1,0 +1,26 @@
+# Sourced by the bench scripts. daemon_config DIR [EXTRA]: the folder layout and
+# hms-sync.toml every scenario runs with: state, delivery log and ingest socket in
+# DIR, the status listener on a free loopback port, and a drop folder
+# inbox/permits keyed by permit_number. EXTRA (top-level lines) goes first. The
+# caller writes DIR/connectors/<name>/connector.toml.
+daemon_config() {
+    local dir=$1 extra=${2:-}
+    mkdir -p "$dir/connectors" "$dir/inbox/permits"
+    cat >"$dir/hms-sync.toml" <<EOF
+$extra
+state_dir = "state"
+connectors_dir = "connectors"
+delivery_log = "delivery.log"
+
+[socket]
+path = "hms.sock"
+
+[status]
+listen = "127.0.0.1:0"
+
+[[watch]]
+dir = "inbox/permits"
+collection = "permits"
+key = "permit_number"
+EOF
+}

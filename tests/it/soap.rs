@@ -1337,11 +1337,12 @@ fn county_cobol_example(d: &TestDaemon, url: &str, template: bool) {
     .unwrap();
 }
 
-#[test]
-fn soap_the_county_cobol_example_and_its_template_deliver_escaped_values() {
+/// Runs the county-cobol example (its default XML shape, or its template) and
+/// drops the fixture pair: the create, then the update, each seen by the box.
+fn example_delivers_the_fixture_pair(template: bool) -> (LegacyBox, TestDaemon) {
     let server = LegacyBox::start();
     let d = TestDaemon::new();
-    county_cobol_example(&d, &server.url(), false);
+    county_cobol_example(&d, &server.url(), template);
     let d = d.start();
     d.drop_fixture("permits/permit-123.json", "a.json");
     d.wait_for(Duration::from_secs(10), "the create", |_| {
@@ -1351,24 +1352,19 @@ fn soap_the_county_cobol_example_and_its_template_deliver_escaped_values() {
     d.wait_for(Duration::from_secs(10), "the update", |_| {
         server.received().len() == 2
     });
+    (server, d)
+}
+
+#[test]
+fn soap_the_county_cobol_example_and_its_template_deliver_escaped_values() {
+    let (server, d) = example_delivers_the_fixture_pair(false);
     let expected =
         std::fs::read_to_string(fixtures().join("expected/permit-123-approved.xml")).unwrap();
     assert_eq!(squash(&server.received()[1].body_xml), squash(&expected));
     assert_eq!(server.received()[1].id, "county-cobol:2");
     drop(d);
 
-    let server = LegacyBox::start();
-    let d = TestDaemon::new();
-    county_cobol_example(&d, &server.url(), true);
-    let d = d.start();
-    d.drop_fixture("permits/permit-123.json", "a.json");
-    d.wait_for(Duration::from_secs(10), "the create", |_| {
-        server.received().len() == 1
-    });
-    d.drop_fixture("permits/permit-123-approved.json", "b.json");
-    d.wait_for(Duration::from_secs(10), "the update", |_| {
-        server.received().len() == 2
-    });
+    let (server, _daemon) = example_delivers_the_fixture_pair(true);
     assert!(server.errors().is_empty(), "{:?}", server.errors());
     let got = &server.received()[1];
     assert_eq!(

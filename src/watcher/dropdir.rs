@@ -288,7 +288,10 @@ impl DropDir {
             format_ms(now_ms()),
             self.watch.dir.display()
         );
-        if let Err(e) = fs::write(rejected.join(format!("{dest_name}.error")), note) {
+        // Written aside and renamed, so that whoever sees the note reads all of it.
+        let tmp = rejected.join(format!(".{dest_name}.error.part"));
+        let note_path = rejected.join(format!("{dest_name}.error"));
+        if let Err(e) = fs::write(&tmp, note).and_then(|_| fs::rename(&tmp, &note_path)) {
             tracing::warn!(error = %e, "cannot write the .error note");
         }
         tracing::warn!(file = %name, %reason, moved_to = %dest.display(), "file rejected");

@@ -751,9 +751,11 @@ fn soap_dead_letter_on_client_fault_does_not_wait_for_max_attempts() {
 
 #[test]
 fn soap_status_shows_a_rejection_delivered_in_the_same_batch_as_a_delivery() {
-    let mut server = LegacyBox::start();
+    let server = LegacyBox::start();
     server.reject("21", true);
-    server.stop();
+    // Each answer takes a while, so the two requests of the batch overlap at
+    // the box however slow this machine is.
+    server.set_delay(Duration::from_millis(300));
     let d = TestDaemon::new()
         .connector(
             "cobol",
@@ -764,16 +766,12 @@ fn soap_status_shows_a_rejection_delivered_in_the_same_batch_as_a_delivery() {
             ),
         )
         .start();
-    // Both wait out the outage, then go in one batch of two.
-    d.client()
-        .call(&envelope("21", json!({"permit_number": "21"})));
-    d.client()
-        .call(&envelope("22", json!({"permit_number": "22"})));
-    std::thread::sleep(Duration::from_millis(300));
-    // Each answer takes a while, so the two requests of the batch overlap at
-    // the box however slow this machine is.
-    server.set_delay(Duration::from_millis(300));
-    server.resume();
+    // One file: both changes are queued by one commit, so the worker's next
+    // lease takes them together, as one batch of two.
+    d.drop_file(
+        "two.ndjson",
+        b"{\"permit_number\":\"21\"}\n{\"permit_number\":\"22\"}\n",
+    );
     d.wait_for(
         Duration::from_secs(10),
         "one delivery and one dead letter",

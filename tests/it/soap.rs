@@ -458,14 +458,7 @@ fn soap_the_fixture_pair_arrives_as_the_expected_xml_with_soap_headers() {
     let d = TestDaemon::new()
         .connector("cobol", &soap_connector(&server.url(), "", FAST_RETRY))
         .start();
-    d.drop_fixture("permits/permit-123.json", "a.json");
-    d.wait_for(Duration::from_secs(10), "the create", |_| {
-        server.received().len() == 1
-    });
-    d.drop_fixture("permits/permit-123-approved.json", "b.json");
-    d.wait_for(Duration::from_secs(10), "the update", |_| {
-        server.received().len() == 2
-    });
+    drop_fixture_pair(&d, &server);
     assert!(server.errors().is_empty(), "{:?}", server.errors());
     let got = server.received();
     let expected =
@@ -1338,13 +1331,8 @@ fn county_cobol_example(d: &TestDaemon, url: &str, template: bool) {
     .unwrap();
 }
 
-/// Runs the county-cobol example (its default XML shape, or its template) and
-/// drops the fixture pair: the create, then the update, each seen by the box.
-fn example_delivers_the_fixture_pair(template: bool) -> (LegacyBox, TestDaemon) {
-    let server = LegacyBox::start();
-    let d = TestDaemon::new();
-    county_cobol_example(&d, &server.url(), template);
-    let d = d.start();
+/// Drops the fixture pair: the create, then the update, each seen by the box.
+fn drop_fixture_pair(d: &TestDaemon, server: &LegacyBox) {
     d.drop_fixture("permits/permit-123.json", "a.json");
     d.wait_for(Duration::from_secs(10), "the create", |_| {
         server.received().len() == 1
@@ -1353,6 +1341,16 @@ fn example_delivers_the_fixture_pair(template: bool) -> (LegacyBox, TestDaemon) 
     d.wait_for(Duration::from_secs(10), "the update", |_| {
         server.received().len() == 2
     });
+}
+
+/// Runs the county-cobol example (its default XML shape, or its template)
+/// through the fixture pair.
+fn example_delivers_the_fixture_pair(template: bool) -> (LegacyBox, TestDaemon) {
+    let server = LegacyBox::start();
+    let d = TestDaemon::new();
+    county_cobol_example(&d, &server.url(), template);
+    let d = d.start();
+    drop_fixture_pair(&d, &server);
     (server, d)
 }
 

@@ -1262,6 +1262,22 @@ fn enqueue(
     Ok(())
 }
 
+/// Opens the queue in `dir` once an earlier handle in this process has let go of
+/// sled's file lock (its background threads release it a moment after the drop).
+#[cfg(test)]
+fn open_when_free(dir: &Path, cache_mib: u64, specs: Vec<TargetSpec>) -> Result<Queue, QueueError> {
+    let mut tries = 0;
+    loop {
+        match Queue::open(dir, cache_mib, specs.clone()) {
+            Err(QueueError::Open { .. }) if tries < 200 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod model;
 #[cfg(test)]

@@ -1181,18 +1181,7 @@ impl Run {
     fn restart(&mut self) -> Result<(), String> {
         self.q().commit().map_err(qe)?;
         drop(self.q.take());
-        // sled's background threads let go of the file lock a moment after the drop.
-        let mut tries = 0;
-        let q = loop {
-            match Queue::open(self.dir.path(), 1, specs()) {
-                Ok(q) => break q,
-                Err(QueueError::Open { .. }) if tries < 200 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => return Err(qe(e)),
-            }
-        };
+        let q = open_when_free(self.dir.path(), 1, specs()).map_err(qe)?;
         self.q = Some(q);
         // In-flight state is lost; sealed deltas stay sealed.
         for tm in &mut self.targets {
@@ -1579,13 +1568,7 @@ impl Legacy {
 
 fn reopen(q: Queue, dir: &std::path::Path) -> Queue {
     drop(q);
-    for _ in 0..200 {
-        match Queue::open(dir, 1, specs()) {
-            Ok(q) => return q,
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
-        }
-    }
-    panic!("cannot reopen the queue");
+    open_when_free(dir, 1, specs()).expect("cannot reopen the queue")
 }
 
 /// Lease and ack until the target's queue is empty, feeding the legacy system.

@@ -29,7 +29,7 @@ fn change(key: &str, doc: serde_json::Value) -> ChangeSet {
 fn ingest_lease_ack_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+        let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
         q.ingest(&[change("1", json!({"a": 1}))]).unwrap();
         q.ingest(&[change("1", json!({"a": 1}))]).unwrap(); // same again: nothing
         q.ingest(&[change("2", json!({"a": 2}))]).unwrap();
@@ -40,7 +40,7 @@ fn ingest_lease_ack_and_reopen() {
         q.ack("t", &[1]).unwrap();
         q.commit().unwrap();
     }
-    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
     let lease = q.lease("t", 10, now_ms()).unwrap();
     assert_eq!(
         lease.items.len(),
@@ -58,7 +58,7 @@ fn ingest_lease_ack_and_reopen() {
 #[test]
 fn waiting_deltas_coalesce_and_in_flight_ones_do_not_change() {
     let dir = tempfile::tempdir().unwrap();
-    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
     q.ingest(&[change("1", json!({"a": 1}))]).unwrap();
     q.ingest(&[change("1", json!({"a": 2}))]).unwrap();
     let lease = q.lease("t", 10, 0).unwrap();
@@ -89,13 +89,13 @@ fn waiting_deltas_coalesce_and_in_flight_ones_do_not_change() {
 fn a_delta_handed_out_before_a_restart_absorbs_nothing_after_it() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+        let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
         q.ingest(&[change("1", json!({"a": 1}))]).unwrap();
         assert_eq!(q.lease("t", 10, 0).unwrap().items.len(), 1);
         q.commit().unwrap();
     }
     // The legacy system may have processed seq 1 before the crash.
-    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
     q.ingest(&[change("1", serde_json::Value::Null)]).unwrap();
     let counts = q.counts().unwrap();
     assert_eq!(
@@ -111,7 +111,7 @@ fn a_delta_handed_out_before_a_restart_absorbs_nothing_after_it() {
 #[test]
 fn create_then_delete_sends_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
     q.ingest(&[change("1", json!({"a": 1}))]).unwrap();
     q.ingest(&[change("1", serde_json::Value::Null)]).unwrap();
     assert!(q.lease("t", 10, 0).unwrap().items.is_empty());
@@ -121,7 +121,7 @@ fn create_then_delete_sends_nothing() {
 #[test]
 fn dead_letters_hold_their_record_until_retry() {
     let dir = tempfile::tempdir().unwrap();
-    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
     q.ingest(&[change("1", json!({"a": 1}))]).unwrap();
     q.ingest(&[change("2", json!({"a": 1}))]).unwrap();
     let lease = q.lease("t", 1, 0).unwrap();
@@ -152,7 +152,7 @@ fn dead_letters_hold_their_record_until_retry() {
 #[test]
 fn retry_waits_do_not_hold_other_records() {
     let dir = tempfile::tempdir().unwrap();
-    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
     q.ingest(&[change("1", json!({"a": 1}))]).unwrap();
     q.ingest(&[change("2", json!({"a": 1}))]).unwrap();
     let lease = q.lease("t", 1, 1000).unwrap();
@@ -167,7 +167,7 @@ fn retry_waits_do_not_hold_other_records() {
 #[test]
 fn snapshot_files_delete_absent_records() {
     let dir = tempfile::tempdir().unwrap();
-    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
     q.ingest(&[change("1", json!({"a": 1})), change("2", json!({"a": 2}))])
         .unwrap();
     let mut full = change("1", json!({"a": 1}));
@@ -188,7 +188,7 @@ fn snapshot_files_delete_absent_records() {
 #[test]
 fn resync_pages_through_every_record() {
     let dir = tempfile::tempdir().unwrap();
-    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
     for k in ["1", "2", "10", "3"] {
         q.ingest(&[change(k, json!({"a": 1}))]).unwrap();
     }
@@ -231,7 +231,7 @@ fn deltas_in_shared_chunks_keep_order_and_content() {
         full_collections: vec![],
     };
     {
-        let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+        let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
         q.ingest(&[set]).unwrap();
         q.commit().unwrap();
         // 1200 small deltas: three chunks of at most CHUNK_MAX.
@@ -263,7 +263,7 @@ fn deltas_in_shared_chunks_keep_order_and_content() {
     }
     // After a restart: the 500 even ones (500 back at its place), the 200 never
     // leased, then the new delta for record 2 — in queue order.
-    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
     let lease = q.lease("t", 5000, now_ms()).unwrap();
     let seqs: Vec<u64> = lease.items.iter().map(|l| l.queued.seq).collect();
     let mut want: Vec<u64> = (2..=1000).step_by(2).collect();
@@ -325,7 +325,7 @@ fn a_version_1_coalescing_index_moves_into_the_record_entries() {
             .unwrap();
         db.flush().unwrap();
     }
-    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
     assert_eq!(q.tree.scan_prefix([b'i']).count(), 0);
     q.ingest(&[change("1", json!({"a": 2}))]).unwrap();
     let lease = q.lease("t", 10, now_ms()).unwrap();

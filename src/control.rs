@@ -174,7 +174,7 @@ pub fn execute(q: &mut Queue, req: Request, log: &DeliveryLog) -> Result<Value, 
                 .into_iter()
                 .filter(|c| collection.as_ref().is_none_or(|want| want == c))
                 .collect();
-            json!({ "records": q.count_records(&collections) })
+            json!({ "records": q.count_records(&collections)? })
         }
         Request::Snapshot { collection, key } => q
             .snapshot(&RecordId::new(collection, key))?

@@ -1,5 +1,5 @@
 //! Model test of the Sync Queue: random operation sequences run against the real
-//! [`Queue`] (sled in a temp dir) and against an in-memory model of its observable
+//! [`Queue`] (its real store in a temp dir) and against an in-memory model of its observable
 //! contract (SPEC §2 coalescing, §3 guarantees), compared after every step and
 //! once more after draining the queue.
 //!
@@ -93,8 +93,8 @@
 //! # Restart
 //! `commit()`, drop the queue, reopen from the same directory: in-flight state is
 //! lost and everything waiting comes back; sealed deltas stay sealed; counters
-//! must survive. A crash with uncommitted work is not simulated (sled holds an
-//! exclusive lock on its files, so an in-process "kill -9" cannot reopen them).
+//! must survive. A crash with uncommitted work is not simulated here: the
+//! power-loss test (tests/it/power_loss.rs) cuts a real daemon at random moments.
 //!
 //! # Strict runs
 //! The legacy system may process a delivery whose answer never reaches the queue
@@ -110,8 +110,10 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::Value;
 
+use super::keys::*;
 use super::*;
 use crate::record::{Change, Op};
+use crate::record::{ChangeSet, Delta};
 
 const COLLECTION: &str = "c";
 const KEYS: [&str; 3] = ["k0", "k1", "k2"];
@@ -1181,7 +1183,7 @@ impl Run {
     fn restart(&mut self) -> Result<(), String> {
         self.q().commit().map_err(qe)?;
         drop(self.q.take());
-        let q = open_when_free(self.dir.path(), 1, specs()).map_err(qe)?;
+        let q = Queue::open(self.dir.path(), 1, specs()).map_err(qe)?;
         self.q = Some(q);
         // In-flight state is lost; sealed deltas stay sealed.
         for tm in &mut self.targets {
@@ -1207,7 +1209,13 @@ impl Run {
             let q = self.q.as_ref().expect("queue open");
             for (name, t) in &q.targets {
                 let mut sum = 0u64;
-                for kv in q.tree.scan_prefix(key_of(b'p', &[name], None)) {
+                for kv in q
+                    .store
+                    .reader()
+                    .unwrap()
+                    .scan_prefix(&key_of(b'p', &[name], None))
+                    .unwrap()
+                {
                     let (k, v) = kv.map_err(|e| e.to_string())?;
                     let entries =
                         codec::chunk_entries(seq_of_key(&k), &v).map_err(|e| e.to_string())?;
@@ -1568,7 +1576,7 @@ impl Legacy {
 
 fn reopen(q: Queue, dir: &std::path::Path) -> Queue {
     drop(q);
-    open_when_free(dir, 1, specs()).expect("cannot reopen the queue")
+    Queue::open(dir, 1, specs()).expect("cannot reopen the queue")
 }
 
 /// Lease and ack until the target's queue is empty, feeding the legacy system.

@@ -1,5 +1,7 @@
+use super::keys::*;
 use super::*;
 use crate::record::{Change, Op};
+use crate::record::{ChangeSet, Delta, now_ms};
 use serde_json::json;
 
 fn spec(name: &str) -> TargetSpec {
@@ -29,7 +31,7 @@ fn change(key: &str, doc: serde_json::Value) -> ChangeSet {
 fn ingest_lease_ack_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
+        let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
         q.ingest(&[change("1", json!({"a": 1}))]).unwrap();
         q.ingest(&[change("1", json!({"a": 1}))]).unwrap(); // same again: nothing
         q.ingest(&[change("2", json!({"a": 2}))]).unwrap();
@@ -40,7 +42,7 @@ fn ingest_lease_ack_and_reopen() {
         q.ack("t", &[1]).unwrap();
         q.commit().unwrap();
     }
-    let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
+    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
     let lease = q.lease("t", 10, now_ms()).unwrap();
     assert_eq!(
         lease.items.len(),
@@ -58,7 +60,7 @@ fn ingest_lease_ack_and_reopen() {
 #[test]
 fn waiting_deltas_coalesce_and_in_flight_ones_do_not_change() {
     let dir = tempfile::tempdir().unwrap();
-    let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
+    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
     q.ingest(&[change("1", json!({"a": 1}))]).unwrap();
     q.ingest(&[change("1", json!({"a": 2}))]).unwrap();
     let lease = q.lease("t", 10, 0).unwrap();
@@ -89,13 +91,13 @@ fn waiting_deltas_coalesce_and_in_flight_ones_do_not_change() {
 fn a_delta_handed_out_before_a_restart_absorbs_nothing_after_it() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
+        let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
         q.ingest(&[change("1", json!({"a": 1}))]).unwrap();
         assert_eq!(q.lease("t", 10, 0).unwrap().items.len(), 1);
         q.commit().unwrap();
     }
     // The legacy system may have processed seq 1 before the crash.
-    let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
+    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
     q.ingest(&[change("1", serde_json::Value::Null)]).unwrap();
     let counts = q.counts().unwrap();
     assert_eq!(
@@ -111,7 +113,7 @@ fn a_delta_handed_out_before_a_restart_absorbs_nothing_after_it() {
 #[test]
 fn create_then_delete_sends_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
+    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
     q.ingest(&[change("1", json!({"a": 1}))]).unwrap();
     q.ingest(&[change("1", serde_json::Value::Null)]).unwrap();
     assert!(q.lease("t", 10, 0).unwrap().items.is_empty());
@@ -121,7 +123,7 @@ fn create_then_delete_sends_nothing() {
 #[test]
 fn dead_letters_hold_their_record_until_retry() {
     let dir = tempfile::tempdir().unwrap();
-    let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
+    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
     q.ingest(&[change("1", json!({"a": 1}))]).unwrap();
     q.ingest(&[change("2", json!({"a": 1}))]).unwrap();
     let lease = q.lease("t", 1, 0).unwrap();
@@ -152,7 +154,7 @@ fn dead_letters_hold_their_record_until_retry() {
 #[test]
 fn retry_waits_do_not_hold_other_records() {
     let dir = tempfile::tempdir().unwrap();
-    let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
+    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
     q.ingest(&[change("1", json!({"a": 1}))]).unwrap();
     q.ingest(&[change("2", json!({"a": 1}))]).unwrap();
     let lease = q.lease("t", 1, 1000).unwrap();
@@ -167,7 +169,7 @@ fn retry_waits_do_not_hold_other_records() {
 #[test]
 fn snapshot_files_delete_absent_records() {
     let dir = tempfile::tempdir().unwrap();
-    let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
+    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
     q.ingest(&[change("1", json!({"a": 1})), change("2", json!({"a": 2}))])
         .unwrap();
     let mut full = change("1", json!({"a": 1}));
@@ -188,7 +190,7 @@ fn snapshot_files_delete_absent_records() {
 #[test]
 fn resync_pages_through_every_record() {
     let dir = tempfile::tempdir().unwrap();
-    let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
+    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
     for k in ["1", "2", "10", "3"] {
         q.ingest(&[change(k, json!({"a": 1}))]).unwrap();
     }
@@ -205,7 +207,13 @@ fn resync_pages_through_every_record() {
 /// Bytes of the waiting deltas as stored, chunk by chunk.
 fn stored_bytes(q: &Queue, name: &str) -> u64 {
     let mut sum = 0;
-    for kv in q.tree.scan_prefix(key_of(b'p', &[name], None)) {
+    for kv in q
+        .store
+        .reader()
+        .unwrap()
+        .scan_prefix(&key_of(b'p', &[name], None))
+        .unwrap()
+    {
         let (k, v) = kv.unwrap();
         for (_, e) in codec::chunk_entries(seq_of_key(&k), &v).unwrap() {
             sum += e.len() as u64;
@@ -215,7 +223,12 @@ fn stored_bytes(q: &Queue, name: &str) -> u64 {
 }
 
 fn chunk_count(q: &Queue, name: &str) -> usize {
-    q.tree.scan_prefix(key_of(b'p', &[name], None)).count()
+    q.store
+        .reader()
+        .unwrap()
+        .scan_prefix(&key_of(b'p', &[name], None))
+        .unwrap()
+        .count()
 }
 
 /// Many deltas per chunk: acks, coalescing, dead letters and retries that land in
@@ -231,7 +244,7 @@ fn deltas_in_shared_chunks_keep_order_and_content() {
         full_collections: vec![],
     };
     {
-        let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
+        let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
         q.ingest(&[set]).unwrap();
         q.commit().unwrap();
         // 1200 small deltas: three chunks of at most CHUNK_MAX.
@@ -263,7 +276,7 @@ fn deltas_in_shared_chunks_keep_order_and_content() {
     }
     // After a restart: the 500 even ones (500 back at its place), the 200 never
     // leased, then the new delta for record 2 — in queue order.
-    let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
+    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
     let lease = q.lease("t", 5000, now_ms()).unwrap();
     let seqs: Vec<u64> = lease.items.iter().map(|l| l.queued.seq).collect();
     let mut want: Vec<u64> = (2..=1000).step_by(2).collect();
@@ -289,7 +302,7 @@ fn deltas_in_shared_chunks_keep_order_and_content() {
 /// A queue written by version 1 kept the coalescing index under 'i' keys: after
 /// an upgrade the waiting delta still absorbs the record's next change.
 #[test]
-fn a_version_1_coalescing_index_moves_into_the_record_entries() {
+fn a_sled_queue_of_version_1_moves_into_redb_and_its_index_into_the_record_entries() {
     let dir = tempfile::tempdir().unwrap();
     let record = RecordId::new("permits", "1");
     let state = crate::diff::flatten(json!({"a": 1}).as_object().unwrap(), 8).unwrap();
@@ -325,8 +338,18 @@ fn a_version_1_coalescing_index_moves_into_the_record_entries() {
             .unwrap();
         db.flush().unwrap();
     }
-    let mut q = open_when_free(dir.path(), 8, vec![spec("t")]).unwrap();
-    assert_eq!(q.tree.scan_prefix([b'i']).count(), 0);
+    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    let reader = q.store.reader().unwrap();
+    assert_eq!(reader.scan_prefix(b"i").unwrap().count(), 0);
+    drop(reader);
+    // The sled files went aside, whole; the queue now lives in queue.redb.
+    assert!(!migrate::has_sled(dir.path()));
+    let backup = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with("sled-backup-"))
+        .expect("a sled-backup folder");
+    assert!(backup.path().join("db").is_file() && backup.path().join("conf").is_file());
     q.ingest(&[change("1", json!({"a": 2}))]).unwrap();
     let lease = q.lease("t", 10, now_ms()).unwrap();
     assert_eq!(lease.items.len(), 1, "merged into the waiting delta");

@@ -36,14 +36,7 @@ pub fn target_specs(cfg: &Config) -> Vec<TargetSpec> {
 pub fn open_queue(cfg: &Config) -> anyhow::Result<Queue> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create the state folder {}", cfg.state_dir.display()))?;
-    let mut queue = Queue::open(&cfg.state_dir, cfg.cache_mib, target_specs(cfg)).map_err(|e| {
-        let hint = if e.to_string().contains("lock") {
-            " (is another hms-sync running on this state folder?)"
-        } else {
-            ""
-        };
-        anyhow::anyhow!("{e}{hint}")
-    })?;
+    let mut queue = Queue::open(&cfg.state_dir, cfg.cache_mib, target_specs(cfg))?;
     queue.set_limits(cfg.max_queue_bytes, cfg.min_free_disk_mib * 1024 * 1024);
     Ok(queue)
 }
@@ -164,6 +157,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = queue.writer_panicked() => {
+                bail!("the queue writer stopped after a panic; exiting so that systemd restarts the daemon from what is on disk");
+            }
             _ = ping_every.tick(), if watchdog.is_some() => {
                 let workers_alive = workers.iter().all(|(_, h)| !h.is_finished());
                 if workers_alive && queue.ping(Duration::from_secs(5)).await {

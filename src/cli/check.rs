@@ -89,6 +89,13 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
             c.collections.join(", ")
         );
     }
+    match crate::queue::probe(&cfg.state_dir, cfg.cache_mib) {
+        Ok(description) => println!("queue:  {description}"),
+        Err(e) => {
+            eprintln!("hms-sync check: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    }
     if cfg.connectors.is_empty() {
         warnings += 1;
         eprintln!(

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod dead;
 pub mod new;
+pub mod recover;
 pub mod resync;
 pub mod run;
 pub mod send;
@@ -71,6 +72,14 @@ pub enum Command {
     New(new::NewArgs),
     /// Show what connector NAME would send for a change, without sending it.
     Translate(translate::TranslateArgs),
+    /// Copy what can still be read out of a damaged queue into a fresh one (the
+    /// daemon must be stopped); the damaged file is kept aside. Exit 0: all was
+    /// read; 1: something could not be read (listed).
+    Recover {
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Queue every known record for TARGET in full.
     Resync {
         target: String,
@@ -136,6 +145,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Send { files } => send::run(&cfg, files),
                 Command::Translate(args) => translate::run(&cfg, args),
                 Command::Resync { target, collection } => resync::run(&cfg, &target, collection),
+                Command::Recover { json } => recover::run(&cfg, json),
                 Command::Check | Command::New(_) => unreachable!("handled above"),
             }
         }
@@ -166,7 +176,7 @@ pub fn request(cfg: &Config, req: Request) -> anyhow::Result<Result<Value, Strin
     if let Some(answer) = block_on(control::ask(&socket, &req))? {
         return Ok(answer);
     }
-    if !cfg.state_dir.join("db").exists() {
+    if !crate::queue::exists(&cfg.state_dir) {
         // Never ran: an empty queue, without creating one as a side effect.
         let empty_dir = tempfile_dir()?;
         let mut q =

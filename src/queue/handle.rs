@@ -98,12 +98,14 @@ pub struct QueueHandle {
     jobs: mpsc::Sender<Job>,
     wake: Arc<HashMap<String, Arc<Notify>>>,
     pub stats: Arc<CommitStats>,
+    /// Becomes true if the writer thread panicked.
+    panicked: tokio::sync::watch::Receiver<bool>,
 }
 
 impl QueueHandle {
     /// Starts the writer thread. It ends when every handle is dropped.
     pub fn spawn(mut queue: Queue) -> (QueueHandle, std::thread::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::channel::<Job>(4096);
+        let (tx, rx) = mpsc::channel::<Job>(4096);
         let wake: Arc<HashMap<String, Arc<Notify>>> = Arc::new(
             queue
                 .target_names()
@@ -112,63 +114,38 @@ impl QueueHandle {
                 .collect(),
         );
         let stats = Arc::new(CommitStats::default());
+        let (panicked_tx, panicked) = tokio::sync::watch::channel(false);
         let handle = QueueHandle {
             jobs: tx,
             wake: wake.clone(),
             stats: stats.clone(),
+            panicked,
         };
         let thread = std::thread::Builder::new()
             .name("queue-writer".into())
             .spawn(move || {
-                let mut last_trim = Instant::now();
-                while let Some(job) = rx.blocking_recv() {
-                    let mut jobs = vec![job];
-                    while jobs.len() < 8192 {
-                        match rx.try_recv() {
-                            Ok(job) => jobs.push(job),
-                            Err(_) => break,
-                        }
-                    }
-                    let answers = run_jobs(&mut queue, jobs);
-                    let started = Instant::now();
-                    let was_dirty = queue.is_dirty();
-                    let result = queue.commit();
-                    if was_dirty {
-                        use std::sync::atomic::Ordering::Relaxed;
-                        stats.commits.fetch_add(1, Relaxed);
-                        stats.commit_micros_total.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
-                    }
-                    if let Err(e) = &result {
-                        tracing::error!(error = %e, "queue commit failed; answering every waiting change with an error");
-                    }
-                    for answer in answers {
-                        answer(result.as_ref().err());
-                    }
-                    if result.is_err() {
-                        // Memory may now be ahead of the disk: start again from what
-                        // is on disk (systemd restarts us) rather than go on.
-                        tracing::error!("stopping: the queue cannot be made durable");
-                        std::thread::sleep(Duration::from_millis(200));
-                        std::process::exit(1);
-                    }
-                    if last_trim.elapsed() >= Duration::from_secs(1) {
-                        release_free_memory();
-                        last_trim = Instant::now();
-                    }
-                    if result.is_ok() {
-                        for name in queue.take_touched() {
-                            if let Some(n) = wake.get(&name) {
-                                n.notify_one();
-                            }
-                        }
-                    }
-                }
-                if let Err(e) = queue.commit() {
-                    tracing::error!(error = %e, "final queue commit failed");
+                // The loop owns the receiver: a panic drops it and every waiting
+                // job with it, so no caller waits for an answer that never comes.
+                let run =
+                    std::panic::AssertUnwindSafe(|| writer_loop(&mut queue, rx, &wake, &stats));
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!(
+                        "the queue writer panicked; every waiting change was answered with an error"
+                    );
+                    let _ = panicked_tx.send(true);
                 }
             })
             .expect("spawning the queue writer thread");
         (handle, thread)
+    }
+
+    /// Resolves once the writer thread has panicked; pending otherwise.
+    pub async fn writer_panicked(&self) {
+        let mut rx = self.panicked.clone();
+        if rx.wait_for(|p| *p).await.is_err() {
+            // The writer ended normally (every sender dropped): never resolves.
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Runs `f` on the writer thread; the answer comes after the commit that
@@ -230,5 +207,63 @@ impl QueueHandle {
             .await
             .map(|r| r.is_ok())
             .unwrap_or(false)
+    }
+}
+
+/// Gathers jobs, runs them, commits once, answers them all; ends when every
+/// handle is dropped.
+fn writer_loop(
+    queue: &mut Queue,
+    mut rx: mpsc::Receiver<Job>,
+    wake: &HashMap<String, Arc<Notify>>,
+    stats: &CommitStats,
+) {
+    let mut last_trim = Instant::now();
+    while let Some(job) = rx.blocking_recv() {
+        let mut jobs = vec![job];
+        while jobs.len() < 8192 {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let answers = run_jobs(queue, jobs);
+        let started = Instant::now();
+        let was_dirty = queue.is_dirty();
+        let result = queue.commit();
+        if was_dirty {
+            use std::sync::atomic::Ordering::Relaxed;
+            stats.commits.fetch_add(1, Relaxed);
+            stats
+                .commit_micros_total
+                .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        }
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "queue commit failed; answering every waiting change with an error");
+        }
+        for answer in answers {
+            answer(result.as_ref().err());
+        }
+        if result.is_err() {
+            // Memory may now be ahead of the disk: start again from what
+            // is on disk (systemd restarts us) rather than go on.
+            tracing::error!("stopping: the queue cannot be made durable");
+            std::thread::sleep(Duration::from_millis(200));
+            std::process::exit(1);
+        }
+        if last_trim.elapsed() >= Duration::from_secs(1) {
+            release_free_memory();
+            last_trim = Instant::now();
+        }
+        if result.is_ok() {
+            for name in queue.take_touched() {
+                if let Some(n) = wake.get(&name) {
+                    n.notify_one();
+                }
+            }
+        }
+    }
+    if let Err(e) = queue.commit() {
+        tracing::error!(error = %e, "final queue commit failed");
     }
 }

@@ -162,6 +162,34 @@ pub struct Queue {
     disk_checked: Option<(std::time::Instant, u64)>,
 }
 
+/// Whether `state_dir` holds a queue (or an older one that `open` upgrades).
+pub fn exists(state_dir: &Path) -> bool {
+    state_dir.join(store::FILE_NAME).exists() || migrate::has_sled(state_dir)
+}
+
+/// What `check` says of the queue in `state_dir`, without changing it (except
+/// for the repair that opening after a crash does). Err: it cannot be opened.
+pub fn probe(state_dir: &Path, cache_mib: u64) -> Result<String, QueueError> {
+    if !state_dir.join(store::FILE_NAME).exists() {
+        return Ok(if migrate::has_sled(state_dir) {
+            "an older (sled) queue, moved into queue.redb at the next start".into()
+        } else {
+            "none yet (created at the first start)".into()
+        });
+    }
+    match Store::open(state_dir, cache_mib) {
+        Ok(store) => Ok(format!(
+            "{} ({} entries)",
+            store.path().display(),
+            store.reader()?.len()?
+        )),
+        Err(StoreError::Locked { path }) => {
+            Ok(format!("{} (in use by the running daemon)", path.display()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl Queue {
     /// Opens (or creates) the queue in `state_dir` for these targets, upgrading
     /// an older state folder first (see migrate.rs).

@@ -38,7 +38,9 @@ pub const SKIP_FSYNC_VAR: &str = "HMS_SYNC_UNSAFE_SKIP_FSYNC";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the queue file {path} cannot be opened: {source}")]
+    #[error(
+        "the queue file {path} cannot be opened: {source} (with the daemon stopped, `hms-sync recover` copies what can still be read into a fresh queue)"
+    )]
     Open {
         path: PathBuf,
         source: redb::DatabaseError,
@@ -196,7 +198,7 @@ impl Reader {
         Ok(self.table.get(key).map_err(|e| self.failed(e))?.map(Bytes))
     }
 
-    /// Entries with `from <= key`, in key order, while `keep(key)` holds.
+    /// Entries between the bounds, in key order (reversible).
     pub fn range(
         &self,
         from: Bound<&[u8]>,

@@ -338,7 +338,17 @@ fn a_sled_queue_of_version_1_moves_into_redb_and_its_index_into_the_record_entri
             .unwrap();
         db.flush().unwrap();
     }
-    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    // sled's background threads let go of its file lock a moment after the drop.
+    let mut tries = 0;
+    let mut q = loop {
+        match Queue::open(dir.path(), 8, vec![spec("t")]) {
+            Err(QueueError::SledMigrate { .. }) if tries < 200 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => break other.unwrap(),
+        }
+    };
     let reader = q.store.reader().unwrap();
     assert_eq!(reader.scan_prefix(b"i").unwrap().count(), 0);
     drop(reader);
@@ -360,4 +370,68 @@ fn a_sled_queue_of_version_1_moves_into_redb_and_its_index_into_the_record_entri
         q.snapshot(&record).unwrap().unwrap().get("a"),
         Some(&json!(2))
     );
+}
+
+/// A panic on the writer thread must not leave callers waiting for answers that
+/// never come: they get an error at once, and the daemon learns of it (and exits).
+#[test]
+fn a_panic_in_the_queue_writer_answers_every_caller_and_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    let (handle, thread) = handle::QueueHandle::spawn(q);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let boom = handle.call(|_| -> Result<(), QueueError> { panic!("a bug in the queue") });
+        let later = handle.ingest(change("1", json!({"a": 1})));
+        let (boom, later) = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            tokio::join!(boom, later)
+        })
+        .await
+        .expect("answers come, they do not hang");
+        assert!(matches!(boom, Err(QueueError::CommitFailed(_))), "{boom:?}");
+        assert!(later.is_err(), "{later:?}");
+        tokio::time::timeout(std::time::Duration::from_secs(10), handle.writer_panicked())
+            .await
+            .expect("the daemon is told");
+    });
+    thread.join().expect("the thread itself ends cleanly");
+}
+
+/// `recover` on a whole queue keeps every record, delta and dead letter, with
+/// the same counters, and keeps the old file aside.
+#[test]
+fn recover_copies_a_whole_queue_with_its_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+        for k in 0..700 {
+            q.ingest(&[change(&k.to_string(), json!({"a": k}))])
+                .unwrap();
+        }
+        let lease = q.lease("t", 2, now_ms()).unwrap();
+        q.dead_letter("t", lease.items[0].queued.seq, "refused")
+            .unwrap();
+        q.ack("t", &[lease.items[1].queued.seq]).unwrap();
+        q.commit().unwrap();
+    }
+    let report = recover::recover(dir.path(), 8).unwrap();
+    assert!(report.lost.is_empty(), "{:?}", report.lost);
+    assert!(report.open_error.is_none());
+    assert_eq!(
+        (report.records, report.pending, report.dead_letters),
+        (700, 698, 1)
+    );
+    assert!(report.damaged.as_ref().unwrap().is_file());
+    let mut q = Queue::open(dir.path(), 8, vec![spec("t")]).unwrap();
+    let counts = &q.counts().unwrap()[0];
+    assert_eq!((counts.pending, counts.dead, counts.delivered), (698, 1, 1));
+    // The dead letter still holds its record; the rest flows.
+    q.ingest(&[change("0", json!({"a": "new"}))]).unwrap();
+    let lease = q.lease("t", 1000, now_ms()).unwrap();
+    assert_eq!(lease.items.len(), 698);
+    assert!(lease.items.iter().all(|l| l.queued.record.key != "0"));
+    assert!(q.dead_get("t:1").unwrap().1.held.is_some());
 }

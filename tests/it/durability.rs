@@ -2,7 +2,7 @@
 //!
 //! The daemon runs under `strace -f`; a client sends envelopes over the ingest
 //! socket, first one at a time, then pipelined. The trace must show, for every
-//! `{"ok":true}` answer, an `fsync`/`fdatasync` of `<state_dir>/db` that started
+//! `{"ok":true}` answer, an `fsync`/`fdatasync` of `<state_dir>/queue.redb` that started
 //! after the daemon received that envelope's line (the `read`/`recvfrom` that
 //! brought its newline) and finished before the answer was written. Pipelined
 //! lines must share flushes (group commit).
@@ -16,8 +16,8 @@
 //! Every envelope changes its record (a change equal to the snapshot queues
 //! nothing and may be answered without a flush). The checker itself is tested on
 //! a hand-made trace below, and the run prints how many answers would lose their
-//! fsync without each thread's fsyncs (a `commit` that skipped `sync_all` leaves
-//! only sled's own occasional ones). `HMS_KEEP_TRACE=<file>` keeps the trace.
+//! fsync without each thread's fsyncs (a `commit` that skipped its sync would
+//! leave none). `HMS_KEEP_TRACE=<file>` keeps the trace.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -587,7 +587,7 @@ fn every_ok_answer_follows_an_fsync_of_the_queue_db() {
         eprintln!("durability: trace kept in {keep}");
     }
     let calls = parse_trace(&text);
-    let db = d.path().join("state").join("db");
+    let db = d.path().join("state").join("queue.redb");
     let report = check_trace(&calls, &db, d.path(), "\"collection\":\"permits\"");
 
     // Group commit: flushes during the pipelined bursts versus their answers.

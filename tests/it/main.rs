@@ -10,3 +10,4 @@ mod durability;
 mod pipeline;
 mod serial;
 mod soap;
+mod store;

@@ -66,3 +66,75 @@ fn a_damaged_queue_file_stops_run_with_exit_1_and_recover_starts_a_fresh_one() {
     assert_eq!(report["records"], 1, "{report}");
     assert_eq!(report["lost"], serde_json::json!([]), "{report}");
 }
+
+/// `tests/fixtures/sled-state-v0.1.tar.gz` is a state folder made by version 0.1
+/// (commit 98e9c9f, the sled store): permit 123 delivered, then with the outbox
+/// missing four deltas pending (7001–7003 created, 123 approved). The new binary
+/// moves it into queue.redb at start, delivers exactly the four under their old
+/// ids, keeps the snapshots (an unchanged file sends nothing) and the counters,
+/// and sets the sled files aside.
+#[test]
+fn a_sled_state_folder_of_version_0_1_is_upgraded_at_start_and_loses_nothing() {
+    let mut d = TestDaemon::new().connector(
+        "housing",
+        &csv_connector(&["permit_number", "status"], "", ""),
+    );
+    let state = d.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let untar = std::process::Command::new("tar")
+        .arg("xzf")
+        .arg(fixtures().join("sled-state-v0.1.tar.gz"))
+        .arg("-C")
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    d.spawn();
+    d.wait_for(Duration::from_secs(10), "the four pending deltas", |d| {
+        d.outbox_rows("housing").len() == 4
+    });
+    let rows = d.outbox_rows("housing");
+    let ids: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        ids,
+        ["housing:2", "housing:3", "housing:4", "housing:5"],
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter().any(|r| r[2] == "123" && r[3] == "APPROVED"),
+        "{rows:?}"
+    );
+    let t = d.target_status("housing");
+    assert_eq!(
+        (t["delivered"].as_u64(), t["pending"].as_u64()),
+        (Some(5), Some(0)),
+        "{t}"
+    );
+
+    // The snapshots came along: the same permit again is no change; a sentinel
+    // change behind it shows the file was taken.
+    d.drop_fixture("permits/permit-123-approved.json", "again.json");
+    d.drop_file(
+        "sentinel.json",
+        br#"{"permit_number":"7004","status":"FILED"}"#,
+    );
+    d.wait_for(Duration::from_secs(10), "the sentinel", |d| {
+        d.outbox_rows("housing").len() == 5
+    });
+    assert_eq!(d.outbox_rows("housing")[4][2], "7004");
+
+    assert!(state.join("queue.redb").is_file());
+    assert!(!state.join("db").exists() && !state.join("conf").exists());
+    let backup = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with("sled-backup-"))
+        .expect("the sled files are kept aside");
+    assert!(backup.path().join("db").is_file() && backup.path().join("conf").is_file());
+    assert!(
+        d.log()
+            .contains("moved the queue from sled into queue.redb"),
+        "{}",
+        d.log()
+    );
+}

@@ -247,3 +247,55 @@ fn a_file_written_in_place_is_taken_once_closed() {
             .is_none()
     );
 }
+
+/// Every note in `.rejected/`, read whole.
+fn notes(d: &TestDaemon) -> Vec<String> {
+    let mut notes: Vec<String> = std::fs::read_dir(d.inbox().join(".rejected"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".error"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    notes.sort();
+    notes
+}
+
+#[test]
+fn a_bad_file_with_the_longest_name_is_quarantined_with_its_note_every_time() {
+    let d = daemon();
+    // 255 bytes, the most ext4 allows: in ASCII, and in two-byte characters.
+    let ascii = format!("{}.json", "n".repeat(250));
+    let accented = format!("{}.json", "\u{e9}".repeat(125));
+    assert_eq!((ascii.len(), accented.len()), (255, 255));
+    let mut dropped = 0;
+    for name in [&ascii, &ascii, &accented, &accented] {
+        // Not through `drop_file`: its `.<name>.part` would be too long itself.
+        let tmp = d.inbox().join(".long.part");
+        std::fs::write(&tmp, b"{\"permit_number\": oops}").unwrap();
+        std::fs::rename(&tmp, d.inbox().join(name)).unwrap();
+        dropped += 1;
+        d.wait_for(
+            Duration::from_secs(10),
+            "the long-named file and its note in .rejected/",
+            |d| notes(d).len() == dropped && !d.inbox().join(name).exists(),
+        );
+        still_works(&d);
+    }
+    let quarantined: Vec<String> = std::fs::read_dir(d.inbox().join(".rejected"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".error"))
+        .collect();
+    assert_eq!(quarantined.len(), 4, "{quarantined:?}");
+    for n in &quarantined {
+        assert!(n.len() + ".error".len() <= 255, "{n}");
+        let bytes = std::fs::read(d.inbox().join(".rejected").join(n)).unwrap();
+        assert_eq!(bytes, b"{\"permit_number\": oops}", "moved whole");
+    }
+    // The notes keep the original names.
+    let notes = notes(&d);
+    assert_eq!(notes.iter().filter(|n| n.contains(&ascii)).count(), 2);
+    assert_eq!(notes.iter().filter(|n| n.contains(&accented)).count(), 2);
+    assert!(notes.iter().all(|n| n.contains("expected value")));
+}

@@ -832,6 +832,10 @@ fn raw_box() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                     "fault200" => stream
                         .write_all(whole("200 OK", &client_fault("no such permit")).as_bytes()),
                     "e500" => stream.write_all(head("500 Internal Server Error", 0).as_bytes()),
+                    "bigfault" => {
+                        let body = client_fault(&"x".repeat(1_000_000));
+                        stream.write_all(whole("500 Internal Server Error", &body).as_bytes())
+                    }
                     "bad" => stream.write_all(whole("200 OK", "<a><b></a>").as_bytes()),
                     "latin1" => {
                         let body = format!(
@@ -967,6 +971,53 @@ fn soap_odd_answers_are_classified_and_never_stall_the_worker() {
     let seen = seen.lock().unwrap().clone();
     for k in ["fault200", "e500", "huge", "bad"] {
         assert_eq!(seen.iter().filter(|s| *s == k).count(), 2, "{k}: {seen:?}");
+    }
+}
+
+#[test]
+fn soap_a_megabyte_fault_text_is_kept_to_a_few_kib_everywhere() {
+    let (addr, seen) = raw_box();
+    let d = TestDaemon::new()
+        .connector(
+            "cobol",
+            &soap_connector(
+                &format!("http://{addr}/PermitService"),
+                "",
+                "max_attempts = 3\nbackoff = \"10ms\"\nmax_backoff = \"50ms\"",
+            ),
+        )
+        .start();
+    let mut c = d.client();
+    let a = c.call(&envelope("bigfault", json!({"permit_number": "bigfault"})));
+    assert_eq!(a["ok"], true);
+    d.wait_for(Duration::from_secs(20), "the dead letter", |d| {
+        d.target_status("cobol")["dead"] == 1
+    });
+    assert_eq!(seen.lock().unwrap().len(), 3, "tried max_attempts times");
+    let bounded = |what: &str, text: &str| {
+        assert!(
+            text.len() < 4096 && text.contains("xxxx") && text.ends_with("bytes in all)"),
+            "{what}: {} bytes: {}",
+            text.len(),
+            &text[text.len().saturating_sub(200)..]
+        );
+    };
+    let status = d.target_status("cobol");
+    bounded("status", status["last_error"].as_str().unwrap());
+    let dead: serde_json::Value =
+        serde_json::from_slice(&d.cli(&["dead", "list", "--json"]).stdout).unwrap();
+    bounded("dead list", dead[0]["last_error"].as_str().unwrap());
+    let id = dead[0]["id"].as_str().unwrap().to_string();
+    let show = d.cli(&["dead", "show", &id]);
+    assert!(show.status.success());
+    assert!(show.stdout.len() < 16 * 1024, "dead show: {} bytes", show.stdout.len());
+    let log = std::fs::read_to_string(d.path().join("delivery.log")).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("bigfault")).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for line in lines {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        bounded("delivery log", e["error"].as_str().unwrap());
+        assert!(line.len() < 4096, "a delivery-log line of {} bytes", line.len());
     }
 }
 

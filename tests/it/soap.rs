@@ -786,8 +786,9 @@ fn soap_status_shows_a_rejection_delivered_in_the_same_batch_as_a_delivery() {
 }
 
 /// A raw HTTP/1.1 server for answers axum will not give: each request's
-/// `<PermitNumber>` picks the answer. `reset` and `hang` misbehave only on
-/// their first request, so that the retry after the outage gets through.
+/// `<PermitNumber>` picks the answer. `reset`, `hang` and the 2xx answers that
+/// are not SOAP misbehave only on their first request, so that the retry after
+/// the outage gets through.
 fn raw_box() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -836,7 +837,17 @@ fn raw_box() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                         let body = client_fault(&"x".repeat(1_000_000));
                         stream.write_all(whole("500 Internal Server Error", &body).as_bytes())
                     }
-                    "bad" => stream.write_all(whole("200 OK", "<a><b></a>").as_bytes()),
+                    "bad" if first => stream.write_all(whole("200 OK", "<a><b></a>").as_bytes()),
+                    "html200" if first => stream.write_all(
+                        whole(
+                            "200 OK",
+                            "<!DOCTYPE html>\n<html><head><title>Proxy Error</title></head><body>The proxy could not reach the service<br></body></html>",
+                        )
+                        .as_bytes(),
+                    ),
+                    "text200" if first => stream.write_all(whole("200 OK", "OK").as_bytes()),
+                    "empty200" if first => stream.write_all(head("200 OK", 0).as_bytes()),
+                    "empty200always" => stream.write_all(head("200 OK", 0).as_bytes()),
                     "latin1" => {
                         let body = format!(
                             "<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?>{}",
@@ -912,7 +923,8 @@ fn soap_odd_answers_are_classified_and_never_stall_the_worker() {
         )
         .start();
     let keys = [
-        "fault200", "e500", "huge", "bad", "latin1", "reset", "hang", "ok",
+        "fault200", "e500", "huge", "bad", "latin1", "reset", "hang", "html200", "text200",
+        "empty200", "ok",
     ];
     let mut c = d.client();
     for k in keys {
@@ -923,7 +935,7 @@ fn soap_odd_answers_are_classified_and_never_stall_the_worker() {
     }
     d.wait_for(Duration::from_secs(20), "every record settled", |d| {
         let st = d.target_status("cobol");
-        st["dead"] == 5 && st["delivered"] == 3
+        st["dead"] == 4 && st["delivered"] == 7
     });
     let log = delivery_log(&d);
     let first = |k: &str| {
@@ -946,8 +958,33 @@ fn soap_odd_answers_are_classified_and_never_stall_the_worker() {
     assert!(o == "rejected" && e.contains("HTTP 500"), "{o} {e}");
     let (o, e) = first("huge");
     assert!(o == "rejected" && e.contains("larger than"), "{o} {e}");
+    // A 2xx that is not a SOAP envelope is not the service's "got it" (SPEC §5):
+    // an outage, counted against nothing, and the change is sent again.
     let (o, e) = first("bad");
-    assert!(o == "rejected" && e.contains("not well-formed"), "{o} {e}");
+    assert!(o == "down" && e.contains("not well-formed"), "{o} {e}");
+    let (o, e) = first("html200");
+    assert!(
+        o == "down" && e.contains("not a SOAP envelope") && e.contains("Proxy Error"),
+        "{o} {e}"
+    );
+    let (o, e) = first("text200");
+    assert!(o == "down" && e.contains("not a SOAP envelope"), "{o} {e}");
+    let (o, e) = first("empty200");
+    assert!(o == "down" && e.contains("accept_empty_2xx"), "{o} {e}");
+    for k in ["bad", "html200", "text200", "empty200"] {
+        let outcomes: Vec<&str> = log
+            .iter()
+            .filter(|e| e["key"] == k)
+            .map(|e| e["outcome"].as_str().unwrap())
+            .collect();
+        assert_eq!(outcomes, ["down", "delivered"], "{k}");
+        let attempts: Vec<u64> = log
+            .iter()
+            .filter(|e| e["key"] == k)
+            .map(|e| e["attempt"].as_u64().unwrap())
+            .collect();
+        assert_eq!(attempts, [1, 1], "{k}: an outage counts nothing");
+    }
     let (o, e) = first("latin1");
     assert!(
         o == "rejected" && e.contains("Se\u{f1}ora Pe\u{f1}a & hijos"),
@@ -966,12 +1003,56 @@ fn soap_odd_answers_are_classified_and_never_stall_the_worker() {
         .map(|e| e["key"].as_str().unwrap())
         .collect();
     dead_keys.sort();
-    assert_eq!(dead_keys, ["bad", "e500", "fault200", "huge", "latin1"]);
+    assert_eq!(dead_keys, ["e500", "fault200", "huge", "latin1"]);
     // Each rejected record was tried max_attempts times, no more.
     let seen = seen.lock().unwrap().clone();
     for k in ["fault200", "e500", "huge", "bad"] {
         assert_eq!(seen.iter().filter(|s| *s == k).count(), 2, "{k}: {seen:?}");
     }
+}
+
+#[test]
+fn soap_an_empty_2xx_is_delivered_only_where_the_connector_says_so() {
+    let (addr, seen) = raw_box();
+    let url = format!("http://{addr}/PermitService");
+    let d = TestDaemon::new()
+        .connector(
+            "cobol",
+            &soap_connector(&url, "accept_empty_2xx = true", FAST_RETRY),
+        )
+        .start();
+    let out = d.cli(&["check"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("an empty 2xx counts as delivered"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut c = d.client();
+    let a = c.call(&envelope(
+        "empty200always",
+        json!({"permit_number": "empty200always"}),
+    ));
+    assert_eq!(a["ok"], true);
+    d.wait_for(Duration::from_secs(20), "the delivery", |d| {
+        d.target_status("cobol")["delivered"] == 1
+    });
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    let outcomes: Vec<String> = delivery_log(&d)
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(outcomes, ["delivered"]);
+    // The key is the SOAP transport's: a file connector refuses it by name.
+    let d2 = TestDaemon::new().connector(
+        "files",
+        &csv_connector(&["permit_number"], "accept_empty_2xx = true", ""),
+    );
+    d2.write_config();
+    let out = d2.cli(&["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("accept_empty_2xx"), "{err}");
 }
 
 #[test]

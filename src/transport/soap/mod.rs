@@ -103,6 +103,10 @@ pub struct SoapSpec {
     /// A Client/Sender Fault dead-letters at once: the service says the message
     /// itself is wrong, so resending it cannot help.
     pub dead_letter_on_client_fault: bool,
+    /// A 2xx with an empty body counts as delivered. Off by default: a proxy or
+    /// load balancer in front of the service may answer so without passing the
+    /// request on, and a change counted as delivered is never sent again.
+    pub accept_empty_2xx: bool,
 }
 
 /// The `[transport]` keys of kind "soap" (the loader refuses them for other kinds).
@@ -119,6 +123,7 @@ pub const KEYS: &[&str] = &[
     "namespace",
     "max_in_flight",
     "dead_letter_on_client_fault",
+    "accept_empty_2xx",
 ];
 
 /// Is `key` of `[transport]` set in `t`? (For refusing keys of another kind.)
@@ -136,6 +141,7 @@ pub fn key_present(t: &TransportFile, key: &str) -> bool {
         "namespace" => t.namespace.is_some(),
         "max_in_flight" => t.max_in_flight.is_some(),
         "dead_letter_on_client_fault" => t.dead_letter_on_client_fault.is_some(),
+        "accept_empty_2xx" => t.accept_empty_2xx.is_some(),
         _ => false,
     }
 }
@@ -341,6 +347,7 @@ pub fn spec(
         namespace: t.namespace.clone(),
         max_in_flight,
         dead_letter_on_client_fault: t.dead_letter_on_client_fault.unwrap_or(false),
+        accept_empty_2xx: t.accept_empty_2xx.unwrap_or(false),
     })))
 }
 
@@ -382,8 +389,13 @@ pub fn describe(s: &SoapSpec) -> String {
         Some(p) => format!(", trusting the CA in {}", p.display()),
         None => String::new(),
     };
+    let empty = if s.accept_empty_2xx {
+        ", an empty 2xx counts as delivered"
+    } else {
+        ""
+    };
     format!(
-        "soap {version} -> {}{auth}{password}{ca}, timeout {}, {} in flight",
+        "soap {version} -> {}{auth}{password}{ca}, timeout {}, {} in flight{empty}",
         s.url,
         humantime::format_duration(s.timeout),
         s.max_in_flight
@@ -693,7 +705,13 @@ async fn send(
             }
         }
     }
-    match answer::classify(status, content_type.as_deref(), &answer, truncated) {
+    match answer::classify(
+        status,
+        content_type.as_deref(),
+        &answer,
+        truncated,
+        spec.accept_empty_2xx,
+    ) {
         answer::Answer::Delivered => Outcome::Delivered,
         answer::Answer::Down(reason) => Outcome::Down { reason },
         answer::Answer::Rejected {

@@ -450,7 +450,10 @@ mod tests {
         let huge = format!("SOAP Fault soap:Server: {}", "\u{e9}".repeat(600_000));
         let b = bounded(huge.clone());
         assert!(b.len() <= MAX_ERROR_BYTES + 40, "{}", b.len());
-        assert!(b.ends_with(&format!("… ({} bytes in all)", huge.len())), "{b}");
+        assert!(
+            b.ends_with(&format!("… ({} bytes in all)", huge.len())),
+            "{b}"
+        );
         assert!(huge.starts_with(b.split('…').next().unwrap()));
     }
 

@@ -267,17 +267,18 @@ fn a_bad_file_with_the_longest_name_is_quarantined_with_its_note_every_time() {
     let ascii = format!("{}.json", "n".repeat(250));
     let accented = format!("{}.json", "\u{e9}".repeat(125));
     assert_eq!((ascii.len(), accented.len()), (255, 255));
-    let mut dropped = 0;
-    for name in [&ascii, &ascii, &accented, &accented] {
+    for (i, name) in [&ascii, &ascii, &accented, &accented]
+        .into_iter()
+        .enumerate()
+    {
         // Not through `drop_file`: its `.<name>.part` would be too long itself.
         let tmp = d.inbox().join(".long.part");
         std::fs::write(&tmp, b"{\"permit_number\": oops}").unwrap();
         std::fs::rename(&tmp, d.inbox().join(name)).unwrap();
-        dropped += 1;
         d.wait_for(
             Duration::from_secs(10),
             "the long-named file and its note in .rejected/",
-            |d| notes(d).len() == dropped && !d.inbox().join(name).exists(),
+            |d| notes(d).len() == i + 1 && !d.inbox().join(name).exists(),
         );
         still_works(&d);
     }

@@ -68,10 +68,7 @@ pub fn classify(
     } else {
         read_answer(text)
     };
-    if let Ok(Soap {
-        fault: Some(f), ..
-    }) = &read
-    {
+    if let Ok(Soap { fault: Some(f), .. }) = &read {
         return Answer::Rejected {
             reason: format!("SOAP Fault {}: {} (HTTP {status})", f.code, f.reason),
             client: f.is_client(),
@@ -384,10 +381,7 @@ mod tests {
                 matches!(classify(status, None, body, false, false), Answer::Down(ref r) if r.contains("accept_empty_2xx")),
                 "{status}"
             );
-            assert_eq!(
-                classify(status, None, body, false, true),
-                Answer::Delivered
-            );
+            assert_eq!(classify(status, None, body, false, true), Answer::Delivered);
         }
     }
 
@@ -519,7 +513,13 @@ mod tests {
         }
         // The charset in Content-Type wins.
         let body = latin1(&fault11("Server", "caf\u{e9}"));
-        match classify(500, Some("text/xml; charset=ISO-8859-1"), &body, false, false) {
+        match classify(
+            500,
+            Some("text/xml; charset=ISO-8859-1"),
+            &body,
+            false,
+            false,
+        ) {
             Answer::Rejected { reason, .. } => assert!(reason.contains("caf\u{e9}"), "{reason}"),
             other => panic!("{other:?}"),
         }

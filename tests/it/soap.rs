@@ -1011,6 +1011,113 @@ fn soap_odd_answers_are_classified_and_never_stall_the_worker() {
     }
 }
 
+/// A keep-alive SOAP server the way Python's `http.server` and many older Java
+/// and embedded stacks answer: the headers in one write, the body in a second,
+/// Nagle on. The body then waits until the client has acknowledged the headers.
+/// Returns the address and the number of answers given.
+pub fn two_write_box() -> (SocketAddr, Arc<Mutex<usize>>) {
+    use std::io::{BufRead, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered: Arc<Mutex<usize>> = Arc::default();
+    let answered2 = answered.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let answered = answered2.clone();
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = std::io::BufReader::new(stream);
+                loop {
+                    let mut len = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':')
+                            && k.eq_ignore_ascii_case("content-length")
+                        {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0u8; len];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let answer = ack();
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: {}\r\n\r\n",
+                        answer.len()
+                    );
+                    // Two writes, as the legacy stacks do; Nagle stays on.
+                    if writer.write_all(head.as_bytes()).is_err()
+                        || writer.write_all(answer.as_bytes()).is_err()
+                    {
+                        return;
+                    }
+                    *answered.lock().unwrap() += 1;
+                }
+            });
+        }
+    });
+    (addr, answered)
+}
+
+/// With the client's delayed ACK such a server's answer waits ~40 ms each: 23
+/// deliveries a second with one in flight. hms-sync acknowledges at once.
+#[test]
+fn soap_a_server_that_writes_headers_and_body_apart_answers_without_a_40ms_stall() {
+    let (addr, answered) = two_write_box();
+    let d = TestDaemon::new()
+        .connector(
+            "cobol",
+            &soap_connector(&format!("http://{addr}/PermitService"), "", FAST_RETRY),
+        )
+        .start();
+    const N: usize = 100;
+    let started = std::time::Instant::now();
+    let mut c = d.client();
+    for i in 0..N {
+        c.send_line(&envelope(
+            &format!("n{i}"),
+            json!({"permit_number": format!("n{i}")}),
+        ));
+    }
+    for _ in 0..N {
+        assert_eq!(c.answer()["ok"], true);
+    }
+    d.wait_for(Duration::from_secs(30), "every delivery", |_| {
+        *answered.lock().unwrap() >= N
+    });
+    d.wait_for(Duration::from_secs(10), "every delivery counted", |d| {
+        d.target_status("cobol")["delivered"] == N
+    });
+    let elapsed = started.elapsed();
+    let mut latencies: Vec<u64> = delivery_log(&d)
+        .iter()
+        .filter(|e| e["outcome"] == "delivered")
+        .map(|e| e["latency_ms"].as_u64().unwrap())
+        .collect();
+    assert_eq!(latencies.len(), N);
+    latencies.sort();
+    let median = latencies[N / 2];
+    eprintln!(
+        "{N} deliveries one at a time in {elapsed:?} ({:.0}/s), median answer {median} ms",
+        N as f64 / elapsed.as_secs_f64()
+    );
+    // The stall alone would take at least 40 ms an answer: 4 s for N.
+    assert!(median < 20, "median answer took {median} ms: {latencies:?}");
+    assert!(
+        elapsed < Duration::from_millis(N as u64 * 40 * 3 / 4),
+        "{N} deliveries took {elapsed:?}"
+    );
+}
+
 #[test]
 fn soap_an_empty_2xx_is_delivered_only_where_the_connector_says_so() {
     let (addr, seen) = raw_box();
@@ -1022,7 +1129,11 @@ fn soap_an_empty_2xx_is_delivered_only_where_the_connector_says_so() {
         )
         .start();
     let out = d.cli(&["check"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("an empty 2xx counts as delivered"),
         "{}",
@@ -1091,14 +1202,22 @@ fn soap_a_megabyte_fault_text_is_kept_to_a_few_kib_everywhere() {
     let id = dead[0]["id"].as_str().unwrap().to_string();
     let show = d.cli(&["dead", "show", &id]);
     assert!(show.status.success());
-    assert!(show.stdout.len() < 16 * 1024, "dead show: {} bytes", show.stdout.len());
+    assert!(
+        show.stdout.len() < 16 * 1024,
+        "dead show: {} bytes",
+        show.stdout.len()
+    );
     let log = std::fs::read_to_string(d.path().join("delivery.log")).unwrap();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("bigfault")).collect();
     assert_eq!(lines.len(), 3, "{lines:?}");
     for line in lines {
         let e: serde_json::Value = serde_json::from_str(line).unwrap();
         bounded("delivery log", e["error"].as_str().unwrap());
-        assert!(line.len() < 4096, "a delivery-log line of {} bytes", line.len());
+        assert!(
+            line.len() < 4096,
+            "a delivery-log line of {} bytes",
+            line.len()
+        );
     }
 }
 

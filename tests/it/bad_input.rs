@@ -300,3 +300,20 @@ fn a_bad_file_with_the_longest_name_is_quarantined_with_its_note_every_time() {
     assert_eq!(notes.iter().filter(|n| n.contains(&accented)).count(), 2);
     assert!(notes.iter().all(|n| n.contains("expected value")));
 }
+
+/// A local service with a pool of a few hundred connections is normal: idle ones
+/// must not lock out a new client (they got "busy: 256 connections already open").
+#[test]
+fn three_hundred_idle_socket_connections_lock_nobody_out() {
+    let d = daemon();
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..300)
+        .map(|_| std::os::unix::net::UnixStream::connect(d.socket()).unwrap())
+        .collect();
+    let mut c = d.client();
+    let a = c.call(&envelope("p1", serde_json::json!({"permit_number": "p1"})));
+    assert_eq!(a["ok"], true, "{a}");
+    d.wait_for(Duration::from_secs(10), "the delivery", |d| {
+        d.outbox_rows("housing").iter().any(|r| r[2] == "p1")
+    });
+    drop(idle);
+}

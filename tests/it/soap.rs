@@ -692,7 +692,7 @@ fn soap_client_faults_dead_letter_hold_the_record_and_retry_delivers_the_latest_
             .iter()
             .any(|r| r.key == "14" && r.fields.get("status").map(String::as_str) == Some("B"))
     });
-    std::thread::sleep(Duration::from_millis(200));
+    // 14's update was queued after 13's: had 13's gone out, it would be in already.
     assert_eq!(
         server.received().iter().filter(|r| r.key == "13").count(),
         3
@@ -1267,7 +1267,18 @@ fn soap_tls_with_the_county_ca_and_a_wrong_ca_refused() {
             .iter()
             .any(|e| e["target"] == "wrongca" && e["outcome"] == "down")
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Not a quiet period: more probes of the wrong CA, each of them refused.
+    d.wait_for(
+        Duration::from_secs(10),
+        "three probes with the wrong CA",
+        |d| {
+            delivery_log(d)
+                .iter()
+                .filter(|e| e["target"] == "wrongca" && e["outcome"] == "down")
+                .count()
+                >= 3
+        },
+    );
     assert_eq!(server.received().len(), 1, "only the right CA got through");
     let st = d.target_status("wrongca");
     assert_eq!(st["state"], "down");

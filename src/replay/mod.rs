@@ -8,6 +8,8 @@
 //! earliest retry, or for shutdown.
 
 pub mod health;
+#[cfg(test)]
+mod worker_tests;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -44,7 +44,7 @@ fn rig(retry: RetryPolicy, batch_max: usize, batch_window: Duration, script: Scr
         collections: vec!["permits".into()],
         fields: None,
     };
-    let queue = Queue::open(&dir.path().join("state"), 1, vec![spec]).unwrap();
+    let queue = Queue::open(dir.path(), 1, vec![spec]).unwrap();
     let (queue, _writer) = QueueHandle::spawn(queue);
     let log = dir.path().join("delivery.log");
     let (stop, shutdown) = watch::channel(false);

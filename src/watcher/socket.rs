@@ -489,7 +489,7 @@ mod tests {
             collections: vec!["permits".into()],
             fields: None,
         };
-        let queue = Queue::open(&dir.path().join("state"), 1, vec![spec]).unwrap();
+        let queue = Queue::open(dir.path(), 1, vec![spec]).unwrap();
         let (queue, _writer) = QueueHandle::spawn(queue);
         let cfg = SocketConfig {
             path: dir.path().join("hms.sock"),

@@ -109,6 +109,10 @@ pub struct TransportFile {
     pub max_in_flight: Option<usize>,
     /// soap: dead-letter at once on a Client/Sender Fault. Default false.
     pub dead_letter_on_client_fault: Option<bool>,
+    /// soap: a 2xx with an empty body counts as delivered (for a service known
+    /// to answer so). Default false: it is an outage, like any 2xx that is not a
+    /// SOAP envelope.
+    pub accept_empty_2xx: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

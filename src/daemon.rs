@@ -50,6 +50,9 @@ pub fn delivery_log(cfg: &Config) -> DeliveryLog {
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    // Before anything opens files: pooled socket clients, drop folders, the store.
+    let open_files = socket::raise_open_file_limit();
+    tracing::debug!(open_files, "open file limit");
     if cfg.connectors.is_empty() {
         tracing::warn!(folder = %cfg.connectors_dir.display(), "no connectors: changes are kept as snapshots but sent nowhere");
     }

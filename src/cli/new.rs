@@ -230,6 +230,10 @@ connect_timeout = "5s"
 max_in_flight = 1
 # true: a Client/Sender Fault dead-letters at once instead of after max_attempts.
 dead_letter_on_client_fault = false
+# Success is a 2xx carrying a SOAP envelope without a Fault. true: a 2xx with an
+# empty body counts too (only for a service known to answer so; behind a proxy
+# an empty 200 may mean the request never arrived).
+accept_empty_2xx = false
 
 "#
         ),

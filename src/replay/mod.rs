@@ -8,6 +8,8 @@
 //! earliest retry, or for shutdown.
 
 pub mod health;
+#[cfg(test)]
+mod worker_tests;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +34,41 @@ pub fn backoff_delay(policy: &RetryPolicy, n: u32) -> Duration {
     let capped = exp.min(policy.max_backoff);
     let jitter = fastrand::f64() * 0.5;
     capped.mul_f64(1.0 - jitter)
+}
+
+/// Longest error text kept of one failure, in bytes. A legacy system may answer
+/// with a megabyte of fault text; it is copied into the queue's `last_error`, the
+/// dead letter, `status` and a delivery-log line on every attempt, so only its
+/// start is kept, with its length.
+pub const MAX_ERROR_BYTES: usize = 2048;
+
+/// `reason` if it is at most [`MAX_ERROR_BYTES`] long, else its start (cut on a
+/// character boundary) and how long it was: `… (1048576 bytes in all)`.
+pub fn bounded(reason: String) -> String {
+    if reason.len() <= MAX_ERROR_BYTES {
+        return reason;
+    }
+    let mut cut = MAX_ERROR_BYTES;
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes in all)", &reason[..cut], reason.len())
+}
+
+/// The outcome with its reason bounded (see [`bounded`]).
+fn with_bounded_reason(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Delivered => Outcome::Delivered,
+        Outcome::Down { reason } => Outcome::Down {
+            reason: bounded(reason),
+        },
+        Outcome::Rejected { reason } => Outcome::Rejected {
+            reason: bounded(reason),
+        },
+        Outcome::ClientFault { reason } => Outcome::ClientFault {
+            reason: bounded(reason),
+        },
+    }
 }
 
 /// Exactly `n` outcomes, one per payload sent. A transport that gave fewer
@@ -215,8 +252,8 @@ impl Worker {
                     sendable.push(leased);
                 }
                 Err(e) => {
-                    self.reject(&leased, &format!("cannot translate: {e}"), None, false)
-                        .await
+                    let reason = bounded(format!("cannot translate: {e}"));
+                    self.reject(&leased, &reason, None, false).await
                 }
             }
         }
@@ -237,7 +274,7 @@ impl Worker {
         let mut delivered = Vec::new();
         let mut failed = Vec::new();
         for (l, outcome) in sendable.iter().zip(outcomes) {
-            match outcome {
+            match with_bounded_reason(outcome) {
                 Outcome::Delivered => delivered.push(l),
                 other => failed.push((l, other)),
             }
@@ -405,6 +442,21 @@ mod tests {
             one_per_payload("t", vec![Outcome::Delivered; 2], 1).len(),
             1
         );
+    }
+
+    #[test]
+    fn error_texts_are_bounded_on_a_character_boundary_with_their_length() {
+        assert_eq!(bounded("short".into()), "short");
+        let exact = "x".repeat(MAX_ERROR_BYTES);
+        assert_eq!(bounded(exact.clone()), exact);
+        let huge = format!("SOAP Fault soap:Server: {}", "\u{e9}".repeat(600_000));
+        let b = bounded(huge.clone());
+        assert!(b.len() <= MAX_ERROR_BYTES + 40, "{}", b.len());
+        assert!(
+            b.ends_with(&format!("… ({} bytes in all)", huge.len())),
+            "{b}"
+        );
+        assert!(huge.starts_with(b.split('…').next().unwrap()));
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! `Rejected`.
 
 pub mod file;
+#[cfg(test)]
+pub mod scripted;
 pub mod serial;
 pub mod soap;
 
@@ -52,6 +54,9 @@ pub enum Transport {
     File(file::FileTransport),
     Serial(serial::SerialTransport),
     Soap(soap::SoapTransport),
+    /// The Replay Worker's tests: answers from a script.
+    #[cfg(test)]
+    Scripted(scripted::Scripted),
 }
 
 impl Transport {
@@ -86,6 +91,8 @@ impl Transport {
             Transport::Serial(_) => (1, Duration::ZERO),
             // Each payload is its own request; a batch is what may be in flight at once.
             Transport::Soap(t) => (t.max_in_flight(), Duration::ZERO),
+            #[cfg(test)]
+            Transport::Scripted(t) => (t.batch_max, t.batch_window),
         }
     }
 
@@ -94,6 +101,8 @@ impl Transport {
             Transport::File(_) => Rendering::FileEntry,
             Transport::Serial(_) => Rendering::Standalone,
             Transport::Soap(_) => Rendering::Standalone,
+            #[cfg(test)]
+            Transport::Scripted(_) => Rendering::Standalone,
         }
     }
 
@@ -102,6 +111,8 @@ impl Transport {
         match self {
             Transport::File(_) | Transport::Serial(_) => false,
             Transport::Soap(t) => t.dead_letter_on_client_fault(),
+            #[cfg(test)]
+            Transport::Scripted(_) => false,
         }
     }
 
@@ -111,6 +122,8 @@ impl Transport {
             Transport::Soap(t) => t.preview(id, attempt, &bytes),
             Transport::Serial(t) => t.preview(&bytes),
             Transport::File(_) => Ok(bytes),
+            #[cfg(test)]
+            Transport::Scripted(_) => Ok(bytes),
         }
     }
 
@@ -121,6 +134,8 @@ impl Transport {
             Transport::File(t) => vec![t.deliver(batch).await; batch.len()],
             Transport::Serial(t) => t.deliver_each(batch).await,
             Transport::Soap(t) => t.deliver(batch).await,
+            #[cfg(test)]
+            Transport::Scripted(t) => t.deliver(batch).await,
         }
     }
 }

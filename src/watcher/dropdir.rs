@@ -5,7 +5,11 @@
 //!
 //! **Invariants:** a file leaves the inbox only after its changes are durable, or
 //! whole into `.rejected/`; names starting with `.` or ending in `.tmp`/`.part`
-//! are never touched; a FIFO is never opened; files are taken oldest first.
+//! are never touched; a FIFO is never opened; files are taken oldest first; no
+//! single file stops its folder (one that cannot be quarantined is passed over,
+//! since nothing from it is taken, and tried again at the next scan); every name
+//! the file system allows fits in `.rejected/` with its note (shortened within
+//! [`NAME_MAX`] when it must be; the note keeps the original name).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -30,6 +34,12 @@ use crate::record::{format_ms, now_ms};
 const SETTLE: Duration = Duration::from_millis(500);
 /// A scan at this interval catches anything the events missed.
 const RESCAN_EVERY: Duration = Duration::from_secs(10);
+/// The longest file name, in bytes, of the Linux file systems (ext4, xfs, btrfs,
+/// tmpfs): a name we make from a dropped file's name must fit in it.
+const NAME_MAX: usize = 255;
+/// A quarantined name is at most this long, so that its note's temporary name,
+/// `.<name>.error.part`, fits in [`NAME_MAX`] too.
+const REJECTED_NAME_MAX: usize = NAME_MAX - ".".len() - ".error.part".len();
 
 pub fn ignored(name: &str) -> bool {
     name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part")
@@ -58,6 +68,9 @@ enum Taken {
     Later,
     /// Still being written (poll mode): look again shortly.
     NotYet,
+    /// Bad, but it could not be moved to `.rejected/`: nothing from it is taken,
+    /// so newer files go on past it; the next scan tries it again.
+    Stuck,
 }
 
 impl DropDir {
@@ -203,6 +216,11 @@ impl DropDir {
             Err(ReadError::Gone) => return Taken::Gone,
             Err(ReadError::Directory) => return Taken::Gone,
             Err(ReadError::Bad(reason)) => return self.reject(path, &name, &reason),
+            // The file's own mode: waiting will not change it, and it must not
+            // hold back every newer file.
+            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return self.reject(path, &name, &format!("cannot read it: {e}"));
+            }
             Err(ReadError::Io(e)) => {
                 tracing::warn!(file = %path.display(), error = %e, "cannot read a dropped file; will try again");
                 return Taken::Later;
@@ -213,9 +231,22 @@ impl DropDir {
         let parsed =
             tokio::task::spawn_blocking(move || parse_file(&file_name, &bytes, &watch, &limits))
                 .await;
-        let Ok(parsed) = parsed else {
-            tracing::error!(file = %name, "the parser stopped unexpectedly; will try again");
-            return Taken::Later;
+        let parsed = match parsed {
+            Ok(p) => p,
+            // A bug of ours, but the same file would stop the parser again, and
+            // every newer file with it.
+            Err(e) if e.is_panic() => {
+                tracing::error!(file = %name, "the parser failed on this file (a bug in hms-sync)");
+                return self.reject(
+                    path,
+                    &name,
+                    "hms-sync's parser failed on this file (a bug in hms-sync: please report it with the file)",
+                );
+            }
+            Err(_) => {
+                tracing::error!(file = %name, "the parser stopped unexpectedly; will try again");
+                return Taken::Later;
+            }
         };
         let set = match parsed {
             Ok(s) => s,
@@ -265,22 +296,29 @@ impl DropDir {
         fs::File::open(&self.watch.dir)?.sync_all()
     }
 
-    /// Moves the file whole to `.rejected/` and writes `<name>.error` beside it.
+    /// Moves the file whole to `.rejected/` and writes `<name>.error` beside it
+    /// (the name shortened if the note's name would not fit in [`NAME_MAX`]).
     fn reject(&self, path: &Path, name: &str, reason: &str) -> Taken {
-        IngestStats::add(&self.stats.files_rejected, 1);
         let rejected = self.watch.dir.join(".rejected");
-        let dest = free_name(&rejected, name);
+        let dest = free_name(&rejected, name, REJECTED_NAME_MAX);
         if let Err(e) = fs::create_dir_all(&rejected).and_then(|_| fs::rename(path, &dest)) {
-            tracing::error!(file = %path.display(), error = %e, "cannot move a bad file to .rejected; leaving it");
-            return Taken::Later;
+            tracing::error!(file = %path.display(), error = %e, "cannot move a bad file to .rejected; newer files go on, this one is tried again later");
+            return Taken::Stuck;
         }
+        IngestStats::add(&self.stats.files_rejected, 1);
         let dest_name = dest
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let renamed = if dest_name == name {
+            String::new()
+        } else {
+            format!("moved as: {dest_name}\n")
+        };
         let note = format!(
             "hms-sync could not take this file; nothing from it was ingested.\n\
              file:   {}\n\
+             {renamed}\
              when:   {}\n\
              reason: {reason}\n\
              Fix the file and move it back into {} to try again.\n",
@@ -320,7 +358,7 @@ fn remove_if_unchanged(
         },
         Some(archive) => {
             fs::create_dir_all(archive)?;
-            move_file(path, &free_name(archive, name)).map(|()| true)
+            move_file(path, &free_name(archive, name, NAME_MAX)).map(|()| true)
         }
     }
 }
@@ -331,20 +369,42 @@ fn modified(p: &Path) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
-/// `dir/name`, or `dir/name.<ms>` if that is taken.
-fn free_name(dir: &Path, name: &str) -> PathBuf {
+/// A free name in `dir` at most `max` bytes long: `name` itself, else
+/// `name.<ms>`; when that is too long, the start of `name`, `~<ms>` and its
+/// extension (`<start>~<ms>.json`), cut on a character boundary.
+fn free_name(dir: &Path, name: &str, max: usize) -> PathBuf {
     let plain = dir.join(name);
-    if plain.symlink_metadata().is_err() {
+    if name.len() <= max && plain.symlink_metadata().is_err() {
         return plain;
     }
     let mut n = now_ms();
     loop {
-        let candidate = dir.join(format!("{name}.{n}"));
+        let candidate = dir.join(disambiguated(name, n, max));
         if candidate.symlink_metadata().is_err() {
             return candidate;
         }
         n += 1;
     }
+}
+
+/// `name.<n>` if it fits in `max` bytes, else `<start of name>~<n><extension>`.
+fn disambiguated(name: &str, n: u64, max: usize) -> String {
+    let plain = format!("{name}.{n}");
+    if plain.len() <= max {
+        return plain;
+    }
+    // Keep a short extension, so the file still says what it is.
+    let ext = name
+        .rfind('.')
+        .map(|i| &name[i..])
+        .filter(|e| e.len() <= 16 && e.len() < name.len())
+        .unwrap_or("");
+    let tail = format!("~{n}{ext}");
+    let mut cut = max.saturating_sub(tail.len()).min(name.len() - ext.len());
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{tail}", &name[..cut])
 }
 
 /// rename, or copy + fsync + remove across filesystems.
@@ -553,5 +613,26 @@ mod tests {
             read_limited(&target, 100).ok().map(|(b, _)| b),
             Some(b"{}".to_vec())
         );
+    }
+
+    #[test]
+    fn made_up_names_fit_and_keep_their_extension() {
+        assert_eq!(disambiguated("a.json", 7, 255), "a.json.7");
+        let long = format!("{}.json", "n".repeat(250));
+        let d = disambiguated(&long, 1_700_000_000_000, REJECTED_NAME_MAX);
+        assert_eq!(d.len(), REJECTED_NAME_MAX, "{d}");
+        assert!(d.ends_with("~1700000000000.json"), "{d}");
+        // Cut on a character boundary: 'é' is two bytes.
+        let accented = format!("{}.csv", "\u{e9}".repeat(126));
+        let d = disambiguated(&accented, 5, REJECTED_NAME_MAX);
+        assert!(d.len() <= REJECTED_NAME_MAX && d.ends_with("~5.csv"), "{d}");
+        // No extension, or one too long to be one.
+        let d = disambiguated(&"x".repeat(255), 5, 100);
+        assert_eq!(d, format!("{}~5", "x".repeat(98)));
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join(&long), "").unwrap();
+        let free = free_name(tmp.path(), &long, REJECTED_NAME_MAX);
+        assert!(free.file_name().unwrap().len() <= REJECTED_NAME_MAX);
+        assert_ne!(free, tmp.path().join(&long));
     }
 }

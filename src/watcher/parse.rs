@@ -85,6 +85,14 @@ impl<'a> Shape<'a> {
     }
 }
 
+/// The UTF-8 byte-order mark that Windows tools write at the start of a file.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// `bytes` without a leading byte-order mark (JSON has none; CSV skips it too).
+fn without_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(BOM).unwrap_or(bytes)
+}
+
 /// Parses a whole dropped file by its name's extension.
 pub fn parse_file(
     name: &str,
@@ -93,6 +101,7 @@ pub fn parse_file(
     limits: &Limits,
 ) -> Result<ChangeSet, ParseError> {
     let shape = Shape::of(watch);
+    let bytes = without_bom(bytes);
     let lower = name.to_ascii_lowercase();
     let changes = if lower.ends_with(".json") {
         parse_json(bytes, &shape, limits)?
@@ -178,8 +187,10 @@ fn parse_ndjson(
     Ok(out)
 }
 
-/// One JSON object from a line (an NDJSON line or a socket line).
+/// One JSON object from a line (an NDJSON line or a socket line; a leading
+/// byte-order mark, as `send` of a Windows-written file passes on, is skipped).
 pub fn parse_line(line: &[u8], shape: &Shape<'_>, limits: &Limits) -> Result<Change, ParseError> {
+    let line = without_bom(line);
     let value: Value = serde_json::from_slice(line).map_err(|e| {
         let mut p = ParseError::from_json(&e, 0);
         p.line = None; // the caller knows the line; the column stays
@@ -536,5 +547,27 @@ mod tests {
             2,
             "both kept; the queue applies them in order, the last wins"
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_in_every_format() {
+        let bom = "\u{feff}";
+        for (name, text) in [
+            ("a.json", r#"{"id": "1", "s": "A"}"#),
+            ("a.json", r#"[{"id": "1", "s": "A"}]"#),
+            ("a.ndjson", "{\"id\": \"1\", \"s\": \"A\"}\n"),
+            ("a.jsonl", "{\"id\": \"1\", \"s\": \"A\"}\n"),
+            ("a.csv", "id,s\n1,A\n"),
+        ] {
+            let set = parse(name, &format!("{bom}{text}"), Some("id"))
+                .unwrap_or_else(|e| panic!("{name} {text}: {e}"));
+            assert_eq!(set.changes.len(), 1, "{name}");
+            assert_eq!(set.changes[0].record, RecordId::new("permits", "1"));
+            assert!(set.changes[0].doc.as_ref().unwrap().contains_key("s"));
+        }
+        let line = format!("{bom}{{\"collection\":\"permits\",\"key\":\"1\",\"doc\":{{}}}}");
+        assert!(parse_line(line.as_bytes(), &Shape::Envelope, &Limits::default()).is_ok());
+        // Only at the start: a mark inside the text is still an error.
+        assert!(parse("a.json", &format!("{bom}{bom}{{}}"), Some("id")).is_err());
     }
 }

@@ -4,11 +4,15 @@
 //!
 //! **Invariants:** a bad line gets `{"ok":false,…}` and the connection stays open;
 //! a line longer than `max_line_bytes` is skipped without being held in memory;
-//! answers keep the order of the lines.
+//! answers keep the order of the lines; every "busy" answer says `"retry":
+//! true`; a connection idle for [`IDLE_TIMEOUT`] is closed (its owed answers
+//! written first); an idle connection holds a few KiB, and the buffer of a long
+//! line is given back once the line is handled.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
@@ -24,9 +28,57 @@ use crate::record::ChangeSet;
 
 /// Answers a connection may have outstanding before we stop reading its lines.
 const PIPELINE_DEPTH: usize = 1024;
-/// Connections served at once; with PIPELINE_DEPTH and max_line_bytes this bounds
-/// the memory that clients can make the daemon hold.
-const MAX_CONNECTIONS: usize = 256;
+/// Most connections served at once, whatever the file limit allows; with the
+/// small buffers below an idle connection costs a few KiB, so this bounds what
+/// idle clients can make the daemon hold (about 50 MiB at most).
+const MAX_CONNECTIONS: usize = 4096;
+/// Descriptors kept for everything but ingest connections: the store, drop
+/// folder files, SOAP and serial connections, the status and control listeners.
+const RESERVED_FDS: u64 = 256;
+/// A connection that sends no line and is owed no answer for this long is
+/// closed, as is one whose client reads no answer for this long: pooled clients
+/// that forget their connections must not hold them for ever. Documented in the
+/// README ("Ingest socket"); see ARCHITECTURE.md for why it is not a config key.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Read and write buffer of a connection; lines may be longer (they are
+/// gathered in a separate buffer, up to `max_line_bytes`).
+const IO_BUFFER: usize = 8 * 1024;
+/// A line buffer grown past this by a long line is freed once the line is handled.
+const KEEP_LINE_BUFFER: usize = 64 * 1024;
+
+/// Raises the soft limit of open files to the hard limit (a local service with a
+/// few hundred pooled connections is normal; the soft default is often 1024) and
+/// returns the soft limit now in force.
+pub fn raise_open_file_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid pointer to an rlimit for the duration of the calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is 32 bits on some targets
+    let soft = lim.rlim_cur as u64;
+    soft
+}
+
+/// Connections to serve at once with `open_files` descriptors allowed.
+pub fn connection_limit(open_files: u64) -> usize {
+    let spare = open_files.saturating_sub(RESERVED_FDS).max(16);
+    (spare.min(MAX_CONNECTIONS as u64)) as usize
+}
 
 /// Binds the socket (replacing a stale one, refusing if a daemon answers on it)
 /// and sets its mode.
@@ -55,6 +107,10 @@ pub async fn bind(cfg: &SocketConfig) -> anyhow::Result<UnixListener> {
 
 pub struct IngestSocket {
     pub connections: Arc<tokio::sync::Semaphore>,
+    /// The most connections served at once (the semaphore's size).
+    pub max_connections: usize,
+    /// See [`IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
     pub listener: UnixListener,
     pub cfg: SocketConfig,
     pub limits: Limits,
@@ -72,9 +128,12 @@ impl IngestSocket {
         stats: Arc<IngestStats>,
         shutdown: watch::Receiver<bool>,
     ) -> IngestSocket {
-        let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        // The daemon raised the limit at start; raising again changes nothing.
+        let max_connections = connection_limit(raise_open_file_limit());
         IngestSocket {
-            connections,
+            connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            max_connections,
+            idle_timeout: IDLE_TIMEOUT,
             listener,
             cfg,
             limits,
@@ -84,7 +143,21 @@ impl IngestSocket {
         }
     }
 
+    /// Serves at most `max_connections` at once and closes idle ones after
+    /// `idle_timeout` (the defaults come from the file limit and [`IDLE_TIMEOUT`]).
+    pub fn with_limits(mut self, max_connections: usize, idle_timeout: Duration) -> IngestSocket {
+        self.connections = Arc::new(tokio::sync::Semaphore::new(max_connections));
+        self.max_connections = max_connections;
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
     pub async fn run(mut self) {
+        tracing::debug!(
+            max_connections = self.max_connections,
+            idle_timeout = ?self.idle_timeout,
+            "ingest socket limits"
+        );
         let me = unsafe { libc::geteuid() };
         loop {
             let stream = tokio::select! {
@@ -122,18 +195,20 @@ impl IngestSocket {
                 continue;
             }
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                tracing::warn!(
-                    "ingest socket: {MAX_CONNECTIONS} connections already open; refusing one more"
-                );
+                let max = self.max_connections;
+                IngestStats::add(&self.stats.busy, 1);
+                tracing::warn!("ingest socket: {max} connections already open; refusing one more");
                 tokio::spawn(async move {
                     let mut stream = stream;
-                    let line =
-                        refused(&format!("busy: {MAX_CONNECTIONS} connections already open"));
+                    let line = busy(&format!(
+                        "busy: {max} connections already open; try again shortly"
+                    ));
                     let _ = stream.write_all(format!("{line}\n").as_bytes()).await;
                 });
                 continue;
             };
             let conn = Connection {
+                idle_timeout: self.idle_timeout,
                 limits: self.limits,
                 queue: self.queue.clone(),
                 stats: self.stats.clone(),
@@ -149,6 +224,7 @@ impl IngestSocket {
 }
 
 struct Connection {
+    idle_timeout: Duration,
     limits: Limits,
     queue: QueueHandle,
     stats: Arc<IngestStats>,
@@ -206,6 +282,12 @@ fn refused(error: &str) -> String {
     json!({"ok": false, "error": error}).to_string()
 }
 
+/// Not now, but later: every busy answer says so (SPEC §3.8), so that clients
+/// send the line again instead of taking it as a refusal.
+fn busy(error: &str) -> String {
+    json!({"ok": false, "error": error, "retry": true}).to_string()
+}
+
 /// One answer the connection owes, in line order.
 enum Owed {
     /// Known already (a refused line).
@@ -219,8 +301,9 @@ impl Connection {
         let (read, write) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Owed>(PIPELINE_DEPTH);
         let stats = self.stats.clone();
+        let idle = self.idle_timeout;
         let writer = tokio::spawn(async move {
-            let mut out = BufWriter::new(write);
+            let mut out = BufWriter::with_capacity(IO_BUFFER, write);
             while let Some(owed) = rx.recv().await {
                 let line = match owed {
                     Owed::Now(line) => line,
@@ -229,7 +312,7 @@ impl Connection {
                             Ok(r) => Ok(r),
                             Err(oneshot::error::TryRecvError::Empty) => {
                                 // Not durable yet: hand out what is ready first.
-                                if out.flush().await.is_err() {
+                                if !in_time(idle, out.flush()).await {
                                     return;
                                 }
                                 answer.await.map_err(|_| ())
@@ -244,23 +327,39 @@ impl Connection {
                         answer_line(&stats, result.unwrap_or_else(|()| lost()))
                     }
                 };
-                if out.write_all(line.as_bytes()).await.is_err()
-                    || out.write_all(b"\n").await.is_err()
+                // A client that reads no answers for `idle` is gone.
+                if !in_time(idle, out.write_all(line.as_bytes())).await
+                    || !in_time(idle, out.write_all(b"\n")).await
                 {
                     return;
                 }
-                if rx.is_empty() && out.flush().await.is_err() {
+                if rx.is_empty() && !in_time(idle, out.flush()).await {
                     return;
                 }
             }
-            let _ = out.flush().await;
+            let _ = in_time(idle, out.flush()).await;
         });
-        let mut reader = BufReader::with_capacity(64 * 1024, read);
+        let mut reader = BufReader::with_capacity(IO_BUFFER, read);
         let mut buf = Vec::new();
         let mut line_no = 0usize;
         loop {
+            if buf.capacity() > KEEP_LINE_BUFFER {
+                // Give a long line's memory back (idle connections keep little).
+                buf = Vec::new();
+            }
+            // No whole line for `idle_timeout`: idle (or a client trickling one
+            // line for ever). Owed answers are still written below.
             let read = tokio::select! {
-                r = read_line(&mut reader, &mut buf, self.limits.max_line_bytes) => r,
+                r = tokio::time::timeout(
+                    self.idle_timeout,
+                    read_line(&mut reader, &mut buf, self.limits.max_line_bytes),
+                ) => match r {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::debug!("ingest socket: closing a connection idle for {:?}", self.idle_timeout);
+                        break;
+                    }
+                },
                 _ = self.shutdown.changed() => break,
             };
             let owed = match read {
@@ -303,6 +402,14 @@ impl Connection {
         drop(tx);
         let _ = writer.await;
     }
+}
+
+/// Runs an I/O step; false if it failed or took longer than `limit`.
+async fn in_time<T>(
+    limit: Duration,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> bool {
+    matches!(tokio::time::timeout(limit, io).await, Ok(Ok(_)))
 }
 
 /// The answer line for an ingested change.
@@ -357,5 +464,120 @@ mod tests {
             read_line(&mut r, &mut buf, 10).await.unwrap(),
             Line::Eof
         ));
+    }
+
+    #[test]
+    fn the_connection_limit_follows_the_file_limit() {
+        assert_eq!(connection_limit(1024), 768);
+        assert_eq!(connection_limit(1 << 20), MAX_CONNECTIONS);
+        assert_eq!(connection_limit(100), 16);
+        assert!(raise_open_file_limit() >= 1);
+    }
+
+    /// A real socket and a real queue; the limits small enough to reach.
+    struct Served {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        _stop: watch::Sender<bool>,
+    }
+
+    async fn serve(max_connections: usize, idle_timeout: Duration) -> Served {
+        use crate::queue::{Queue, TargetSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let spec = TargetSpec {
+            name: "t".into(),
+            collections: vec!["permits".into()],
+            fields: None,
+        };
+        let queue = Queue::open(dir.path(), 1, vec![spec]).unwrap();
+        let (queue, _writer) = QueueHandle::spawn(queue);
+        let cfg = SocketConfig {
+            path: dir.path().join("hms.sock"),
+            mode: 0o600,
+            allow_uids: Vec::new(),
+            allow_gids: Vec::new(),
+        };
+        let listener = bind(&cfg).await.unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let socket = IngestSocket::new(
+            listener,
+            cfg.clone(),
+            Limits::default(),
+            queue,
+            Arc::default(),
+            shutdown,
+        )
+        .with_limits(max_connections, idle_timeout);
+        tokio::spawn(socket.run());
+        Served {
+            _dir: dir,
+            path: cfg.path,
+            _stop: stop,
+        }
+    }
+
+    async fn call(stream: &mut UnixStream, line: &str) -> serde_json::Value {
+        use tokio::io::AsyncReadExt;
+        stream
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let mut byte = [0u8; 1];
+        while stream.read(&mut byte).await.unwrap() == 1 && byte[0] != b'\n' {
+            answer.push(byte[0]);
+        }
+        serde_json::from_slice(&answer).unwrap()
+    }
+
+    const LINE: &str = r#"{"collection":"permits","key":"1","doc":{"a":1}}"#;
+
+    #[tokio::test]
+    async fn a_connection_over_the_limit_is_told_busy_with_retry() {
+        let served = serve(2, Duration::from_secs(60)).await;
+        let mut first = UnixStream::connect(&served.path).await.unwrap();
+        let _second = UnixStream::connect(&served.path).await.unwrap();
+        assert_eq!(call(&mut first, LINE).await["ok"], true);
+        let mut third = UnixStream::connect(&served.path).await.unwrap();
+        let answer = call(&mut third, LINE).await;
+        assert_eq!(answer["ok"], false, "{answer}");
+        assert_eq!(answer["retry"], true, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().starts_with("busy"),
+            "{answer}"
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_and_their_places_freed() {
+        use tokio::io::AsyncReadExt;
+        let idle = Duration::from_secs(1);
+        let served = serve(2, idle).await;
+        let mut a = UnixStream::connect(&served.path).await.unwrap();
+        let mut b = UnixStream::connect(&served.path).await.unwrap();
+        // One that talks keeps its connection past the timeout while it talks.
+        for _ in 0..4 {
+            assert_eq!(call(&mut a, LINE).await["ok"], true);
+            tokio::time::sleep(idle / 5).await;
+        }
+        // The silent one is closed: end of file, well within a few timeouts.
+        let started = std::time::Instant::now();
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(10), b.read(&mut byte))
+            .await
+            .expect("the idle connection was closed")
+            .unwrap();
+        assert_eq!(n, 0);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // Both places are free again once `a` falls silent too.
+        let n = tokio::time::timeout(Duration::from_secs(10), a.read(&mut byte))
+            .await
+            .expect("the idle connection was closed")
+            .unwrap();
+        assert_eq!(n, 0);
+        let mut c = UnixStream::connect(&served.path).await.unwrap();
+        let mut d = UnixStream::connect(&served.path).await.unwrap();
+        assert_eq!(call(&mut c, LINE).await["ok"], true);
+        assert_eq!(call(&mut d, LINE).await["ok"], true);
     }
 }

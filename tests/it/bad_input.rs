@@ -64,9 +64,10 @@ fn an_array_with_one_bad_element_ingests_nothing() {
         err.contains("array element 3") && err.contains("no key field `permit_number`"),
         "{err}"
     );
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(d.outbox_rows("housing").is_empty(), "all-or-nothing");
+    // A later good file is delivered after anything the bad one could have
+    // queued: once it is there, nothing else may be.
     still_works(&d);
+    assert_eq!(d.outbox_rows("housing").len(), 1, "all-or-nothing");
 }
 
 #[test]
@@ -246,4 +247,74 @@ fn a_file_written_in_place_is_taken_once_closed() {
             .next()
             .is_none()
     );
+}
+
+/// Every note in `.rejected/`, read whole.
+fn notes(d: &TestDaemon) -> Vec<String> {
+    let mut notes: Vec<String> = std::fs::read_dir(d.inbox().join(".rejected"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".error"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    notes.sort();
+    notes
+}
+
+#[test]
+fn a_bad_file_with_the_longest_name_is_quarantined_with_its_note_every_time() {
+    let d = daemon();
+    // 255 bytes, the most ext4 allows: in ASCII, and in two-byte characters.
+    let ascii = format!("{}.json", "n".repeat(250));
+    let accented = format!("{}.json", "\u{e9}".repeat(125));
+    assert_eq!((ascii.len(), accented.len()), (255, 255));
+    for (i, name) in [&ascii, &ascii, &accented, &accented]
+        .into_iter()
+        .enumerate()
+    {
+        // Not through `drop_file`: its `.<name>.part` would be too long itself.
+        let tmp = d.inbox().join(".long.part");
+        std::fs::write(&tmp, b"{\"permit_number\": oops}").unwrap();
+        std::fs::rename(&tmp, d.inbox().join(name)).unwrap();
+        d.wait_for(
+            Duration::from_secs(10),
+            "the long-named file and its note in .rejected/",
+            |d| notes(d).len() == i + 1 && !d.inbox().join(name).exists(),
+        );
+        still_works(&d);
+    }
+    let quarantined: Vec<String> = std::fs::read_dir(d.inbox().join(".rejected"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".error"))
+        .collect();
+    assert_eq!(quarantined.len(), 4, "{quarantined:?}");
+    for n in &quarantined {
+        assert!(n.len() + ".error".len() <= 255, "{n}");
+        let bytes = std::fs::read(d.inbox().join(".rejected").join(n)).unwrap();
+        assert_eq!(bytes, b"{\"permit_number\": oops}", "moved whole");
+    }
+    // The notes keep the original names.
+    let notes = notes(&d);
+    assert_eq!(notes.iter().filter(|n| n.contains(&ascii)).count(), 2);
+    assert_eq!(notes.iter().filter(|n| n.contains(&accented)).count(), 2);
+    assert!(notes.iter().all(|n| n.contains("expected value")));
+}
+
+/// A local service with a pool of a few hundred connections is normal: idle ones
+/// must not lock out a new client (they got "busy: 256 connections already open").
+#[test]
+fn three_hundred_idle_socket_connections_lock_nobody_out() {
+    let d = daemon();
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..300)
+        .map(|_| std::os::unix::net::UnixStream::connect(d.socket()).unwrap())
+        .collect();
+    let mut c = d.client();
+    let a = c.call(&envelope("p1", serde_json::json!({"permit_number": "p1"})));
+    assert_eq!(a["ok"], true, "{a}");
+    d.wait_for(Duration::from_secs(10), "the delivery", |d| {
+        d.outbox_rows("housing").iter().any(|r| r[2] == "p1")
+    });
+    drop(idle);
 }

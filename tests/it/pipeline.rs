@@ -47,11 +47,18 @@ fn fixture_files_become_csv_batches_and_a_repeat_sends_nothing() {
             "M. O'Brien & Sons <contract>"
         ]
     );
-    // The same file again: no delta, no file.
+    // The same file again: no delta, no file. A later change of another record
+    // is the sentinel: once its batch is out, a repeat would have been before it.
     d.drop_fixture("permits/permit-123-approved.json", "c.json");
     d.wait_inbox_empty();
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(d.outbox_files("housing").len(), 2);
+    d.drop_file("sentinel.json", br#"{"permit_number":"999"}"#);
+    d.wait_for(Duration::from_secs(10), "the sentinel's batch", |d| {
+        d.outbox_rows("housing").iter().any(|r| r[2] == "999")
+    });
+    let rows = d.outbox_rows("housing");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows[2][..3], ["housing:3", "create", "999"]);
+    assert_eq!(d.outbox_files("housing").len(), 3);
     let st = d.target_status("housing");
     assert_eq!(
         (
@@ -59,7 +66,7 @@ fn fixture_files_become_csv_batches_and_a_repeat_sends_nothing() {
             st["delivered"].as_u64(),
             st["pending"].as_u64()
         ),
-        (Some("up"), Some(2), Some(0))
+        (Some("up"), Some(3), Some(0))
     );
     // The delivery log says so too.
     let tail = d.cli(&["tail", "--json", "--outcome", "delivered"]);
@@ -67,7 +74,7 @@ fn fixture_files_become_csv_batches_and_a_repeat_sends_nothing() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2);
+    assert_eq!(lines.len(), 3);
     assert_eq!(lines[1]["id"], "housing:2");
     assert_eq!(lines[1]["key"], "123");
     assert_eq!(lines[1]["attempt"], 1);
@@ -202,8 +209,16 @@ fn a_missing_outbox_is_an_outage_that_ends_with_every_delta_delivered() {
             .contains("does not exist"),
         "{st}"
     );
-    // Outages never count against deltas, however long they last (max_attempts is 3).
-    std::thread::sleep(Duration::from_millis(1500));
+    // Outages never count against deltas, however long they last (max_attempts is
+    // 3): wait for more probes than that, not for a fixed time.
+    d.wait_for(Duration::from_secs(10), "six probes of the outage", |d| {
+        d.cli(&["tail", "--json", "--outcome", "down"])
+            .stdout
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count()
+            >= 6
+    });
     assert_eq!(d.target_status("housing")["dead"], 0);
     std::fs::create_dir(d.outbox("housing")).unwrap();
     d.wait_for(Duration::from_secs(10), "delivery after the outage", |d| {
@@ -270,9 +285,22 @@ fn rejections_dead_letter_hold_the_record_and_retry_sends_the_merged_state() {
         ))["ok"],
         true
     );
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(d.target_status("cobol")["delivered"], 1);
+    // A later change of another record is the sentinel: had the held change gone
+    // out, it would have gone before it.
+    assert_eq!(
+        c.call(&envelope("sentinel", json!({"permit_number": "sentinel"})))["ok"],
+        true
+    );
+    d.wait_for(Duration::from_secs(10), "the sentinel", |d| {
+        d.target_status("cobol")["delivered"] == 2
+    });
     assert_eq!(d.target_status("cobol")["pending"], 0);
+    assert!(
+        d.outbox_files("cobol")
+            .iter()
+            .all(|f| !std::fs::read_to_string(f).unwrap().contains(">fixed<")),
+        "the held record went nowhere"
+    );
     let out = d.cli(&["dead", "retry", "cobol:1"]);
     assert!(
         out.status.success(),
@@ -280,7 +308,7 @@ fn rejections_dead_letter_hold_the_record_and_retry_sends_the_merged_state() {
         String::from_utf8_lossy(&out.stderr)
     );
     d.wait_for(Duration::from_secs(10), "the merged delta", |d| {
-        d.target_status("cobol")["delivered"] == 2
+        d.target_status("cobol")["delivered"] == 3
     });
     assert_eq!(d.target_status("cobol")["dead"], 0);
     let files = d.outbox_files("cobol");
@@ -367,11 +395,16 @@ fn sigterm_stops_cleanly_with_exit_0_and_state_survives() {
     d.restart();
     d.drop_fixture("permits/permit-123.json", "again.json");
     d.wait_inbox_empty();
-    std::thread::sleep(Duration::from_millis(300));
+    // The sentinel: a later change of another record; a repeat would be before it.
+    d.drop_file("sentinel.json", br#"{"permit_number":"999"}"#);
+    d.wait_for(Duration::from_secs(10), "the sentinel's batch", |d| {
+        d.outbox_rows("housing").iter().any(|r| r[2] == "999")
+    });
+    let rows = d.outbox_rows("housing");
     assert_eq!(
-        d.outbox_files("housing").len(),
+        rows.iter().filter(|r| r[2] == "123").count(),
         1,
-        "the snapshot survived the restart"
+        "the snapshot survived the restart: {rows:?}"
     );
 }
 
@@ -403,9 +436,15 @@ fn backpressure_pauses_ingestion_without_loss_and_resumes_by_itself() {
         busy["error"].as_str().unwrap().starts_with("busy"),
         "{busy}"
     );
-    // A dropped file waits in the inbox meanwhile.
+    // A dropped file waits in the inbox meanwhile: once the watcher has tried it
+    // and been told busy (the metric grows), it must still be there.
+    let busy_before = metric(&d, "hms_sync_ingest_busy_total");
     d.drop_file("late.json", br#"{"permit_number":"late","status":"L"}"#);
-    std::thread::sleep(Duration::from_millis(600));
+    d.wait_for(
+        Duration::from_secs(10),
+        "the watcher to try the file",
+        |d| metric(d, "hms_sync_ingest_busy_total") > busy_before,
+    );
     assert!(
         d.inbox().join("late.json").exists(),
         "the file stays while ingestion is paused"
@@ -513,4 +552,26 @@ fn archive_dir_keeps_accepted_files_and_poll_watches_without_inotify() {
         d.path().join("archive/p.json").exists()
     });
     assert!(!d.path().join("inbox/polled/p.json").exists());
+}
+
+/// A value from the daemon's `/metrics` (the listener's address is in its log).
+fn metric(d: &TestDaemon, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let log = d.log();
+    let addr = log
+        .lines()
+        .filter(|l| l.contains("status listener up"))
+        .filter_map(|l| l.split("address=").nth(1))
+        .filter_map(|a| a.split_whitespace().next())
+        .next_back()
+        .expect("the status listener's address in the log")
+        .to_string();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }

@@ -446,11 +446,13 @@ fn a_nak_on_each_first_try_is_retransmitted_and_each_delta_delivered_once() {
         send(&d, &format!("k{i}"), "v1");
     }
     wait_acked(&d, &dev, "six records", |a| a.len() == 6);
-    std::thread::sleep(Duration::from_millis(300));
+    // A seventh record is the sentinel: a repeat of the six would come before it.
+    send(&d, "k6", "v1");
+    wait_acked(&d, &dev, "the sentinel", |a| a.len() >= 7);
     let acked = dev.acked();
-    assert_eq!(acked.len(), 6, "each exactly once: {acked:?}");
+    assert_eq!(acked.len(), 7, "each exactly once: {acked:?}");
     let frames = dev.frames();
-    assert_eq!(frames.len(), 12, "each sent twice: {frames:?}");
+    assert_eq!(frames.len(), 14, "each sent twice: {frames:?}");
     for pair in frames.chunks(2) {
         assert_eq!(
             pair[0].payload, pair[1].payload,
@@ -459,7 +461,7 @@ fn a_nak_on_each_first_try_is_retransmitted_and_each_delta_delivered_once() {
     }
     // Retransmissions belong to one delivery attempt: nothing was rejected.
     let log = std::fs::read_to_string(d.path().join("delivery.log")).unwrap();
-    assert_eq!(log.matches("\"outcome\":\"delivered\"").count(), 6, "{log}");
+    assert_eq!(log.matches("\"outcome\":\"delivered\"").count(), 7, "{log}");
     assert!(!log.contains("\"rejected\""), "{log}");
 }
 
@@ -597,7 +599,14 @@ fn a_long_silence_is_an_outage_and_everything_converges_after() {
     d.wait_for(Duration::from_secs(10), "the target to be down", |d| {
         d.target_status("dev")["state"] == "down"
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    // Not a quiet period: wait for more probes than max_attempts, all silent.
+    d.wait_for(Duration::from_secs(10), "four silent probes", |d| {
+        delivery_log(d)
+            .iter()
+            .filter(|e| e["outcome"] == "down")
+            .count()
+            >= 4
+    });
     let st = d.target_status("dev");
     assert_eq!(st["dead"].as_u64(), Some(0), "{st}");
     assert!(

@@ -1,13 +1,16 @@
-//! What the SOAP service answered, classified (SPEC §3.4/§3.5): a 2xx without a
-//! Fault is delivered (an empty body too); a Fault, also inside a 200, or an
-//! HTTP error with a response is a rejection; 502/503/504 without a Fault is the
-//! service saying it is not there (an outage).
+//! What the SOAP service answered, classified (SPEC §3.4/§3.5, §5 "SOAP
+//! transport"): a 2xx carrying a SOAP envelope without a Fault is delivered; a
+//! Fault, also inside a 200, or an HTTP error with a response is a rejection; a
+//! 2xx that is not a SOAP envelope (a proxy's HTML page, `OK`, random bytes, an
+//! empty body unless the connector says `accept_empty_2xx`) and 502/503/504
+//! without a Fault are the service not being there (an outage).
 //!
 //! **Invariants:** no I/O; any bytes in, never a panic; only a `Fault` in the
 //! envelope's SOAP namespace directly in its `Body` is a Fault (the service's
-//! own elements may be called that); UTF-8, ISO-8859-1 and windows-1252
-//! answers and entity references (`&amp;`, `&#233;`) are read as the service
-//! meant them (any other charset is read as UTF-8).
+//! own elements may be called that); a 2xx counts as delivered only if its
+//! root is a SOAP `Envelope` holding a `Body`; UTF-8, ISO-8859-1 and
+//! windows-1252 answers and entity references (`&amp;`, `&#233;`) are read as
+//! the service meant them (any other charset is read as UTF-8).
 
 use quick_xml::NsReader;
 use quick_xml::events::Event;
@@ -48,26 +51,24 @@ impl Fault {
 }
 
 /// Classifies one answer. `truncated` says the body was longer than the limit
-/// (and only its start is in `body`).
-pub fn classify(status: u16, content_type: Option<&str>, body: &[u8], truncated: bool) -> Answer {
+/// (and only its start is in `body`); `accept_empty_2xx` is the connector's
+/// word that this service answers a delivery with an empty 2xx.
+pub fn classify(
+    status: u16,
+    content_type: Option<&str>,
+    body: &[u8],
+    truncated: bool,
+    accept_empty_2xx: bool,
+) -> Answer {
     let text = to_utf8(content_type, body);
-    let fault = if truncated {
-        None
+    // A byte-order mark (some .NET services send one) is not content.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let read = if truncated {
+        Err(String::new())
     } else {
-        match find_fault(&text) {
-            Ok(f) => f,
-            Err(e) if (200..300).contains(&status) => {
-                return Answer::Rejected {
-                    reason: format!(
-                        "HTTP {status} with an answer that is not well-formed XML: {e}"
-                    ),
-                    client: false,
-                };
-            }
-            Err(_) => None,
-        }
+        read_answer(text)
     };
-    if let Some(f) = fault {
+    if let Ok(Soap { fault: Some(f), .. }) = &read {
         return Answer::Rejected {
             reason: format!("SOAP Fault {}: {} (HTTP {status})", f.code, f.reason),
             client: f.is_client(),
@@ -83,10 +84,30 @@ pub fn classify(status: u16, content_type: Option<&str>, body: &[u8], truncated:
         };
     }
     match status {
-        200..=299 => Answer::Delivered,
-        502..=504 => Answer::Down(format!("HTTP {status} {}", snippet(&text))),
+        200..=299 if text.trim().is_empty() => {
+            if accept_empty_2xx {
+                Answer::Delivered
+            } else {
+                Answer::Down(format!(
+                    "HTTP {status} with an empty body, not a SOAP envelope \
+                     (if the service answers so, set accept_empty_2xx = true)"
+                ))
+            }
+        }
+        200..=299 => match read {
+            Ok(Soap { envelope: true, .. }) => Answer::Delivered,
+            Ok(_) => Answer::Down(format!(
+                "HTTP {status} with an answer that is not a SOAP envelope (a proxy's page?): {}",
+                snippet(text)
+            )),
+            Err(e) => Answer::Down(format!(
+                "HTTP {status} with an answer that is not a SOAP envelope (not well-formed XML: {e}): {}",
+                snippet(text)
+            )),
+        },
+        502..=504 => Answer::Down(format!("HTTP {status} {}", snippet(text))),
         _ => Answer::Rejected {
-            reason: format!("HTTP {status} {}", snippet(&text))
+            reason: format!("HTTP {status} {}", snippet(text))
                 .trim_end()
                 .to_string(),
             client: false,
@@ -199,6 +220,18 @@ enum Place {
 /// envelope's namespace that is a child of its `Body` counts; an element of the
 /// service's own payload named `Fault` (`<Result><Fault>0</Fault></Result>`) does not.
 pub fn find_fault(text: &str) -> Result<Option<Fault>, String> {
+    read_answer(text).map(|soap| soap.fault)
+}
+
+/// What a well-formed answer holds, as far as SOAP goes.
+#[derive(Debug, PartialEq)]
+struct Soap {
+    /// The root is a SOAP 1.1 or 1.2 `Envelope` with a `Body` in its namespace.
+    envelope: bool,
+    fault: Option<Fault>,
+}
+
+fn read_answer(text: &str) -> Result<Soap, String> {
     let mut reader = NsReader::from_str(text);
     // The SOAP namespace of the root Envelope, if it is one.
     let mut soap_ns: Option<&'static str> = None;
@@ -208,6 +241,7 @@ pub fn find_fault(text: &str) -> Result<Option<Fault>, String> {
     let mut path: Vec<String> = Vec::new();
     let mut fault = Fault::default();
     let mut found = false;
+    let mut body_seen = false;
     loop {
         // The element's namespace, if it is one of SOAP's.
         let (ns, event): (Option<&'static str>, _) = match reader.read_resolved_event() {
@@ -236,8 +270,10 @@ pub fn find_fault(text: &str) -> Result<Option<Fault>, String> {
             Event::Start(s) => {
                 let local = s.local_name().as_ref().to_string();
                 let (place, is_fault) = place_of(&local, &stack, soap_ns);
-                if place == Place::Envelope {
-                    soap_ns = ns;
+                match place {
+                    Place::Envelope => soap_ns = ns,
+                    Place::Body => body_seen = true,
+                    Place::Other => {}
                 }
                 stack.push(place);
                 if in_fault.is_some() {
@@ -247,10 +283,11 @@ pub fn find_fault(text: &str) -> Result<Option<Fault>, String> {
                     found = true;
                 }
             }
-            Event::Empty(s)
-                if in_fault.is_none() && place_of(s.local_name().as_ref(), &stack, soap_ns).1 =>
-            {
-                found = true;
+            Event::Empty(s) if in_fault.is_none() => {
+                // A root `<soap:Envelope/>` sets no namespace: no Body, no envelope.
+                let (place, is_fault) = place_of(s.local_name().as_ref(), &stack, soap_ns);
+                body_seen |= place == Place::Body;
+                found |= is_fault;
             }
             Event::End(_) => {
                 if in_fault == Some(stack.len()) {
@@ -281,12 +318,19 @@ pub fn find_fault(text: &str) -> Result<Option<Fault>, String> {
             _ => {}
         }
     }
+    let envelope = soap_ns.is_some() && body_seen;
     if !found {
-        return Ok(None);
+        return Ok(Soap {
+            envelope,
+            fault: None,
+        });
     }
     fault.code = fault.code.trim().to_string();
     fault.reason = fault.reason.trim().to_string();
-    Ok(Some(fault))
+    Ok(Soap {
+        envelope,
+        fault: Some(fault),
+    })
 }
 
 fn push_text(fault: &mut Fault, path: &[String], s: &str) {
@@ -314,20 +358,70 @@ mod tests {
     }
 
     #[test]
-    fn a_2xx_without_fault_is_delivered_also_when_empty() {
-        assert_eq!(classify(200, None, b"", false), Answer::Delivered);
-        assert_eq!(classify(204, None, b"  \n", false), Answer::Delivered);
+    fn a_2xx_is_delivered_only_with_a_soap_envelope_or_empty_if_the_connector_says() {
         let ok = format!("{ENV11}<Ack>got it</Ack>{END}");
         assert_eq!(
-            classify(200, Some("text/xml"), ok.as_bytes(), false),
+            classify(200, Some("text/xml"), ok.as_bytes(), false, false),
             Answer::Delivered
         );
+        let ok12 = r#"<e:Envelope xmlns:e="http://www.w3.org/2003/05/soap-envelope"><e:Header/><e:Body/></e:Envelope>"#;
+        assert_eq!(
+            classify(202, None, ok12.as_bytes(), false, false),
+            Answer::Delivered
+        );
+        // A byte-order mark in front is no reason to doubt it.
+        let bom = format!("\u{feff}<?xml version=\"1.0\"?>\n{ok}");
+        assert_eq!(
+            classify(200, None, bom.as_bytes(), false, false),
+            Answer::Delivered
+        );
+        // An empty 2xx: only where the connector says the service answers so.
+        for (status, body) in [(200, &b""[..]), (204, b"  \n")] {
+            assert!(
+                matches!(classify(status, None, body, false, false), Answer::Down(ref r) if r.contains("accept_empty_2xx")),
+                "{status}"
+            );
+            assert_eq!(classify(status, None, body, false, true), Answer::Delivered);
+        }
+    }
+
+    #[test]
+    fn a_2xx_that_is_not_a_soap_envelope_is_an_outage() {
+        let html = b"<!DOCTYPE html>\n<html><head><title>502 Proxy Error</title></head><body><p>The proxy server could not handle the request<br>Reason: Error reading from remote server</p></body></html>";
+        let random: Vec<u8> = (0..600u32).map(|i| (i * 7919 % 251) as u8).collect();
+        let cases: [&[u8]; 9] = [
+            html,
+            b"<html><body>Service Unavailable</body></html>",
+            b"OK",
+            b"{\"status\":\"ok\"}",
+            &random,
+            b"<Ack>got it</Ack>",
+            // The envelope's name without its namespace, or without a Body.
+            b"<Envelope><Body/></Envelope>",
+            br#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"/>"#,
+            br#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><Body/></soap:Envelope>"#,
+        ];
+        for body in cases {
+            for accept_empty in [false, true] {
+                let got = classify(200, Some("text/html"), body, false, accept_empty);
+                assert!(
+                    matches!(&got, Answer::Down(r) if r.contains("not a SOAP envelope")),
+                    "{}: {got:?}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+        // The start of the page says what answered.
+        let Answer::Down(reason) = classify(200, None, html, false, false) else {
+            panic!()
+        };
+        assert!(reason.contains("502 Proxy Error"), "{reason}");
     }
 
     #[test]
     fn a_fault_inside_a_200_is_a_rejection_with_code_and_text() {
         let body = fault11("soap:Client", "Permit 123 &amp; 124 are locked");
-        match classify(200, None, body.as_bytes(), false) {
+        match classify(200, None, body.as_bytes(), false, false) {
             Answer::Rejected { reason, client } => {
                 assert!(client);
                 assert!(
@@ -340,7 +434,7 @@ mod tests {
         }
         let body = fault11("soap:Server", "database busy");
         assert!(matches!(
-            classify(500, None, body.as_bytes(), false),
+            classify(500, None, body.as_bytes(), false, false),
             Answer::Rejected { client: false, .. }
         ));
     }
@@ -365,7 +459,7 @@ mod tests {
         ] {
             let body = format!("{ENV11}{payload}{END}");
             assert_eq!(
-                classify(200, None, body.as_bytes(), false),
+                classify(200, None, body.as_bytes(), false, false),
                 Answer::Delivered,
                 "{payload}"
             );
@@ -374,19 +468,20 @@ mod tests {
         let body =
             format!(r#"{ENV11}<e:Fault xmlns:e="http://www.w3.org/2003/05/soap-envelope"/>{END}"#);
         assert_eq!(
-            classify(200, None, body.as_bytes(), false),
+            classify(200, None, body.as_bytes(), false, false),
             Answer::Delivered
         );
-        // Not an envelope at all.
-        assert_eq!(
+        // Not an envelope at all: no Fault, and not delivered either.
+        assert!(matches!(
             classify(
                 200,
                 None,
                 b"<Fault><faultcode>Client</faultcode></Fault>",
+                false,
                 false
             ),
-            Answer::Delivered
-        );
+            Answer::Down(_)
+        ));
         // Real faults, 1.1 and 1.2, with any prefix or a default namespace.
         let s11 = r#"<S:Envelope xmlns:S="http://schemas.xmlsoap.org/soap/envelope/"><S:Header/><S:Body><S:Fault><faultcode>S:Client</faultcode><faultstring>bad</faultstring></S:Fault></S:Body></S:Envelope>"#;
         assert_eq!(find_fault(s11).unwrap().unwrap().code, "S:Client");
@@ -410,7 +505,7 @@ mod tests {
             "<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?>{}",
             fault11("Server", "Pe\u{f1}a &#233;t&lt;e")
         ));
-        match classify(500, Some("text/xml"), &body, false) {
+        match classify(500, Some("text/xml"), &body, false, false) {
             Answer::Rejected { reason, .. } => {
                 assert!(reason.contains("Pe\u{f1}a \u{e9}t<e"), "{reason}")
             }
@@ -418,7 +513,13 @@ mod tests {
         }
         // The charset in Content-Type wins.
         let body = latin1(&fault11("Server", "caf\u{e9}"));
-        match classify(500, Some("text/xml; charset=ISO-8859-1"), &body, false) {
+        match classify(
+            500,
+            Some("text/xml; charset=ISO-8859-1"),
+            &body,
+            false,
+            false,
+        ) {
             Answer::Rejected { reason, .. } => assert!(reason.contains("caf\u{e9}"), "{reason}"),
             other => panic!("{other:?}"),
         }
@@ -440,7 +541,7 @@ mod tests {
             ),
             &[0x93, b'5', 0x80, 0x94],
         );
-        match classify(500, None, &body, false) {
+        match classify(500, None, &body, false, false) {
             Answer::Rejected { reason, .. } => {
                 assert!(reason.contains("\u{201C}5\u{20AC}\u{201D}"), "{reason}")
             }
@@ -451,7 +552,7 @@ mod tests {
             "text/xml; Charset=ISO-8859-1",
             "text/xml;CHARSET=\"latin1\"",
         ] {
-            match classify(500, Some(ct), &body, false) {
+            match classify(500, Some(ct), &body, false, false) {
                 Answer::Rejected { reason, .. } => {
                     assert!(reason.contains("caf\u{e9}"), "{ct}: {reason}")
                 }
@@ -474,19 +575,19 @@ mod tests {
     #[test]
     fn http_errors_malformed_and_oversized_answers() {
         assert!(matches!(
-            classify(500, None, b"", false),
+            classify(500, None, b"", false, false),
             Answer::Rejected { ref reason, client: false } if reason.contains("500")
         ));
         assert!(matches!(
-            classify(503, None, b"maintenance", false),
+            classify(503, None, b"maintenance", false, false),
             Answer::Down(_)
         ));
         assert!(matches!(
-            classify(200, None, b"<a><b></a>", false),
-            Answer::Rejected { ref reason, .. } if reason.contains("not well-formed")
+            classify(200, None, b"<a><b></a>", false, false),
+            Answer::Down(ref reason) if reason.contains("not well-formed")
         ));
         assert!(matches!(
-            classify(200, None, b"<a>", true),
+            classify(200, None, b"<a>", true, false),
             Answer::Rejected { ref reason, .. } if reason.contains("larger than")
         ));
         assert!(

@@ -1,7 +1,8 @@
 //! SOAP transport: one rendered body in, one HTTP/1.1 POST of a SOAP 1.1 or 1.2
 //! envelope out (keep-alive, timeouts, basic auth or a WS-Security
 //! UsernameToken, TLS through rustls with ring), and the answer classified.
-//! `envelope.rs` writes the envelope, `answer.rs` reads what came back.
+//! `envelope.rs` writes the envelope, `http.rs` is the client that sends it
+//! (quick ACKs, see there), `answer.rs` reads what came back.
 //!
 //! **Invariants:** no answer (refused, reset, DNS, timeout, a connection that
 //! breaks mid-answer) is `Down`; an answer is read up to [`MAX_ANSWER_BYTES`]
@@ -10,6 +11,7 @@
 
 pub mod answer;
 pub mod envelope;
+pub mod http;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -103,6 +105,10 @@ pub struct SoapSpec {
     /// A Client/Sender Fault dead-letters at once: the service says the message
     /// itself is wrong, so resending it cannot help.
     pub dead_letter_on_client_fault: bool,
+    /// A 2xx with an empty body counts as delivered. Off by default: a proxy or
+    /// load balancer in front of the service may answer so without passing the
+    /// request on, and a change counted as delivered is never sent again.
+    pub accept_empty_2xx: bool,
 }
 
 /// The `[transport]` keys of kind "soap" (the loader refuses them for other kinds).
@@ -119,6 +125,7 @@ pub const KEYS: &[&str] = &[
     "namespace",
     "max_in_flight",
     "dead_letter_on_client_fault",
+    "accept_empty_2xx",
 ];
 
 /// Is `key` of `[transport]` set in `t`? (For refusing keys of another kind.)
@@ -136,6 +143,7 @@ pub fn key_present(t: &TransportFile, key: &str) -> bool {
         "namespace" => t.namespace.is_some(),
         "max_in_flight" => t.max_in_flight.is_some(),
         "dead_letter_on_client_fault" => t.dead_letter_on_client_fault.is_some(),
+        "accept_empty_2xx" => t.accept_empty_2xx.is_some(),
         _ => false,
     }
 }
@@ -169,7 +177,7 @@ pub fn spec(
             "holds a user name or password: put the user in `username` and the password in a file named by `password_file`".into(),
         );
     } else {
-        match reqwest::Url::parse(&url) {
+        match url::Url::parse(&url) {
             Ok(u) if !matches!(u.scheme(), "http" | "https") => problem(
                 "url",
                 format!("must start with http:// or https://, not `{}:`", u.scheme()),
@@ -279,20 +287,14 @@ pub fn spec(
     let ca_pem = match &ca_file {
         None => None,
         Some(p) => match std::fs::read(p) {
-            Ok(pem) => match reqwest::Certificate::from_pem_bundle(&pem) {
-                Ok(certs) if !certs.is_empty() => Some(pem),
-                Ok(_) => {
-                    problem(
-                        "ca_file",
-                        format!("{} holds no PEM certificate", p.display()),
-                    );
+            Ok(pem) => match http::pem_certificates(&pem) {
+                Ok(_) => Some(pem),
+                Err(e) if e.starts_with("holds") => {
+                    problem("ca_file", format!("{} {e}", p.display()));
                     None
                 }
                 Err(e) => {
-                    problem(
-                        "ca_file",
-                        format!("{}: not a PEM certificate: {e}", p.display()),
-                    );
+                    problem("ca_file", format!("{}: {e}", p.display()));
                     None
                 }
             },
@@ -341,13 +343,14 @@ pub fn spec(
         namespace: t.namespace.clone(),
         max_in_flight,
         dead_letter_on_client_fault: t.dead_letter_on_client_fault.unwrap_or(false),
+        accept_empty_2xx: t.accept_empty_2xx.unwrap_or(false),
     })))
 }
 
 /// Whether `url` carries a user name or password (`scheme://user:pw@host`), also
 /// when it is not a valid http URL: then anything with `@` before the path counts.
 fn holds_credentials(url: &str) -> bool {
-    if let Ok(u) = reqwest::Url::parse(url)
+    if let Ok(u) = url::Url::parse(url)
         && (!u.username().is_empty() || u.password().is_some())
     {
         return true;
@@ -382,8 +385,13 @@ pub fn describe(s: &SoapSpec) -> String {
         Some(p) => format!(", trusting the CA in {}", p.display()),
         None => String::new(),
     };
+    let empty = if s.accept_empty_2xx {
+        ", an empty 2xx counts as delivered"
+    } else {
+        ""
+    };
     format!(
-        "soap {version} -> {}{auth}{password}{ca}, timeout {}, {} in flight",
+        "soap {version} -> {}{auth}{password}{ca}, timeout {}, {} in flight{empty}",
         s.url,
         humantime::format_duration(s.timeout),
         s.max_in_flight
@@ -430,7 +438,7 @@ pub struct SoapTransport {
     target: String,
     spec: Arc<SoapSpec>,
     /// `Err` if the client could not be built (every delivery then says why).
-    client: Result<reqwest::Client, String>,
+    client: Result<http::Client, String>,
     /// The password, read from `password_file` when the transport starts; while
     /// it cannot be read, every delivery is `Down` saying why and tries again
     /// (fixing the file's owner needs no restart).
@@ -443,7 +451,7 @@ impl SoapTransport {
         SoapTransport {
             target: target.to_string(),
             spec: Arc::new(spec.clone()),
-            client: build_client(spec),
+            client: http::client(spec),
             password: read_password(spec),
         }
     }
@@ -535,33 +543,11 @@ fn wrapping<'a>(spec: &'a SoapSpec, password: Option<&'a Secret>) -> envelope::W
     }
 }
 
-fn build_client(spec: &SoapSpec) -> Result<reqwest::Client, String> {
-    let mut b = reqwest::Client::builder()
-        .http1_only()
-        .timeout(spec.timeout)
-        .connect_timeout(spec.connect_timeout)
-        .pool_max_idle_per_host(spec.max_in_flight)
-        .pool_idle_timeout(Duration::from_secs(50))
-        .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("hms-sync/", env!("CARGO_PKG_VERSION")));
-    if let Some(pem) = &spec.ca_pem {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| format!("ca_file: not a PEM certificate: {e}"))?;
-        b = b.tls_certs_only(certs);
-    }
-    b.build()
-        .map_err(|e| format!("cannot set up the HTTP client: {}", chain(&e)))
-}
-
 /// `Content-Type` and, for 1.1, `SOAPAction` for a connector's action; `Err`
 /// says why the action cannot go in a header (checked by `spec`, so that a
 /// bad action is a config error and never an endless "down").
-fn action_headers(
-    version: SoapVersion,
-    action: &str,
-) -> Result<reqwest::header::HeaderMap, String> {
-    use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+fn action_headers(version: SoapVersion, action: &str) -> Result<hyper::HeaderMap, String> {
+    use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
     if action.contains('"') {
         return Err("must not hold a double quote (`\"`)".into());
     }
@@ -611,11 +597,13 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 async fn send(
-    client: &reqwest::Client,
+    client: &http::Client,
     spec: &SoapSpec,
     password: Option<&Secret>,
     p: &Payload,
 ) -> Outcome {
+    use http_body_util::BodyExt;
+    use hyper::header::{AUTHORIZATION, HeaderValue, USER_AGENT};
     let token = match spec.auth {
         Auth::UsernameToken { .. } => envelope::Token::fresh(),
         _ => envelope::Token::unused(),
@@ -630,9 +618,14 @@ async fn send(
         Ok(b) => b,
         Err(reason) => return Outcome::Rejected { reason },
     };
-    let mut req = client.post(&spec.url).body(body);
+    let mut req = hyper::Request::post(spec.url.as_str())
+        .header(USER_AGENT, concat!("hms-sync/", env!("CARGO_PKG_VERSION")));
     match action_headers(spec.version, &spec.soap_action) {
-        Ok(headers) => req = req.headers(headers),
+        Ok(headers) => {
+            if let Some(h) = req.headers_mut() {
+                h.extend(headers);
+            }
+        }
         Err(e) => {
             return Outcome::Rejected {
                 reason: format!("soap_action: {e}"),
@@ -640,20 +633,40 @@ async fn send(
         }
     }
     if let (Auth::Basic { username }, Some(password)) = (&spec.auth, password) {
-        req = req.basic_auth(username, Some(password.expose()));
+        use base64::Engine as _;
+        let credentials = base64::engine::general_purpose::STANDARD
+            .encode(format!("{username}:{}", password.expose()));
+        if let Ok(mut value) = HeaderValue::from_str(&format!("Basic {credentials}")) {
+            value.set_sensitive(true);
+            req = req.header(AUTHORIZATION, value);
+        }
     }
-    let mut resp = match req.send().await {
+    // A request that cannot be built never reaches the service: not an outage.
+    let req = match req.body(http_body_util::Full::new(hyper::body::Bytes::from(body))) {
         Ok(r) => r,
-        // A request that cannot be built never reaches the service: not an outage.
-        Err(e) if e.is_builder() => {
+        Err(e) => {
             return Outcome::Rejected {
                 reason: format!("cannot build the request: {}", chain(&e)),
             };
         }
-        Err(e) => {
-            let what = if e.is_timeout() {
-                "no answer in time"
-            } else if e.is_connect() {
+    };
+    // `timeout` covers the whole exchange: connecting, sending, the whole answer.
+    let deadline = tokio::time::Instant::now() + spec.timeout;
+    let in_time = || {
+        format!(
+            "no whole answer within {} (timeout)",
+            humantime::format_duration(spec.timeout)
+        )
+    };
+    let resp = match tokio::time::timeout_at(deadline, client.request(req)).await {
+        Ok(Ok(r)) => r,
+        Err(_) => {
+            return Outcome::Down {
+                reason: format!("no answer in time: {}", in_time()),
+            };
+        }
+        Ok(Err(e)) => {
+            let what = if e.is_connect() {
                 "cannot connect"
             } else {
                 "no answer"
@@ -669,11 +682,15 @@ async fn send(
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let mut incoming = resp.into_body();
     let mut answer = Vec::new();
     let mut truncated = false;
     loop {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
+        match tokio::time::timeout_at(deadline, incoming.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                let Ok(chunk) = frame.into_data() else {
+                    continue; // trailers
+                };
                 if answer.len() + chunk.len() > MAX_ANSWER_BYTES {
                     truncated = true;
                     break;
@@ -681,19 +698,31 @@ async fn send(
                 answer.extend_from_slice(&chunk);
             }
             Ok(None) => break,
-            Err(e) => {
-                let what = if e.is_timeout() {
-                    "the answer did not end in time"
-                } else {
-                    "the connection broke during the answer"
-                };
+            Ok(Some(Err(e))) => {
                 return Outcome::Down {
-                    reason: format!("{what} (HTTP {status}): {}", chain(&e)),
+                    reason: format!(
+                        "the connection broke during the answer (HTTP {status}): {}",
+                        chain(&e)
+                    ),
+                };
+            }
+            Err(_) => {
+                return Outcome::Down {
+                    reason: format!(
+                        "the answer did not end in time (HTTP {status}): {}",
+                        in_time()
+                    ),
                 };
             }
         }
     }
-    match answer::classify(status, content_type.as_deref(), &answer, truncated) {
+    match answer::classify(
+        status,
+        content_type.as_deref(),
+        &answer,
+        truncated,
+        spec.accept_empty_2xx,
+    ) {
         answer::Answer::Delivered => Outcome::Delivered,
         answer::Answer::Down(reason) => Outcome::Down { reason },
         answer::Answer::Rejected {

@@ -8,5 +8,6 @@ mod cli;
 mod crash;
 mod durability;
 mod pipeline;
+mod powerfs;
 mod serial;
 mod soap;

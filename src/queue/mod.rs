@@ -536,6 +536,12 @@ impl Queue {
             path: state_dir.to_path_buf(),
             source,
         };
+        if unsafe_skip_fsync() {
+            tracing::warn!(
+                "HMS_SYNC_UNSAFE_SKIP_FSYNC=1: the queue does NOT fsync its store before answering; \
+                 accepted changes can be lost on a power cut. For the power-loss test only, never in production"
+            );
+        }
         let db = sled::Config::new()
             .path(state_dir)
             .cache_capacity(cache_mib.max(1) * 1024 * 1024)
@@ -589,10 +595,12 @@ impl Queue {
             return Ok(());
         }
         self.db.flush()?;
-        self.db_file.sync_all().map_err(|source| QueueError::Sync {
-            path: self.db_path.clone(),
-            source,
-        })?;
+        if !unsafe_skip_fsync() {
+            self.db_file.sync_all().map_err(|source| QueueError::Sync {
+                path: self.db_path.clone(),
+                source,
+            })?;
+        }
         self.dirty = false;
         Ok(())
     }
@@ -1180,6 +1188,14 @@ impl Queue {
 }
 
 /// Free bytes for unprivileged writers on the filesystem holding `path`.
+/// Test-only switch (`HMS_SYNC_UNSAFE_SKIP_FSYNC=1`): [`Queue::commit`] skips its
+/// fsync of the store, so that the power-loss test can show that it catches a
+/// store that answers before its data is durable.
+fn unsafe_skip_fsync() -> bool {
+    static SKIP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SKIP.get_or_init(|| std::env::var_os("HMS_SYNC_UNSAFE_SKIP_FSYNC").is_some_and(|v| v == "1"))
+}
+
 fn free_bytes(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;

@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod durability;
 mod pipeline;
+mod power_loss;
 mod powerfs;
 mod serial;
 mod soap;

@@ -151,6 +151,11 @@ struct State {
     stats: FsStats,
 }
 
+/// `HMS_POWERFS_LOG=1` prints what each cut takes back.
+fn verbose() -> bool {
+    std::env::var_os("HMS_POWERFS_LOG").is_some_and(|v| v == "1")
+}
+
 fn errno(e: &io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
 }
@@ -383,6 +388,16 @@ impl State {
                 continue;
             };
             report.files_rolled_back += 1;
+            if verbose() {
+                let bytes: usize = undos.iter().map(|u| u.old.len()).sum();
+                eprintln!(
+                    "powerfs cut: {} rolled back: {} writes, {bytes} old bytes restored, length {} -> {}",
+                    self.shown(&path),
+                    undos.len(),
+                    fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+                    undos.first().map(|u| u.old_len).unwrap_or(0)
+                );
+            }
             for u in undos.iter().rev() {
                 report.writes_undone += 1;
                 let _ = file.set_len(u.old_len);
@@ -392,6 +407,9 @@ impl State {
         // 2. Name changes that are not durable, newest first.
         for p in std::mem::take(&mut self.log).into_iter().rev() {
             report.names_undone += 1;
+            if verbose() {
+                eprintln!("powerfs cut: undo {}", self.describe(&p.op));
+            }
             match p.op {
                 NsOp::Create { dir, name, ino } => {
                     if let Some(path) = self.path(dir).map(|d| d.join(&name)) {
@@ -478,6 +496,43 @@ impl State {
         // so that no file stays open on a file the cut removed.
         self.handles.clear();
         report
+    }
+
+    /// A backing path as the mount shows it, for messages.
+    fn shown(&self, path: &Path) -> String {
+        match path.strip_prefix(&self.data) {
+            Ok(rel) => format!("/{}", rel.display()),
+            Err(_) => format!("(removed) {}", path.display()),
+        }
+    }
+
+    fn describe(&self, op: &NsOp) -> String {
+        let at = |dir: u64, name: &OsStr| {
+            self.path(dir)
+                .map(|d| self.shown(&d.join(name)))
+                .unwrap_or_else(|| format!("?/{}", name.to_string_lossy()))
+        };
+        match op {
+            NsOp::Create { dir, name, .. } => format!("create {}", at(*dir, name)),
+            NsOp::Unlink { dir, name, .. } => format!("remove {}", at(*dir, name)),
+            NsOp::Rename {
+                from_dir,
+                from_name,
+                to_dir,
+                to_name,
+                replaced,
+                ..
+            } => format!(
+                "rename {} -> {}{}",
+                at(*from_dir, from_name),
+                at(*to_dir, to_name),
+                if replaced.is_some() {
+                    " (replacing)"
+                } else {
+                    ""
+                }
+            ),
+        }
     }
 
     fn new_fh(&mut self, h: Handle) -> u64 {
@@ -624,6 +679,50 @@ impl Filesystem for Ops {
             .mode(mode & !umask & 0o7777)
             .create(&path)
             .and_then(|()| fs::symlink_metadata(&path));
+        match made {
+            Ok(m) => {
+                let ino = s.register(parent.0, name, &m);
+                s.log(NsOp::Create {
+                    dir: parent.0,
+                    name: name.to_os_string(),
+                    ino,
+                });
+                reply.entry(&TTL, &attr(ino, &m), Generation(0));
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// Socket nodes only: the daemon binds its control socket in `state_dir`.
+    /// The kernel keeps the binding on its inode; the node is a name like any
+    /// other (durable once its folder is fsynced).
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let mut s = on_or_reply!(self, reply);
+        if mode & libc::S_IFMT != libc::S_IFSOCK {
+            return reply.error(Errno::EPERM);
+        }
+        let path = match s.child(parent.0, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let made = (|| -> io::Result<fs::Metadata> {
+            let c = CString::new(path.as_os_str().as_bytes())?;
+            // SAFETY: a valid NUL-terminated path.
+            if unsafe { libc::mknod(c.as_ptr(), libc::S_IFSOCK | (mode & !umask & 0o7777), 0) } != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            fs::symlink_metadata(&path)
+        })();
         match made {
             Ok(m) => {
                 let ino = s.register(parent.0, name, &m);

@@ -425,8 +425,12 @@ pub struct Verdict {
     pub went_back: usize,
     /// Rows written after a kill with less than what was accepted before it.
     pub below_kill: usize,
-    /// Rows that repeat a delivery id already delivered (at-least-once repeats).
+    /// Rows that repeat a delivery id already delivered for the same key
+    /// (at-least-once repeats; a repeat may carry a newer value merged in).
     pub repeats: usize,
+    /// Rows whose delivery id was delivered before for another key: a legacy
+    /// system that drops repeats by id would drop this change.
+    pub reused_ids: usize,
 }
 
 /// Checks (a), (b) and (d) on the outbox rows against the writers' ledger;
@@ -439,12 +443,20 @@ pub fn check_rows(
     problems: &mut Vec<String>,
 ) -> Verdict {
     let mut v = Verdict::default();
-    let mut ids = std::collections::HashSet::new();
+    let mut ids: HashMap<&str, &Row> = HashMap::new();
     // (b) per key, N never goes backwards in delivery order.
     let mut last: BTreeMap<&str, &Row> = BTreeMap::new();
     for row in rows {
-        if !ids.insert(row.delivery_id.as_str()) {
-            v.repeats += 1;
+        match ids.insert(row.delivery_id.as_str(), row) {
+            Some(first) if first.key == row.key => v.repeats += 1,
+            Some(first) => {
+                v.reused_ids += 1;
+                problems.push(format!(
+                    "delivery id {} reused: key {} v{} in {}, but key {} v{} in {}",
+                    row.delivery_id, row.key, row.n, row.file, first.key, first.n, first.file
+                ));
+            }
+            None => {}
         }
         let sent = ledger.sent.get(&row.key).copied().unwrap_or(0);
         if row.n > sent {

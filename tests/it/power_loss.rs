@@ -386,7 +386,8 @@ fn power_cuts_under_load_lose_no_acknowledged_change() {
          acknowledged: {} changes ({} records; {} files left the inbox), unanswered {}, \
          busy/retry answers {}\n  \
          delivered {} rows in {} files; lost (records whose acked version is missing): {}; \
-         went back: {}; below an earlier ack: {}; repeats: {}\n  \
+         went back: {}; below an earlier ack: {}; repeats: {}; delivery ids reused for \
+         another record: {}\n  \
          outbox files changed after seen: {}; seen then taken back by a cut: {}\n  \
          restart failures: {}; restart time median {:.2} s, max {:.2} s\n  \
          file system: {} writes, {} fsyncs, {} folder fsyncs; cuts took back {} writes in {} \
@@ -407,6 +408,7 @@ fn power_cuts_under_load_lose_no_acknowledged_change() {
         v.went_back,
         v.below_kill,
         v.repeats,
+        v.reused_ids,
         seen.changed.len(),
         seen.vanished_total,
         usize::from(restart_failure.is_some()),
@@ -426,7 +428,8 @@ fn power_cuts_under_load_lose_no_acknowledged_change() {
     // One line for bench/power-loss.sh.
     eprintln!(
         "power-loss summary: records={records} order={order} seed={seed} cuts={cuts_done} \
-         acked={} lost={} went_back={} repeats={} changed_files={} restart_failures={}",
+         acked={} lost={} went_back={} repeats={} reused_ids={} changed_files={} \
+         restart_failures={}",
         ledger.accepted_changes,
         if restart_failure.is_some() {
             "?".to_string()
@@ -435,9 +438,11 @@ fn power_cuts_under_load_lose_no_acknowledged_change() {
         },
         v.went_back + v.below_kill,
         v.repeats,
+        v.reused_ids,
         seen.changed.len(),
         usize::from(restart_failure.is_some()),
     );
+    drop(ledger);
     if let Some((cut, e)) = restart_failure {
         panic!(
             "the daemon did not come back after power cut #{cut} of {cuts} \

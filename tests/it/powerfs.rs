@@ -25,6 +25,9 @@
 //! - **Nothing cached.** No writeback cache, every open replies `FOPEN_DIRECT_IO`,
 //!   and entries and attributes have a zero TTL: after a cut every read comes
 //!   from the backing folder.
+//! - **Diagnostic mode.** `HMS_POWERFS_NAMES=at-once` makes every name change
+//!   durable at once (file data still needs its fsync), like LazyFS: it tells
+//!   lost data from lost names. The tests run strict.
 //! - **A dead disk.** After `cut()` every operation fails with EIO until
 //!   [`PowerFs::power_on`], so a process that still runs (the daemon, when the
 //!   power is cut before it is killed) cannot write after the cut.
@@ -148,6 +151,9 @@ struct State {
     log: Vec<Pending>,
     grave_seq: u64,
     powered: bool,
+    /// Diagnostic mode: name changes are durable at once (data still needs
+    /// fsync), as under LazyFS; separates lost data from lost names.
+    names_at_once: bool,
     stats: FsStats,
 }
 
@@ -305,6 +311,9 @@ impl State {
     }
 
     fn log(&mut self, op: NsOp) {
+        if self.names_at_once {
+            return;
+        }
         let needs = match &op {
             NsOp::Create { dir, .. } | NsOp::Unlink { dir, .. } => HashSet::from([*dir]),
             NsOp::Rename {
@@ -1211,6 +1220,7 @@ impl PowerFs {
             log: Vec::new(),
             grave_seq: 0,
             powered: true,
+            names_at_once: std::env::var_os("HMS_POWERFS_NAMES").is_some_and(|v| v == "at-once"),
             stats: FsStats::default(),
         }));
         let mut config = Config::default();
@@ -1400,7 +1410,7 @@ fn a_cut_keeps_exactly_what_was_fsynced() {
     fs::create_dir(root.join("f")).unwrap();
     write_synced(&root.join("f/x"), b"x");
     sync_dir(&root.join("f"));
-    fs::remove_dir(&e.join("moved")).unwrap_err();
+    fs::remove_dir(e.join("moved")).unwrap_err();
     fs::remove_file(e.join("moved")).unwrap();
     fs::remove_file(e.join("durable")).unwrap();
     fs::remove_dir(&e).unwrap();

@@ -3,8 +3,10 @@
 //! `<target>-<number, 12 digits>.<ext>` so that names sort in delivery order.
 //!
 //! **Invariants:** a file appears whole or not at all; numbers only grow, also
-//! across restarts (the last one used is kept in `<outbox>/.<target>.last`, and
-//! the folder's own names are checked too); any I/O failure is an outage.
+//! across restarts and power cuts (the last one used is kept in
+//! `<outbox>/.<target>.last`, made durable before a file appears under it, and
+//! the folder's own names are checked too); any I/O failure is an outage. Temp
+//! files that a crash left behind are removed when the transport starts.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -34,6 +36,7 @@ impl FileTransport {
         batch_window: Duration,
         translator: &Translator,
     ) -> Self {
+        remove_leftover_temps(&dir, target, translator.file_extension());
         FileTransport {
             target: target.to_string(),
             dir,
@@ -74,6 +77,37 @@ impl FileTransport {
             Err(e) => Outcome::Down {
                 reason: format!("file writer task failed: {e}"),
             },
+        }
+    }
+}
+
+/// Removes `.<target>-<n>.<ext>.tmp` and `.<target>.last.tmp`: temp files of a
+/// write that a crash or power cut interrupted (never visible under a delivery
+/// name, never reused). Errors are ignored: a missing outbox is an outage that
+/// the first delivery reports.
+fn remove_leftover_temps(dir: &Path, target: &str, extension: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let marker_tmp = format!(".{target}.last.tmp");
+    let prefix = format!(".{target}-");
+    let suffix = format!(".{extension}.tmp");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let batch_tmp = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(&suffix))
+            .is_some_and(|n| n.len() == 12 && n.bytes().all(|b| b.is_ascii_digit()));
+        if batch_tmp || name == marker_tmp {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %entry.path().display(), "removed a temp file left by a crash")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a temp file left by a crash")
+                }
+            }
         }
     }
 }
@@ -145,12 +179,21 @@ fn write_batch(
         let _ = fs::remove_file(&tmp);
         return (None, Err(e));
     }
-    // Reserve the number before the file appears under it.
+    // Reserve the number, durably, before the file appears under it: a power
+    // cut between the rename below and the folder's fsync takes the file back
+    // (the importer may have seen it), and its number must not come back with
+    // other content.
     let marker = marker_path(dir, target);
     let marker_tmp = dir.join(format!(".{target}.last.tmp"));
-    let reserved = write_synced(&marker_tmp, number.to_string().as_bytes()).and_then(|()| {
-        fs::rename(&marker_tmp, &marker).map_err(|e| fail("rename into", &marker, e))
-    });
+    let reserved = write_synced(&marker_tmp, number.to_string().as_bytes())
+        .and_then(|()| {
+            fs::rename(&marker_tmp, &marker).map_err(|e| fail("rename into", &marker, e))
+        })
+        .and_then(|()| {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| fail("fsync folder", dir, e))
+        });
     if let Err(e) = reserved {
         let _ = fs::remove_file(&tmp);
         let _ = fs::remove_file(&marker_tmp);
@@ -231,6 +274,31 @@ mod tests {
         let mut t = transport(tmp.path());
         assert_eq!(t.deliver(&[payload("out:3")]).await, Outcome::Delivered);
         assert!(tmp.path().join("out-000000000004.csv").is_file());
+    }
+
+    #[tokio::test]
+    async fn temp_files_left_by_a_crash_are_removed_at_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let left = [".out-000000000007.csv.tmp", ".out.last.tmp"];
+        let kept = [
+            ".out.last",
+            "out-000000000006.csv",
+            ".other-000000000007.csv.tmp",
+            ".out-7.csv.tmp",
+            "notes.tmp",
+        ];
+        for name in left.iter().chain(&kept) {
+            fs::write(tmp.path().join(name), "6").unwrap();
+        }
+        let mut t = transport(tmp.path());
+        for name in left {
+            assert!(!tmp.path().join(name).exists(), "{name} was left");
+        }
+        for name in kept {
+            assert!(tmp.path().join(name).exists(), "{name} was removed");
+        }
+        assert_eq!(t.deliver(&[payload("out:1")]).await, Outcome::Delivered);
+        assert!(tmp.path().join("out-000000000007.csv").is_file());
     }
 
     #[tokio::test]

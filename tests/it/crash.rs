@@ -17,6 +17,10 @@
 //!
 //! `HMS_CRASH_CYCLES` raises the number of kills (default 50); `HMS_CRASH_SEED`
 //! fixes the writers' random choices.
+//!
+//! The writers, the outbox reader and the checks are shared with the power-loss
+//! test (`power_loss.rs`), which runs the same load on a file system that loses
+//! what was not fsynced.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
@@ -31,7 +35,7 @@ use serde_json::json;
 use crate::harness::*;
 
 const TARGET: &str = "crash";
-const COLUMNS: &[&str] = &["permit_number", "status"];
+pub const COLUMNS: &[&str] = &["permit_number", "status"];
 const SOCKET_WRITERS: usize = 4;
 const KEYS_PER_WRITER: usize = 5;
 const FILE_KEYS: usize = 10;
@@ -39,23 +43,23 @@ const MAX_PIPELINE: usize = 40;
 
 /// What the writers know: the highest N accepted and sent per key.
 #[derive(Default)]
-struct Ledger {
-    accepted: HashMap<String, u64>,
-    sent: HashMap<String, u64>,
-    accepted_changes: u64,
-    sent_changes: u64,
+pub struct Ledger {
+    pub accepted: HashMap<String, u64>,
+    pub sent: HashMap<String, u64>,
+    pub accepted_changes: u64,
+    pub sent_changes: u64,
     /// Things that must never happen (a bad-line answer, a rejected file).
-    anomalies: Vec<String>,
+    pub anomalies: Vec<String>,
 }
 
 impl Ledger {
-    fn sent(&mut self, key: &str, n: u64) {
+    pub fn sent(&mut self, key: &str, n: u64) {
         self.sent_changes += 1;
         let e = self.sent.entry(key.to_string()).or_default();
         *e = (*e).max(n);
     }
 
-    fn accepted(&mut self, key: &str, n: u64) {
+    pub fn accepted(&mut self, key: &str, n: u64) {
         self.accepted_changes += 1;
         let e = self.accepted.entry(key.to_string()).or_default();
         *e = (*e).max(n);
@@ -63,17 +67,17 @@ impl Ledger {
 }
 
 #[derive(Default)]
-struct Shared {
-    ledger: Mutex<Ledger>,
-    stop: AtomicBool,
-    connects: AtomicU64,
-    unanswered: AtomicU64,
-    retry_answers: AtomicU64,
-    files_accepted: AtomicU64,
+pub struct Shared {
+    pub ledger: Mutex<Ledger>,
+    pub stop: AtomicBool,
+    pub connects: AtomicU64,
+    pub unanswered: AtomicU64,
+    pub retry_answers: AtomicU64,
+    pub files_accepted: AtomicU64,
 }
 
 /// Stops the writer threads however the test ends.
-struct StopOnDrop(Arc<Shared>);
+pub struct StopOnDrop(pub Arc<Shared>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
@@ -91,10 +95,16 @@ fn connect(path: &Path) -> std::io::Result<(UnixStream, BufReader<UnixStream>)> 
 }
 
 /// Pipelines windows of envelopes for its own keys, reconnecting after crashes.
-fn socket_writer(shared: Arc<Shared>, socket: PathBuf, w: usize, seed: u64) {
+/// Each key's counter starts after `first` (what an earlier phase already sent).
+pub fn socket_writer(
+    shared: Arc<Shared>,
+    socket: PathBuf,
+    keys: Vec<String>,
+    first: u64,
+    seed: u64,
+) {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let keys: Vec<String> = (0..KEYS_PER_WRITER).map(|j| format!("s{w}-{j}")).collect();
-    let mut next = vec![0u64; keys.len()];
+    let mut next = vec![first; keys.len()];
     let mut conn: Option<(UnixStream, BufReader<UnixStream>)> = None;
     while !shared.stop.load(Relaxed) {
         let Some((stream, reader)) = conn.as_mut() else {
@@ -163,13 +173,19 @@ fn socket_writer(shared: Arc<Shared>, socket: PathBuf, w: usize, seed: u64) {
     }
 }
 
-/// Drops 1–3 files at a time (disjoint keys), then waits until each has left
-/// the inbox before touching those keys again: the order of files dropped
-/// together is not specified, the order of a key's changes must be.
-fn file_dropper(shared: Arc<Shared>, inbox: PathBuf, seed: u64) {
+/// Drops 1–3 files at a time (disjoint keys) with `drop`, then waits until each
+/// has left the inbox before touching those keys again: the order of files
+/// dropped together is not specified, the order of a key's changes must be.
+pub fn file_dropper(
+    shared: Arc<Shared>,
+    inbox: PathBuf,
+    keys: Vec<String>,
+    first: u64,
+    seed: u64,
+    drop: fn(&Path, &str, &[u8]),
+) {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let keys: Vec<String> = (0..FILE_KEYS).map(|j| format!("f-{j}")).collect();
-    let mut next = vec![0u64; keys.len()];
+    let mut next = vec![first; keys.len()];
     let mut file_no = 0u64;
     let mut waiting: Vec<(String, Vec<(usize, u64)>)> = Vec::new();
     let mut stopping_since: Option<Instant> = None;
@@ -199,7 +215,7 @@ fn file_dropper(shared: Arc<Shared>, inbox: PathBuf, seed: u64) {
                 }
                 file_no += 1;
                 let name = format!("d{file_no:06}.json");
-                drop_into(
+                drop(
                     &inbox,
                     &name,
                     serde_json::to_string(&docs).unwrap().as_bytes(),
@@ -209,16 +225,22 @@ fn file_dropper(shared: Arc<Shared>, inbox: PathBuf, seed: u64) {
         }
         std::thread::sleep(Duration::from_millis(5));
         waiting.retain(|(name, records)| {
-            if inbox.join(name).symlink_metadata().is_ok() {
+            // Only "not found" means gone: a disk without power (the power-loss
+            // test) fails every look with EIO.
+            let here = |p: &Path| match p.symlink_metadata() {
+                Ok(_) => Some(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(false),
+                Err(_) => None,
+            };
+            if here(&inbox.join(name)) != Some(false) {
                 return true;
             }
+            let rejected = match here(&inbox.join(".rejected").join(name)) {
+                Some(r) => r,
+                None => return true,
+            };
             let mut ledger = shared.ledger.lock().unwrap();
-            if inbox
-                .join(".rejected")
-                .join(name)
-                .symlink_metadata()
-                .is_ok()
-            {
+            if rejected {
                 ledger.anomalies.push(format!(
                     "{name} was rejected: {}",
                     std::fs::read_to_string(inbox.join(".rejected").join(format!("{name}.error")))
@@ -246,34 +268,35 @@ fn file_dropper(shared: Arc<Shared>, inbox: PathBuf, seed: u64) {
 }
 
 /// One data row of the outbox: where it came from and the key's counter.
-struct Row {
-    file: String,
-    file_no: u64,
-    delivery_id: String,
-    key: String,
-    n: u64,
+pub struct Row {
+    pub file: String,
+    pub file_no: u64,
+    pub delivery_id: String,
+    pub key: String,
+    pub n: u64,
 }
 
-/// `crash-000000000042.csv` -> 42.
-fn file_number(name: &str) -> Option<u64> {
+/// `crash-000000000042.csv` -> 42 (for the target `crash`).
+pub fn file_number(target: &str, name: &str) -> Option<u64> {
     let n = name
-        .strip_prefix(&format!("{TARGET}-"))?
+        .strip_prefix(&format!("{target}-"))?
         .strip_suffix(".csv")?;
     (n.len() == 12 && n.bytes().all(|b| b.is_ascii_digit())).then(|| n.parse().ok())?
 }
 
 /// The highest delivery file number in the outbox (0: none yet).
-fn highest_file_number(dir: &Path) -> u64 {
+pub fn highest_file_number(dir: &Path, target: &str) -> u64 {
     std::fs::read_dir(dir)
         .unwrap()
         .flatten()
-        .filter_map(|e| file_number(&e.file_name().to_string_lossy()))
+        .filter_map(|e| file_number(target, &e.file_name().to_string_lossy()))
         .max()
         .unwrap_or(0)
 }
 
-/// Checks (c) on every outbox file and returns the rows in delivery order.
-fn read_outbox(dir: &Path, problems: &mut Vec<String>) -> (Vec<Row>, usize) {
+/// Checks (c) on every outbox file of `target` and returns the rows in
+/// delivery order.
+pub fn read_outbox(dir: &Path, target: &str, problems: &mut Vec<String>) -> (Vec<Row>, usize) {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
@@ -293,7 +316,7 @@ fn read_outbox(dir: &Path, problems: &mut Vec<String>) -> (Vec<Row>, usize) {
             // kill interrupted.
             continue;
         }
-        let Some(file_no) = file_number(&name) else {
+        let Some(file_no) = file_number(target, &name) else {
             problems.push(format!(
                 "outbox holds {name:?}, visible to the legacy system but not a delivery file"
             ));
@@ -357,6 +380,150 @@ fn read_outbox(dir: &Path, problems: &mut Vec<String>) -> (Vec<Row>, usize) {
     (rows, files)
 }
 
+/// What had been accepted at each kill (or power cut), kept as the changes
+/// since the previous one, and the last delivery file that existed then.
+#[derive(Default)]
+pub struct Kills {
+    /// Per kill: the highest delivery file number left after it.
+    pub last_files: Vec<u64>,
+    /// Per key: (kill index, accepted N) whenever it grew.
+    floors: HashMap<String, Vec<(usize, u64)>>,
+    seen: HashMap<String, u64>,
+}
+
+impl Kills {
+    pub fn record(&mut self, last_file: u64, accepted: &HashMap<String, u64>) {
+        let c = self.last_files.len();
+        self.last_files.push(last_file);
+        for (key, &n) in accepted {
+            if self.seen.get(key) != Some(&n) {
+                self.seen.insert(key.clone(), n);
+                self.floors.entry(key.clone()).or_default().push((c, n));
+            }
+        }
+    }
+
+    /// The N accepted for `key` by kill `c`.
+    fn floor(&self, key: &str, c: usize) -> u64 {
+        let Some(f) = self.floors.get(key) else {
+            return 0;
+        };
+        match f.partition_point(|&(at, _)| at <= c) {
+            0 => 0,
+            i => f[i - 1].1,
+        }
+    }
+}
+
+/// What [`check_rows`] found, by kind.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// Keys whose last delivered N is below their latest accepted N (or
+    /// that got nothing): acknowledged changes lost.
+    pub lost: usize,
+    /// Rows whose N is below an earlier row of the same key.
+    pub went_back: usize,
+    /// Rows written after a kill with less than what was accepted before it.
+    pub below_kill: usize,
+    /// Rows that repeat a delivery id already delivered for the same key
+    /// (at-least-once repeats; a repeat may carry a newer value merged in).
+    pub repeats: usize,
+    /// Rows whose delivery id was delivered before for another key: a legacy
+    /// system that drops repeats by id would drop this change.
+    pub reused_ids: usize,
+}
+
+/// Checks (a), (b) and (d) on the outbox rows against the writers' ledger;
+/// `what` names a kill in messages ("kill", "power cut").
+pub fn check_rows(
+    rows: &[Row],
+    ledger: &Ledger,
+    kills: &Kills,
+    what: &str,
+    problems: &mut Vec<String>,
+) -> Verdict {
+    let mut v = Verdict::default();
+    let mut ids: HashMap<&str, &Row> = HashMap::new();
+    // (b) per key, N never goes backwards in delivery order.
+    let mut last: BTreeMap<&str, &Row> = BTreeMap::new();
+    for row in rows {
+        match ids.insert(row.delivery_id.as_str(), row) {
+            Some(first) if first.key == row.key => v.repeats += 1,
+            Some(first) => {
+                v.reused_ids += 1;
+                problems.push(format!(
+                    "delivery id {} reused: key {} v{} in {}, but key {} v{} in {}",
+                    row.delivery_id, row.key, row.n, row.file, first.key, first.n, first.file
+                ));
+            }
+            None => {}
+        }
+        let sent = ledger.sent.get(&row.key).copied().unwrap_or(0);
+        if row.n > sent {
+            problems.push(format!(
+                "{} ({}): key {} v{} was never sent (highest sent v{sent})",
+                row.file, row.delivery_id, row.key, row.n
+            ));
+        }
+        if let Some(prev) = last.get(row.key.as_str())
+            && row.n < prev.n
+        {
+            v.went_back += 1;
+            problems.push(format!(
+                "key {} went back: v{} in {} ({}) after v{} in {} ({})",
+                row.key, row.n, row.file, row.delivery_id, prev.n, prev.file, prev.delivery_id
+            ));
+        }
+        last.insert(&row.key, row);
+    }
+    // (d) what was accepted before a kill is in every row written after it: the
+    // restarted daemon's state never starts below an acknowledged value.
+    for row in rows {
+        let Some(c) = kills
+            .last_files
+            .iter()
+            .rposition(|last| *last < row.file_no)
+        else {
+            continue;
+        };
+        let accepted = kills.floor(&row.key, c);
+        if row.n < accepted {
+            v.below_kill += 1;
+            problems.push(format!(
+                "key {}: v{} in {} ({}), written after {what} #{}, but v{accepted} had been \
+                 accepted before it",
+                row.key,
+                row.n,
+                row.file,
+                row.delivery_id,
+                c + 1
+            ));
+        }
+    }
+    // (a) the last row of every key holds at least its latest accepted value.
+    let mut keys: Vec<(&String, &u64)> = ledger.accepted.iter().collect();
+    keys.sort();
+    for (key, &accepted) in keys {
+        match last.get(key.as_str()) {
+            None => {
+                v.lost += 1;
+                problems.push(format!(
+                    "key {key}: v{accepted} was accepted but nothing was delivered"
+                ))
+            }
+            Some(row) if row.n < accepted => {
+                v.lost += 1;
+                problems.push(format!(
+                    "key {key}: last delivered v{} in {} ({}), but v{accepted} was accepted",
+                    row.n, row.file, row.delivery_id
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    v
+}
+
 #[test]
 fn sigkill_under_load_loses_no_accepted_change_and_never_goes_back() {
     let cycles: usize = std::env::var("HMS_CRASH_CYCLES")
@@ -388,21 +555,27 @@ fn sigkill_under_load_loses_no_accepted_change_and_never_goes_back() {
     let mut threads = Vec::new();
     for w in 0..SOCKET_WRITERS {
         let (s, path, seed) = (shared.clone(), d.socket(), rng.u64(..));
-        threads.push(std::thread::spawn(move || socket_writer(s, path, w, seed)));
+        let keys = (0..KEYS_PER_WRITER).map(|j| format!("s{w}-{j}")).collect();
+        threads.push(std::thread::spawn(move || {
+            socket_writer(s, path, keys, 0, seed)
+        }));
     }
     let dropper = {
         let (s, inbox, seed) = (shared.clone(), d.inbox(), rng.u64(..));
-        std::thread::spawn(move || file_dropper(s, inbox, seed))
+        let keys = (0..FILE_KEYS).map(|j| format!("f-{j}")).collect();
+        std::thread::spawn(move || file_dropper(s, inbox, keys, 0, seed, drop_into))
     };
 
     // Per kill: the last file the killed daemon wrote, and what had been
     // accepted by then (a lower bound: answers may still sit unread in sockets).
-    let mut kills: Vec<(u64, HashMap<String, u64>)> = Vec::new();
+    let mut kills = Kills::default();
     for _ in 0..cycles {
         std::thread::sleep(Duration::from_millis(rng.u64(20..=300)));
         d.kill9();
-        let accepted = shared.ledger.lock().unwrap().accepted.clone();
-        kills.push((highest_file_number(&d.outbox(TARGET)), accepted));
+        kills.record(
+            highest_file_number(&d.outbox(TARGET), TARGET),
+            &shared.ledger.lock().unwrap().accepted,
+        );
         d.restart();
     }
     // A last stretch with a live daemon, then the writers stop.
@@ -420,64 +593,10 @@ fn sigkill_under_load_loses_no_accepted_change_and_never_goes_back() {
     });
 
     let mut problems = Vec::new();
-    let (rows, files) = read_outbox(&d.outbox(TARGET), &mut problems);
+    let (rows, files) = read_outbox(&d.outbox(TARGET), TARGET, &mut problems);
     let ledger = shared.ledger.lock().unwrap();
     problems.extend(ledger.anomalies.iter().cloned());
-
-    // (b) per key, N never goes backwards in delivery order.
-    let mut last: BTreeMap<&str, &Row> = BTreeMap::new();
-    for row in &rows {
-        let sent = ledger.sent.get(&row.key).copied().unwrap_or(0);
-        if row.n > sent {
-            problems.push(format!(
-                "{} ({}): key {} v{} was never sent (highest sent v{sent})",
-                row.file, row.delivery_id, row.key, row.n
-            ));
-        }
-        if let Some(prev) = last.get(row.key.as_str())
-            && row.n < prev.n
-        {
-            problems.push(format!(
-                "key {} went back: v{} in {} ({}) after v{} in {} ({})",
-                row.key, row.n, row.file, row.delivery_id, prev.n, prev.file, prev.delivery_id
-            ));
-        }
-        last.insert(&row.key, row);
-    }
-    // (d) what was accepted before a kill is in every row written after it: the
-    // restarted daemon's state never starts below an acknowledged value.
-    for row in &rows {
-        let Some(c) = kills.iter().rposition(|(last, _)| *last < row.file_no) else {
-            continue;
-        };
-        let accepted = kills[c].1.get(&row.key).copied().unwrap_or(0);
-        if row.n < accepted {
-            problems.push(format!(
-                "key {}: v{} in {} ({}), written after kill #{}, but v{accepted} had been \
-                 accepted before that kill",
-                row.key,
-                row.n,
-                row.file,
-                row.delivery_id,
-                c + 1
-            ));
-        }
-    }
-    // (a) the last row of every key holds at least its latest accepted value.
-    let mut keys: Vec<(&String, &u64)> = ledger.accepted.iter().collect();
-    keys.sort();
-    for (key, &accepted) in keys {
-        match last.get(key.as_str()) {
-            None => problems.push(format!(
-                "key {key}: v{accepted} was accepted but nothing was delivered"
-            )),
-            Some(row) if row.n < accepted => problems.push(format!(
-                "key {key}: last delivered v{} in {} ({}), but v{accepted} was accepted",
-                row.n, row.file, row.delivery_id
-            )),
-            Some(_) => {}
-        }
-    }
+    check_rows(&rows, &ledger, &kills, "kill", &mut problems);
 
     let log = d.log();
     if log.contains("panicked") {
@@ -549,7 +668,7 @@ fn pipelined_changes_of_one_record_apply_in_line_order() {
             st["pending"] == 0 && st["in_flight"] == 0
         });
         let mut problems = Vec::new();
-        let (rows, _) = read_outbox(&d.outbox(TARGET), &mut problems);
+        let (rows, _) = read_outbox(&d.outbox(TARGET), TARGET, &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
         let last = rows.last().map(|r| r.n);
         if last != Some(n) {
@@ -559,7 +678,7 @@ fn pipelined_changes_of_one_record_apply_in_line_order() {
         }
     }
     let mut problems = Vec::new();
-    let (rows, _) = read_outbox(&d.outbox(TARGET), &mut problems);
+    let (rows, _) = read_outbox(&d.outbox(TARGET), TARGET, &mut problems);
     let seen: Vec<u64> = rows.iter().map(|r| r.n).collect();
     let backwards = seen.windows(2).filter(|w| w[1] < w[0]).count();
     assert!(

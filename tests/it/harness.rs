@@ -182,6 +182,37 @@ impl TestDaemon {
         );
     }
 
+    /// Restarts after a kill like [`TestDaemon::restart`], but reports instead of
+    /// panicking when the daemon exits or does not log `ready` in time (the
+    /// power-loss test counts such failures).
+    pub fn try_restart(&mut self, timeout: Duration) -> Result<(), String> {
+        let before = self.ready_count();
+        self.launch();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.ready_count() > before {
+                return Ok(());
+            }
+            let gone = self.child.as_ref().is_some_and(exited);
+            if gone || Instant::now() > deadline {
+                self.kill9();
+                let log = self.log();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(format!(
+                    "{} (last lines of the log:)\n{}",
+                    if gone {
+                        "the daemon exited before it was ready"
+                    } else {
+                        "the daemon was not ready in time"
+                    },
+                    tail.join("\n")
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Writes a file into the inbox the safe way (temp name, then rename).
     pub fn drop_file(&self, name: &str, contents: &[u8]) {
         drop_into(&self.inbox(), name, contents);

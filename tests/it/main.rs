@@ -8,6 +8,8 @@ mod cli;
 mod crash;
 mod durability;
 mod pipeline;
+mod power_loss;
+mod powerfs;
 mod serial;
 mod soap;
 mod store;

@@ -512,7 +512,7 @@ fn restart(args: &Args) {
         if first_ms.is_none() && has_delivery(&outbox) {
             first_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
         }
-        if ready_ms.is_none() && polls % 5 == 0 {
+        if ready_ms.is_none() && polls.is_multiple_of(5) {
             let text = std::fs::read(&log_path).unwrap_or_default();
             let new =
                 String::from_utf8_lossy(&text[(log_len as usize).min(text.len())..]).into_owned();

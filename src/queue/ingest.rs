@@ -133,27 +133,27 @@ pub(super) fn enqueue(
             return Ok(());
         }
     }
-    if let Some(seq) = entry.waiting_for(name) {
-        if !target.in_flight.contains_key(&seq) {
-            let pkey = pending_key(name, seq);
-            if let Some(bytes) = txn.get_delta(name, seq)? {
-                let mut queued = codec::decode_queued(seq, &bytes).map_err(decode_err(&pkey))?;
-                c.pending_bytes = c.pending_bytes.saturating_sub(bytes.len() as u64);
-                match diff::merge(queued.delta, delta) {
-                    Some(merged) => {
-                        queued.delta = merged;
-                        let encoded = codec::encode_queued(&queued);
-                        c.pending_bytes += encoded.len() as u64;
-                        txn.put_delta(name, seq, encoded)?;
-                    }
-                    None => {
-                        txn.remove_delta(name, seq)?;
-                        entry.set_waiting(name, None);
-                        c.pending = c.pending.saturating_sub(1);
-                    }
+    if let Some(seq) = entry.waiting_for(name)
+        && !target.in_flight.contains_key(&seq)
+    {
+        let pkey = pending_key(name, seq);
+        if let Some(bytes) = txn.get_delta(name, seq)? {
+            let mut queued = codec::decode_queued(seq, &bytes).map_err(decode_err(&pkey))?;
+            c.pending_bytes = c.pending_bytes.saturating_sub(bytes.len() as u64);
+            match diff::merge(queued.delta, delta) {
+                Some(merged) => {
+                    queued.delta = merged;
+                    let encoded = codec::encode_queued(&queued);
+                    c.pending_bytes += encoded.len() as u64;
+                    txn.put_delta(name, seq, encoded)?;
                 }
-                return Ok(());
+                None => {
+                    txn.remove_delta(name, seq)?;
+                    entry.set_waiting(name, None);
+                    c.pending = c.pending.saturating_sub(1);
+                }
             }
+            return Ok(());
         }
     }
     c.next_seq += 1;

@@ -181,7 +181,7 @@ pub fn probe(state_dir: &Path, cache_mib: u64) -> Result<String, QueueError> {
         Ok(store) => Ok(format!(
             "{} ({} entries)",
             store.path().display(),
-            store.reader()?.len()?
+            store.reader()?.count()?
         )),
         Err(StoreError::Locked { path }) => {
             Ok(format!("{} (in use by the running daemon)", path.display()))

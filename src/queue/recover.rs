@@ -182,13 +182,13 @@ fn copy_readable(from: &Store, to: &Store, report: &mut Report) -> Result<(), Qu
     }
     // Every dead letter holds its record, as the queue expects.
     for (target, seq) in &dead {
-        if let Ok(Some(d)) = reader.get(&super::keys::dead_key(target, *seq)) {
-            if let Ok(letter) = codec::decode_dead(*seq, &d) {
-                writes.insert(
-                    hold_key(target, &letter.queued.record),
-                    Some(seq.to_be_bytes().to_vec()),
-                );
-            }
+        if let Ok(Some(d)) = reader.get(&super::keys::dead_key(target, *seq))
+            && let Ok(letter) = codec::decode_dead(*seq, &d)
+        {
+            writes.insert(
+                hold_key(target, &letter.queued.record),
+                Some(seq.to_be_bytes().to_vec()),
+            );
         }
     }
     for (target, mut c) in counts {

@@ -226,7 +226,7 @@ impl Reader {
     }
 
     /// How many entries the store holds.
-    pub fn len(&self) -> Result<u64, StoreError> {
+    pub fn count(&self) -> Result<u64, StoreError> {
         self.table.len().map_err(|e| self.failed(e))
     }
 

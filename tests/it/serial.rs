@@ -250,7 +250,7 @@ fn run_device(
         loop {
             let index = seen.lock().unwrap().frames.len();
             let every = line_state.damage_every.load(Relaxed);
-            let damage = every > 0 && index % every == 0;
+            let damage = every > 0 && index.is_multiple_of(every);
             let mut cut_short = 0;
             let frame = take_frame(&mut buf, line, damage, &mut cut_short);
             seen.lock().unwrap().cut_short += cut_short;

@@ -270,11 +270,11 @@ async fn handle(
             return (StatusCode::UNAUTHORIZED, "").into_response();
         }
     }
-    if let Some((user, password)) = s.digest.clone() {
-        if let Err(e) = check_digest(&r, &user, &password) {
-            s.errors.push(e.clone());
-            return (StatusCode::INTERNAL_SERVER_ERROR, client_fault(&e)).into_response();
-        }
+    if let Some((user, password)) = s.digest.clone()
+        && let Err(e) = check_digest(&r, &user, &password)
+    {
+        s.errors.push(e.clone());
+        return (StatusCode::INTERNAL_SERVER_ERROR, client_fault(&e)).into_response();
     }
     s.got.push(r);
     if reject {
@@ -811,10 +811,9 @@ fn raw_box() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                     let text = String::from_utf8_lossy(&buf);
                     if let (Some(a), Some(b)) =
                         (text.find("<PermitNumber>"), text.find("</PermitNumber>"))
+                        && text.contains("</soap:Envelope>")
                     {
-                        if text.contains("</soap:Envelope>") {
-                            break text[a + 14..b].to_string();
-                        }
+                        break text[a + 14..b].to_string();
                     }
                 };
                 let first = {

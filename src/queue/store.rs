@@ -64,8 +64,8 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens `<dir>/queue.redb`, creating it (and syncing `dir`, so that the new
-    /// name survives a power cut) if it is not there. redb checks and repairs the
+    /// Opens `<dir>/queue.redb`, creating it (and syncing `dir` and its parent,
+    /// so that the new names survive a power cut) if it is not there. redb checks and repairs the
     /// file after a crash here: that walks the whole file.
     pub fn open(dir: &Path, cache_mib: u64) -> Result<Store, StoreError> {
         let path = dir.join(FILE_NAME);
@@ -83,7 +83,16 @@ impl Store {
                 },
             })?;
         if !existed {
+            // The new name, and the folder's own name in its parent (the state
+            // folder is often made just before, by the daemon or an installer).
             sync_folder(dir)?;
+            if let Some(parent) = std::fs::canonicalize(dir)
+                .ok()
+                .as_deref()
+                .and_then(Path::parent)
+            {
+                sync_folder(parent)?;
+            }
         }
         let skip_fsync = std::env::var(SKIP_FSYNC_VAR).is_ok_and(|v| v == "1");
         if skip_fsync {

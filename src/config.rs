@@ -53,7 +53,7 @@ impl std::fmt::Display for Source {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
-    /// Folder of the crash-safe queue (sled database). Default `/var/lib/hms-sync`.
+    /// Folder of the crash-safe queue (`queue.redb`). Default `/var/lib/hms-sync`.
     pub state_dir: Option<PathBuf>,
     /// Folder holding one `<name>/connector.toml` per legacy system. Default `connectors`.
     pub connectors_dir: Option<PathBuf>,
@@ -65,7 +65,7 @@ pub struct ConfigFile {
     pub delivery_log_keep: Option<u32>,
     /// Pause ingestion while the queued deltas take more than this. Default 1 GiB.
     pub max_queue_bytes: Option<ByteSize>,
-    /// sled's page cache in MiB: bounds the daemon's memory. Default 32.
+    /// The queue's page cache in MiB: bounds the daemon's memory. Default 32.
     pub cache_mib: Option<u64>,
     /// Pause ingestion while the state folder's disk has less free space. Default 256.
     pub min_free_disk_mib: Option<u64>,

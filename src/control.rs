@@ -1,5 +1,5 @@
 //! The local control path: how `status`, `dead`, `resync` and `translate` reach a
-//! running daemon (sled admits one process), over a Unix socket in the state
+//! running daemon (the queue file admits one process), over a Unix socket in the state
 //! folder. When no daemon answers, the same requests run on the queue directly.
 //!
 //! **Invariants:** the control socket is a local file (mode 0660), never a TCP

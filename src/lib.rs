@@ -4,7 +4,7 @@
 //!
 //! - [`watcher`] — Change Watcher: drop directories and the ingest socket -> `ChangeSet`
 //! - [`diff`] — Diff Engine: snapshot + new state -> minimal `Delta`; projection; merge
-//! - [`queue`] — Sync Queue: the only module that touches sled; durable, ordered, coalescing
+//! - [`queue`] — Sync Queue: the only module that touches the store (redb); durable, ordered, coalescing
 //! - [`replay`] — Replay Worker: one per target; lease -> deliver -> ack | retry | dead-letter
 //! - [`translator`] — Translator: `Delta` -> bytes in the legacy system's format
 //! - [`transport`] — Transport: bytes -> `Outcome` (delivered, down, rejected)

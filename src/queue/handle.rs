@@ -74,7 +74,7 @@ fn ingest_together(
     }
 }
 
-/// Gives memory that sled's node copies freed back to the system. glibc keeps
+/// Gives memory that the writer's batches freed back to the system. glibc keeps
 /// freed heap in its arenas (an ingest burst left the daemon at twice its working
 /// set); musl's allocator returns it by itself.
 fn release_free_memory() {

@@ -9,7 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[cfg(test)]
 pub const BIN: &str = env!("CARGO_BIN_EXE_hms-sync");
+/// `bench/torture.rs` includes this file too; cargo names no binary for an
+/// example, so it runs the release binary its script built.
+#[cfg(not(test))]
+pub const BIN: &str = match option_env!("HMS_SYNC_BIN") {
+    Some(bin) => bin,
+    None => concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/hms-sync"),
+};
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -117,7 +125,7 @@ impl TestDaemon {
     }
 
     /// Starts the binary, appending its output to `daemon.log`.
-    fn launch(&mut self) {
+    pub fn launch(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -11,17 +11,21 @@ use serde_json::{Map, Value};
 
 use crate::record::{Delta, Flat, Op};
 
-/// The document nests deeper than the configured limit.
+/// Why a document cannot be flattened.
 #[derive(Debug, thiserror::Error, PartialEq)]
-#[error("document nests deeper than {limit} levels (at `{path}`)")]
-pub struct TooDeep {
-    pub limit: usize,
-    pub path: String,
+pub enum FlattenError {
+    /// The document nests deeper than the configured limit.
+    #[error("document nests deeper than {limit} levels (at `{path}`)")]
+    TooDeep { limit: usize, path: String },
+    /// A name with a dot and a nested object name the same path
+    /// (`{"a.b": 1, "a": {"b": 2}}`): one value would silently replace the other.
+    #[error("two fields are the same path `{path}` (a name with a dot and a nested object)")]
+    SamePath { path: String },
 }
 
 /// Flattens nested objects into dotted paths; arrays and scalars are whole values.
 /// An empty object is kept as a value so that it does not silently vanish.
-pub fn flatten(doc: &Map<String, Value>, max_depth: usize) -> Result<Flat, TooDeep> {
+pub fn flatten(doc: &Map<String, Value>, max_depth: usize) -> Result<Flat, FlattenError> {
     let mut out = Flat::new();
     flatten_into(&mut out, "", doc, 1, max_depth)?;
     Ok(out)
@@ -33,7 +37,7 @@ fn flatten_into(
     doc: &Map<String, Value>,
     depth: usize,
     max_depth: usize,
-) -> Result<(), TooDeep> {
+) -> Result<(), FlattenError> {
     for (name, value) in doc {
         let path = if prefix.is_empty() {
             name.clone()
@@ -43,7 +47,7 @@ fn flatten_into(
         match value {
             Value::Object(inner) if !inner.is_empty() => {
                 if depth >= max_depth {
-                    return Err(TooDeep {
+                    return Err(FlattenError::TooDeep {
                         limit: max_depth,
                         path,
                     });
@@ -51,12 +55,15 @@ fn flatten_into(
                 flatten_into(out, &path, inner, depth + 1, max_depth)?;
             }
             Value::Array(items) if depth + array_depth(items) > max_depth => {
-                return Err(TooDeep {
+                return Err(FlattenError::TooDeep {
                     limit: max_depth,
                     path,
                 });
             }
             _ => {
+                if out.contains_key(&path) {
+                    return Err(FlattenError::SamePath { path });
+                }
                 out.insert(path, value.clone());
             }
         }
@@ -258,12 +265,36 @@ mod tests {
             v = json!({ "x": v });
         }
         let err = flatten(v.as_object().unwrap(), 32).unwrap_err();
-        assert_eq!(err.limit, 32);
+        assert!(
+            matches!(err, FlattenError::TooDeep { limit: 32, .. }),
+            "{err:?}"
+        );
         let mut arr = json!(1);
         for _ in 0..40 {
             arr = json!([arr]);
         }
         assert!(flatten(json!({ "a": arr }).as_object().unwrap(), 32).is_err());
+    }
+
+    /// Found while reading a fuzz run (fuzz/, target ingest: dotted names): a
+    /// dotted name and a nested object naming the same path kept only one of
+    /// the two values, silently.
+    #[test]
+    fn flatten_refuses_two_fields_with_the_same_path() {
+        for doc in [
+            json!({"a.b": 1, "a": {"b": 2}}),
+            json!({"a": {"b.c": 1, "b": {"c": 2}}}),
+            json!({"a.b": {}, "a": {"b": {}}}),
+        ] {
+            let err = flatten(doc.as_object().unwrap(), 32).unwrap_err();
+            assert!(
+                matches!(err, FlattenError::SamePath { .. }),
+                "{doc}: {err:?}"
+            );
+        }
+        // A dotted name alone, or beside a different nested path, is fine.
+        let f = flat(json!({"a.b": 1, "a": {"c": 2}}));
+        assert_eq!(f.len(), 2);
     }
 
     #[test]

@@ -242,6 +242,16 @@ fn parse_csv(bytes: &[u8], shape: &Shape<'_>, limits: &Limits) -> Result<Vec<Cha
         ))
         .at_line(1));
     }
+    // Two columns with one name would each replace the other's value silently.
+    if let Some((_, twice)) = headers
+        .iter()
+        .enumerate()
+        .find(|(i, h)| headers.iter().take(*i).any(|g| g == *h))
+    {
+        return Err(
+            ParseError::msg(format!("the header names the column `{twice}` twice")).at_line(1),
+        );
+    }
     let mut out = Vec::new();
     for row in reader.records() {
         let row = row.map_err(csv_err)?;
@@ -448,6 +458,29 @@ mod tests {
         let e = parse("a.csv", "id,a\n1,x\n2\n", Some("id")).unwrap_err();
         assert_eq!(e.line, Some(3), "{e}");
         assert!(e.message.contains("1 fields but the header has 2"), "{e}");
+    }
+
+    /// A record whose fields name one path twice is refused, not half kept:
+    /// `{"a.b": 1, "a": {"b": 2}}` in JSON, a repeated column in CSV.
+    #[test]
+    fn two_fields_with_one_path_are_refused() {
+        let e = parse(
+            "a.json",
+            r#"{"id": 1, "a.b": 1, "a": {"b": 2}}"#,
+            Some("id"),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("same path `a.b`"), "{e}");
+        let e = parse(
+            "a.ndjson",
+            r#"{"collection": "permits", "key": "1", "doc": {"a": {"b": 2}, "a.b": 1}}"#,
+            None,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("same path `a.b`"), "{e}");
+        let e = parse("a.csv", "id,status,status\n1,a,b\n", Some("id")).unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+        assert!(e.message.contains("`status` twice"), "{e}");
     }
 
     #[test]

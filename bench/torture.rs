@@ -17,7 +17,7 @@
 //! Prints `key=value` lines (kills, acked, lost, repeats, restart p50/p99, …)
 //! and exits 1 if any check failed, listing the problems first.
 
-#[allow(dead_code, unused_imports)]
+// (harness.rs allows its own dead code.)
 #[path = "../tests/it/harness.rs"]
 mod harness;
 

@@ -68,7 +68,9 @@ fn apply(legacy: Option<Flat>, delta: &Delta) -> std::result::Result<Option<Flat
             Ok(Some(l))
         }
         (Op::Delete, Some(l)) => match l.keys().find(|p| !delta.unset.contains(*p)) {
-            Some(p) => Err(format!("delete does not name {p}, which the legacy system holds")),
+            Some(p) => Err(format!(
+                "delete does not name {p}, which the legacy system holds"
+            )),
             None => Ok(None),
         },
         (op, None) => Err(format!("{op} of a record the legacy system does not have")),
@@ -89,8 +91,8 @@ fn run(u: &mut Unstructured) -> Result<()> {
             assert_eq!(w[0], w[1], "no delta between different states");
             continue;
         };
-        stepwise = apply(stepwise, &d)
-            .unwrap_or_else(|e| panic!("step {:?} -> {:?}: {e}", w[0], w[1]));
+        stepwise =
+            apply(stepwise, &d).unwrap_or_else(|e| panic!("step {:?} -> {:?}: {e}", w[0], w[1]));
         assert_eq!(stepwise, w[1], "a step's delta does not give its state");
         waiting = match waiting {
             None => Some(d),

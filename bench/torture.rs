@@ -35,17 +35,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crash::{
-    COLUMNS, Kills, Row, Shared, StopOnDrop, Verdict, check_rows, file_dropper,
-    highest_file_number, read_outbox, socket_writer,
+    COLUMNS, FILE_KEYS, KEYS_PER_WRITER, Kills, Row, SOCKET_WRITERS, Shared, StopOnDrop, Verdict,
+    check_rows, highest_file_number, read_outbox, start_load, stop_load_and_drain,
 };
-use harness::{TestDaemon, csv_connector, drop_into};
+use harness::{TestDaemon, csv_connector};
 use soap::{LegacyBox, soap_connector};
 
 const FILE_TARGET: &str = "files";
 const SOAP_TARGET: &str = "cobol";
-const SOCKET_WRITERS: usize = 4;
-const KEYS_PER_WRITER: usize = 5;
-const FILE_KEYS: usize = 10;
 const RETRY: &str = "max_attempts = 100000\nbackoff = \"20ms\"\nmax_backoff = \"200ms\"";
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
@@ -131,19 +128,7 @@ fn main() {
 
     let shared = Arc::new(Shared::default());
     let _stop = StopOnDrop(shared.clone());
-    let mut writers = Vec::new();
-    for w in 0..SOCKET_WRITERS {
-        let (s, path, seed) = (shared.clone(), d.socket(), rng.u64(..));
-        let keys = (0..KEYS_PER_WRITER).map(|j| format!("s{w}-{j}")).collect();
-        writers.push(std::thread::spawn(move || {
-            socket_writer(s, path, keys, 0, seed)
-        }));
-    }
-    let dropper = {
-        let (s, inbox, seed) = (shared.clone(), d.inbox(), rng.u64(..));
-        let keys = (0..FILE_KEYS).map(|j| format!("f-{j}")).collect();
-        std::thread::spawn(move || file_dropper(s, inbox, keys, 0, seed, drop_into))
-    };
+    let writers = start_load(&shared, &d, &mut rng);
 
     let (mut file_kills, mut soap_kills) = (Kills::default(), Kills::default());
     let mut restarts = Vec::with_capacity(kills);
@@ -169,19 +154,7 @@ fn main() {
             );
         }
     }
-    std::thread::sleep(Duration::from_millis(300));
-    shared.stop.store(true, Relaxed);
-    for t in writers {
-        t.join().expect("a socket writer panicked");
-    }
-    dropper.join().expect("the file dropper panicked");
-    d.wait_inbox_empty();
-    d.wait_for(Duration::from_secs(120), "both queues to drain", |d| {
-        [FILE_TARGET, SOAP_TARGET].iter().all(|t| {
-            let st = d.target_status(t);
-            st["pending"] == 0 && st["in_flight"] == 0
-        })
-    });
+    stop_load_and_drain(&d, &shared, writers, &[FILE_TARGET, SOAP_TARGET]);
 
     let mut problems = Vec::new();
     let ledger = shared.ledger.lock().unwrap();

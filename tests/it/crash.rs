@@ -36,9 +36,9 @@ use crate::harness::*;
 
 const TARGET: &str = "crash";
 pub const COLUMNS: &[&str] = &["permit_number", "status"];
-const SOCKET_WRITERS: usize = 4;
-const KEYS_PER_WRITER: usize = 5;
-const FILE_KEYS: usize = 10;
+pub const SOCKET_WRITERS: usize = 4;
+pub const KEYS_PER_WRITER: usize = 5;
+pub const FILE_KEYS: usize = 10;
 const MAX_PIPELINE: usize = 40;
 
 /// What the writers know: the highest N accepted and sent per key.
@@ -265,6 +265,52 @@ pub fn file_dropper(
             }
         }
     }
+}
+
+/// Starts the load on `d`: `SOCKET_WRITERS` socket writers with
+/// `KEYS_PER_WRITER` keys each (`s<w>-<j>`) and a file dropper with `FILE_KEYS`
+/// keys (`f-<j>`), until `shared.stop`. Returns their threads.
+pub fn start_load(
+    shared: &Arc<Shared>,
+    d: &TestDaemon,
+    rng: &mut fastrand::Rng,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let mut threads = Vec::new();
+    for w in 0..SOCKET_WRITERS {
+        let (s, path, seed) = (shared.clone(), d.socket(), rng.u64(..));
+        let keys = (0..KEYS_PER_WRITER).map(|j| format!("s{w}-{j}")).collect();
+        threads.push(std::thread::spawn(move || {
+            socket_writer(s, path, keys, 0, seed)
+        }));
+    }
+    let (s, inbox, seed) = (shared.clone(), d.inbox(), rng.u64(..));
+    let keys = (0..FILE_KEYS).map(|j| format!("f-{j}")).collect();
+    threads.push(std::thread::spawn(move || {
+        file_dropper(s, inbox, keys, 0, seed, drop_into)
+    }));
+    threads
+}
+
+/// A last stretch with a live daemon, then the writers of [`start_load`] stop;
+/// waits until the inbox is empty and the queues of `targets` are drained.
+pub fn stop_load_and_drain(
+    d: &TestDaemon,
+    shared: &Shared,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    targets: &[&str],
+) {
+    std::thread::sleep(Duration::from_millis(300));
+    shared.stop.store(true, Relaxed);
+    for t in threads {
+        t.join().expect("a writer panicked");
+    }
+    d.wait_inbox_empty();
+    d.wait_for(Duration::from_secs(60), "the queues to drain", |d| {
+        targets.iter().all(|t| {
+            let st = d.target_status(t);
+            st["pending"] == 0 && st["in_flight"] == 0
+        })
+    });
 }
 
 /// One data row of the outbox: where it came from and the key's counter.
@@ -563,19 +609,7 @@ fn sigkill_under_load_loses_no_accepted_change_and_never_goes_back() {
 
     let shared = Arc::new(Shared::default());
     let _stop = StopOnDrop(shared.clone());
-    let mut threads = Vec::new();
-    for w in 0..SOCKET_WRITERS {
-        let (s, path, seed) = (shared.clone(), d.socket(), rng.u64(..));
-        let keys = (0..KEYS_PER_WRITER).map(|j| format!("s{w}-{j}")).collect();
-        threads.push(std::thread::spawn(move || {
-            socket_writer(s, path, keys, 0, seed)
-        }));
-    }
-    let dropper = {
-        let (s, inbox, seed) = (shared.clone(), d.inbox(), rng.u64(..));
-        let keys = (0..FILE_KEYS).map(|j| format!("f-{j}")).collect();
-        std::thread::spawn(move || file_dropper(s, inbox, keys, 0, seed, drop_into))
-    };
+    let threads = start_load(&shared, &d, &mut rng);
 
     // Per kill: the last file the killed daemon wrote, and what had been
     // accepted by then (a lower bound: answers may still sit unread in sockets).
@@ -589,19 +623,7 @@ fn sigkill_under_load_loses_no_accepted_change_and_never_goes_back() {
         );
         d.restart();
     }
-    // A last stretch with a live daemon, then the writers stop.
-    std::thread::sleep(Duration::from_millis(300));
-    shared.stop.store(true, Relaxed);
-    for t in threads {
-        t.join().expect("a socket writer panicked");
-    }
-    dropper.join().expect("the file dropper panicked");
-
-    d.wait_inbox_empty();
-    d.wait_for(Duration::from_secs(60), "the queue to drain", |d| {
-        let st = d.target_status(TARGET);
-        st["pending"] == 0 && st["in_flight"] == 0
-    });
+    stop_load_and_drain(&d, &shared, threads, &[TARGET]);
 
     let mut problems = Vec::new();
     let (rows, files) = read_outbox(&d.outbox(TARGET), TARGET, &mut problems);

@@ -3,7 +3,8 @@
 //! Checks: no panic, and every accepted record honours the record invariants
 //! (a flat document holds no non-empty object; a named collection). Paths may
 //! hold more dots than `max_depth` levels: a CSV header or a JSON name like
-//! `address.street` already is a path.
+//! `address.street` already is a path. For bare `.json` files: no value lost
+//! in flattening (as many paths as the parsed object has leaves).
 #![no_main]
 
 use std::path::PathBuf;
@@ -13,6 +14,14 @@ use hms_sync::record::Change;
 use hms_sync::watcher::parse::{Shape, parse_file, parse_line};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
+
+/// Values a flattened object must keep: scalars, arrays and empty objects.
+fn leaves(v: &Value) -> usize {
+    match v {
+        Value::Object(m) if !m.is_empty() => m.values().map(leaves).sum(),
+        _ => 1,
+    }
+}
 
 fn check(c: &Change) {
     assert!(!c.record.collection.is_empty(), "empty collection: {c:?}");
@@ -51,6 +60,17 @@ fuzz_target!(|data: &[u8]| {
             check(c);
             if watch.snapshot {
                 assert_eq!(c.record.collection, "permits");
+            }
+        }
+        if name == "a.json" && watch.key.is_some() {
+            let text = rest.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(rest);
+            let docs = match serde_json::from_slice::<Value>(text).unwrap() {
+                Value::Array(items) => items,
+                one => vec![one],
+            };
+            for (doc, c) in docs.iter().zip(&set.changes) {
+                let flat = c.doc.as_ref().map_or(0, |d| d.len());
+                assert_eq!(leaves(doc), flat, "a value was lost flattening {doc}");
             }
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod dropdir;
 pub mod parse;
+mod parts;
 pub mod socket;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -11,5 +11,6 @@ mod pipeline;
 mod power_loss;
 mod powerfs;
 mod serial;
+mod snapshot;
 mod soap;
 mod store;

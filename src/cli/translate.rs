@@ -115,7 +115,8 @@ pub fn run(cfg: &Config, args: TranslateArgs) -> anyhow::Result<ExitCode> {
         delta: &delta,
         record: change.doc.as_ref(),
     };
-    let transport = crate::transport::Transport::new(connector, &translator);
+    let transport =
+        crate::transport::Transport::new(&connector.name, &connector.transport, &translator);
     let bytes = match transport.rendering() {
         // A SOAP connector shows the whole envelope that would be sent.
         crate::transport::Rendering::Standalone => translator.render(&item).and_then(|body| {

@@ -13,8 +13,63 @@ pub mod xml;
 
 use serde_json::Value;
 
-use crate::connector::Format;
+use crate::problem::Problems;
 use crate::record::{Delta, Flat, RecordId};
+
+/// A connector's `[format]`, validated: the closed set of formats.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Format {
+    Xml {
+        root: String,
+        key_element: String,
+    },
+    Csv {
+        columns: Vec<String>,
+        key_column: String,
+    },
+    Json,
+    /// `name` is the file name in the connector folder, `source` its text.
+    Template {
+        name: String,
+        source: String,
+    },
+}
+
+/// The format kinds and the `[format]` keys each takes (besides `kind`). A key
+/// of one kind written under another is refused with "does not apply".
+pub const KINDS: &[(&str, &[&str])] = &[
+    ("xml", xml::KEYS),
+    ("csv", csv::KEYS),
+    ("json", json::KEYS),
+    ("template", template::KEYS),
+];
+
+/// Validates `[format]` of kind `kind` (a known one), read from the connector
+/// file `text`; `folder` is the connector's folder (templates, copybooks).
+pub fn validate(
+    kind: &str,
+    text: &str,
+    folder: &std::path::Path,
+    problems: &mut Problems<'_>,
+) -> Option<Format> {
+    match kind {
+        "xml" => xml::validate(
+            &crate::problem::section(text, "format", problems)?,
+            problems,
+        ),
+        "csv" => csv::validate(
+            &crate::problem::section(text, "format", problems)?,
+            problems,
+        ),
+        "json" => Some(Format::Json),
+        "template" => template::validate(
+            &crate::problem::section(text, "format", problems)?,
+            folder,
+            problems,
+        ),
+        _ => None,
+    }
+}
 
 /// One delta as a translator sees it.
 #[derive(Clone, Copy, Debug)]

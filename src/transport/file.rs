@@ -13,8 +13,85 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Outcome, Payload};
+use super::{Outcome, Payload, TransportSpec};
+use crate::problem::{Problems, parse_duration};
 use crate::translator::Translator;
+
+/// `[transport] kind = "file"` as written.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Raw {
+    /// The outbox folder (relative paths resolve against the config file's folder).
+    pub dir: Option<PathBuf>,
+    /// Most deltas written in one file. Default 1000 (1 for a template).
+    pub batch_max: Option<usize>,
+    /// How long to gather deltas for one file. Default "0s".
+    pub batch_window: Option<String>,
+    /// Create the outbox folder at start-up if it is missing. Default false: a
+    /// missing folder (an unmounted share) is an outage, not a reason to write
+    /// files onto the local disk.
+    pub create_dir: Option<bool>,
+}
+
+/// The `[transport]` keys of kind "file".
+pub const KEYS: &[&str] = &["dir", "batch_max", "batch_window", "create_dir"];
+
+/// Validates `[transport] kind = "file"`. `one_change_per_file`: the format
+/// renders one document per change (a template), so a file holds one.
+pub fn validate(
+    t: &Raw,
+    base: &Path,
+    one_change_per_file: bool,
+    problems: &mut Problems<'_>,
+) -> Option<TransportSpec> {
+    let window = match t.batch_window.as_deref().map(parse_duration).transpose() {
+        Ok(w) => w.unwrap_or(Duration::ZERO),
+        Err(e) => {
+            problems.at(
+                Some("transport"),
+                "batch_window",
+                format!("[transport] batch_window: {e}"),
+            );
+            Duration::ZERO
+        }
+    };
+    let template = one_change_per_file;
+    let batch_max = t.batch_max.unwrap_or(if template { 1 } else { 1000 });
+    if batch_max == 0 {
+        problems.at(
+            Some("transport"),
+            "batch_max",
+            "[transport] batch_max must be at least 1",
+        );
+    } else if template && batch_max > 1 {
+        problems.at(
+            Some("transport"),
+            "batch_max",
+            format!(
+                "[transport] batch_max = {batch_max} with [format] kind \"template\": a template renders one XML document, so each file can hold only one change; set `batch_max = 1` (the default for templates)"
+            ),
+        );
+    }
+    match &t.dir {
+        Some(dir) => Some(TransportSpec::File {
+            dir: if dir.is_absolute() {
+                dir.clone()
+            } else {
+                base.join(dir)
+            },
+            batch_max,
+            batch_window: window,
+            create_dir: t.create_dir.unwrap_or(false),
+        }),
+        None => {
+            problems.at(
+                Some("transport"),
+                "kind",
+                "[transport] kind \"file\" needs `dir = \"...\"` (the outbox folder)",
+            );
+            None
+        }
+    }
+}
 
 pub struct FileTransport {
     pub target: String,
@@ -215,7 +292,7 @@ fn write_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connector::Format;
+    use crate::translator::Format;
 
     fn transport(dir: &Path) -> FileTransport {
         let t = Translator::new(&Format::Csv {

@@ -6,6 +6,7 @@
 //! format cannot carry is a [`TranslateError`] (the delta is rejected), never a
 //! silently altered payload.
 
+pub mod copybook;
 pub mod csv;
 pub mod json;
 pub mod template;

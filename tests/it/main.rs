@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod crash;
 mod durability;
+mod fixed;
 mod pipeline;
 mod power_loss;
 mod powerfs;

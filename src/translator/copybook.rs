@@ -6,7 +6,7 @@
 //! (zoned; sign as trailing overpunch unless `SIGN LEADING`/`TRAILING`
 //! [`SEPARATE`]), `COMP-3`/`PACKED-DECIMAL`, `COMP`/`BINARY`/`COMP-4`/`COMP-5`
 //! (big-endian, 2/4/8 bytes by digits); `OCCURS n TIMES`; `FILLER`; `VALUE`
-//! (used as the fill of a FILLER); 88-levels read and skipped. Columns 1–6
+//! (what an unmapped item or a FILLER holds); 88-levels read and skipped. Columns 1–6
 //! (sequence area) and 73–80 are ignored, `*` or `/` in column 7 is a comment
 //! line, `*>` starts a comment, as a COBOL compiler reads fixed format.
 //!
@@ -59,7 +59,8 @@ pub struct Field {
     /// The picture as written (`S9(7)V99`), for messages and the ruler.
     pub picture: String,
     pub usage: Usage,
-    /// A FILLER's `VALUE`: what its bytes hold in every record.
+    /// The item's `VALUE`: what its bytes hold when nothing is mapped to it
+    /// (always, for a FILLER).
     pub fill: Option<Fill>,
 }
 
@@ -922,11 +923,7 @@ fn elementary(
         pic,
         picture: picture.clone(),
         usage,
-        fill: if e.name == "FILLER" {
-            e.value.clone()
-        } else {
-            None
-        },
+        fill: e.value.clone(),
     })
 }
 

@@ -15,6 +15,7 @@
 //! (only a text item listed in `on_overflow` with "truncate" is cut); every
 //! record is exactly the layout's length plus `record_end`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,6 +50,44 @@ pub struct Raw {
     /// Text item = "truncate": cut a value too long for it instead of
     /// rejecting the delta. Default for every item: reject.
     pub on_overflow: Option<BTreeMap<String, String>>,
+    /// A control record written before each batch file's records.
+    pub header: Option<ControlRaw>,
+    /// A control record written after each batch file's records.
+    pub trailer: Option<ControlRaw>,
+}
+
+/// `[format.header]` / `[format.trailer]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlRaw {
+    /// Its 01-level in the copybook.
+    pub record: String,
+    /// `@run_date`'s form: `%Y`, `%y`, `%m`, `%d`, `%j` (day of the year). Default "%Y%m%d".
+    pub date_format: Option<String>,
+    /// Item = `@record_count`, `@batch_seq`, `@run_date` or `@sum:<path>` (the
+    /// hash total of the detail item mapped to `<path>`).
+    pub map: Option<BTreeMap<String, String>>,
+}
+
+/// Where a control record item's value comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlSource {
+    /// Its VALUE, else spaces / zero.
+    Blank,
+    RecordCount,
+    BatchSeq,
+    RunDate,
+    /// The sum of this detail field (index into the detail layout) over the batch.
+    Sum(usize),
+}
+
+/// A header or trailer, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlSpec {
+    pub layout: Layout,
+    pub sources: Vec<ControlSource>,
+    pub blanks: Vec<Vec<u8>>,
+    pub date_format: String,
 }
 
 /// `[format.op_codes]`.
@@ -73,6 +112,8 @@ pub const KEYS: &[&str] = &[
     "op_codes",
     "map",
     "on_overflow",
+    "header",
+    "trailer",
 ];
 
 /// Where an item's value comes from.
@@ -113,9 +154,11 @@ pub struct FixedSpec {
     pub sources: Vec<Source>,
     /// One per field: cut a too-long text instead of rejecting.
     pub truncate: Vec<bool>,
-    /// One per field: its bytes when it carries no value (a FILLER's VALUE,
+    /// One per field: its bytes when it carries no value (its VALUE, else
     /// spaces for text, zero for numbers).
     pub blanks: Vec<Vec<u8>>,
+    pub header: Option<ControlSpec>,
+    pub trailer: Option<ControlSpec>,
 }
 
 /// Validates `[format] kind = "fixed"`: reads the copybook (its problems carry
@@ -401,6 +444,22 @@ pub fn validate(raw: &Raw, folder: &Path, problems: &mut Problems<'_>) -> Option
             }
         }
     }
+    let copybook_file = path.display().to_string();
+    let mut control = |table: &str, raw: &Option<ControlRaw>| {
+        let raw = raw.as_ref()?;
+        control_spec(
+            table,
+            raw,
+            &layouts,
+            &layout,
+            &sources,
+            encoding,
+            &copybook_file,
+            problems,
+        )
+    };
+    let header = control("format.header", &raw.header);
+    let trailer = control("format.trailer", &raw.trailer);
     if problems.len() > before {
         return None;
     }
@@ -413,7 +472,206 @@ pub fn validate(raw: &Raw, folder: &Path, problems: &mut Problems<'_>) -> Option
         sources,
         truncate,
         blanks,
+        header,
+        trailer,
     })))
+}
+
+/// Checks `[format.header]` or `[format.trailer]` (`table`) against the copybook.
+#[allow(clippy::too_many_arguments)]
+fn control_spec(
+    table: &str,
+    raw: &ControlRaw,
+    layouts: &[Layout],
+    detail: &Layout,
+    detail_sources: &[Source],
+    encoding: Encoding,
+    copybook_file: &str,
+    problems: &mut Problems<'_>,
+) -> Option<ControlSpec> {
+    let before = problems.len();
+    let Some(layout) = layouts
+        .iter()
+        .find(|l| l.name.eq_ignore_ascii_case(&raw.record))
+        .cloned()
+    else {
+        let names: Vec<&str> = layouts.iter().map(|l| l.name.as_str()).collect();
+        problems.at(
+            Some(table),
+            "record",
+            format!(
+                "[{table}] record `{}` is not an 01-level of the copybook; it has: {}",
+                raw.record,
+                names.join(", ")
+            ),
+        );
+        return None;
+    };
+    let map_table = format!("{table}.map");
+    let mut sources = vec![ControlSource::Blank; layout.fields.len()];
+    for (item, source) in raw.map.iter().flatten() {
+        let field = match layout.field(item) {
+            Ok(f) => f,
+            Err(e) => {
+                problems.at(Some(&map_table), item, format!("[{map_table}] {e}"));
+                continue;
+            }
+        };
+        let i = layout
+            .fields
+            .iter()
+            .position(|f| f.name == field.name)
+            .expect("found above");
+        let numeric = matches!(field.pic, Pic::Number { .. });
+        sources[i] = match source.as_str() {
+            "@record_count" | "@batch_seq" if !numeric => {
+                problems.at(
+                    Some(&map_table),
+                    item,
+                    format!(
+                        "[{map_table}] {item} = \"{source}\": needs a numeric item, not {}",
+                        field.describe()
+                    ),
+                );
+                continue;
+            }
+            "@record_count" => ControlSource::RecordCount,
+            "@batch_seq" => ControlSource::BatchSeq,
+            "@run_date" => ControlSource::RunDate,
+            s => match s.strip_prefix("@sum:") {
+                Some(path) => {
+                    let detail_field = detail_sources
+                        .iter()
+                        .position(|d| matches!(d, Source::Path(p) if p == path))
+                        .filter(|&d| matches!(detail.fields[d].pic, Pic::Number { .. }));
+                    match (detail_field, field.pic) {
+                        (Some(d), Pic::Number { scale, .. }) => {
+                            let Pic::Number { scale: ds, .. } = detail.fields[d].pic else {
+                                unreachable!("filtered to numbers");
+                            };
+                            if scale != ds {
+                                problems.at(
+                                    Some(&map_table),
+                                    item,
+                                    format!(
+                                        "[{map_table}] {item} ({}) holds {scale} decimals, the summed {} ({}) {ds}: give them the same V9(n)",
+                                        field.describe(),
+                                        detail.fields[d].name,
+                                        detail.fields[d].describe()
+                                    ),
+                                );
+                                continue;
+                            }
+                            ControlSource::Sum(d)
+                        }
+                        (None, _) => {
+                            problems.at(
+                                Some(&map_table),
+                                item,
+                                format!(
+                                    "[{map_table}] {item} = \"{s}\": `{path}` is not mapped to a numeric item in [format.map]"
+                                ),
+                            );
+                            continue;
+                        }
+                        (Some(_), Pic::Text { .. }) => {
+                            problems.at(
+                                Some(&map_table),
+                                item,
+                                format!("[{map_table}] {item} = \"{s}\": a hash total needs a numeric item, not {}", field.describe()),
+                            );
+                            continue;
+                        }
+                    }
+                }
+                None => {
+                    problems.at(
+                        Some(&map_table),
+                        item,
+                        format!(
+                            "[{map_table}] {item} = \"{s}\": unknown; use @record_count, @batch_seq, @run_date or @sum:<path>"
+                        ),
+                    );
+                    continue;
+                }
+            },
+        };
+    }
+    let date_format = raw.date_format.clone().unwrap_or_else(|| "%Y%m%d".into());
+    let mut blanks = Vec::new();
+    for field in &layout.fields {
+        match field.fill.as_ref().map(|f| fill_bytes(field, f, encoding)) {
+            None => blanks.push(blank(field, encoding)),
+            Some(Ok(b)) => blanks.push(b),
+            Some(Err(e)) => {
+                problems.push(Problem {
+                    file: copybook_file.to_string(),
+                    line: Some(field.line),
+                    key: field.name.clone(),
+                    message: format!("VALUE of {}: {e}", field.name),
+                });
+                blanks.push(blank(field, encoding));
+            }
+        }
+    }
+    // The date must fit now; counts and sums are checked per batch.
+    for (field, source) in layout.fields.iter().zip(&sources) {
+        if *source == ControlSource::RunDate {
+            let date = run_date(&date_format);
+            if let Err(e) = encode_field(
+                field,
+                &Cell::Owned(date.clone()),
+                encoding,
+                false,
+                &mut Vec::new(),
+            ) {
+                problems.at(
+                    Some(table),
+                    "date_format",
+                    format!("[{table}] {} = \"@run_date\" cannot hold `{date}` (date_format \"{date_format}\"): {e}", field.name),
+                );
+            }
+        }
+    }
+    (problems.len() == before).then_some(ControlSpec {
+        layout,
+        sources,
+        blanks,
+        date_format,
+    })
+}
+
+/// Today's local date in `format` (`%Y`, `%y`, `%m`, `%d`, `%j`, `%%`).
+fn run_date(format: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as libc::time_t)
+        .unwrap_or(0);
+    // SAFETY: localtime_r writes only into `tm`, which lives on this stack.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    unsafe { libc::localtime_r(&now, &mut tm) };
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out.push_str(&format!("{:04}", tm.tm_year + 1900)),
+            Some('y') => out.push_str(&format!("{:02}", (tm.tm_year + 1900) % 100)),
+            Some('m') => out.push_str(&format!("{:02}", tm.tm_mon + 1)),
+            Some('d') => out.push_str(&format!("{:02}", tm.tm_mday)),
+            Some('j') => out.push_str(&format!("{:03}", tm.tm_yday + 1)),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
 }
 
 /// A value about to go into an item.
@@ -475,6 +733,67 @@ impl FixedSpec {
                 },
             )?;
         }
+        self.push_record_end(&mut out);
+        Ok(out)
+    }
+
+    /// The header and trailer of a batch file holding `records` (each one
+    /// rendered by [`FixedSpec::render`]) as file number `batch_seq`. An error
+    /// (a count or hash total its item cannot hold) refuses the batch.
+    pub fn frame(&self, records: &[&[u8]], batch_seq: u64) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let mut parts = [Vec::new(), Vec::new()];
+        for (out, control) in parts.iter_mut().zip([&self.header, &self.trailer]) {
+            let Some(control) = control else { continue };
+            for (i, (field, source)) in control
+                .layout
+                .fields
+                .iter()
+                .zip(&control.sources)
+                .enumerate()
+            {
+                let value = match source {
+                    ControlSource::Blank => {
+                        out.extend_from_slice(&control.blanks[i]);
+                        continue;
+                    }
+                    ControlSource::RecordCount => records.len().to_string(),
+                    ControlSource::BatchSeq => batch_seq.to_string(),
+                    ControlSource::RunDate => run_date(&control.date_format),
+                    ControlSource::Sum(d) => {
+                        let detail = &self.layout.fields[*d];
+                        let mut total: i128 = 0;
+                        for record in records {
+                            let bytes = record
+                                .get(detail.offset..detail.offset + detail.length)
+                                .ok_or("a record shorter than its layout")?;
+                            total += decode_number(detail, bytes, self.encoding)?;
+                        }
+                        scaled_text(total, detail)
+                    }
+                };
+                encode_field(
+                    field,
+                    &Cell::Owned(value.clone()),
+                    self.encoding,
+                    false,
+                    out,
+                )
+                .map_err(|why| {
+                    format!(
+                        "{} item {} ({}) cannot hold {value}: {why}",
+                        control.layout.name,
+                        field.name,
+                        field.describe()
+                    )
+                })?;
+            }
+            self.push_record_end(out);
+        }
+        let [header, trailer] = parts;
+        Ok((header, trailer))
+    }
+
+    fn push_record_end(&self, out: &mut Vec<u8>) {
         match self.record_end {
             RecordEnd::None => {}
             RecordEnd::Lf => out.push(self.encoding.encode('\n').expect("every set has LF")),
@@ -483,7 +802,6 @@ impl FixedSpec {
                 out.push(self.encoding.encode('\n').expect("every set has LF"));
             }
         }
-        Ok(out)
     }
 
     /// `translate`'s ruler: name, offset, length and PIC of each item, its
@@ -591,6 +909,103 @@ impl Cell<'_> {
     }
 }
 
+/// A scaled integer (`scale` implied decimals of `field`) as decimal text.
+fn scaled_text(value: i128, field: &Field) -> String {
+    let Pic::Number { scale, .. } = field.pic else {
+        return value.to_string();
+    };
+    let digits = value.unsigned_abs().to_string();
+    let scale = scale as usize;
+    let sign = if value < 0 { "-" } else { "" };
+    if scale == 0 {
+        return format!("{sign}{digits}");
+    }
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    format!("{sign}{int}.{frac}")
+}
+
+/// The value of a numeric item's bytes, as an integer of its implied decimals
+/// (the inverse of [`encode_number`], for hash totals).
+fn decode_number(field: &Field, bytes: &[u8], encoding: Encoding) -> Result<i128, String> {
+    let bad = || format!("{} holds bytes that are not its number", field.name);
+    let Pic::Number { signed, .. } = field.pic else {
+        return Err(bad());
+    };
+    let mut negative = false;
+    let mut value: i128 = 0;
+    match field.usage {
+        Usage::Display(sign) => {
+            let minus = encoding.encode('-').expect("every set has -");
+            let plus = encoding.encode('+').expect("every set has +");
+            let (digits, sign_at) = match (signed, sign) {
+                (true, Sign::LeadingSeparate) => (&bytes[1..], Some(bytes[0])),
+                (true, Sign::TrailingSeparate) => {
+                    (&bytes[..bytes.len() - 1], bytes.last().copied())
+                }
+                _ => (bytes, None),
+            };
+            if let Some(s) = sign_at {
+                negative = s == minus;
+                if s != minus && s != plus {
+                    return Err(bad());
+                }
+            }
+            let last = digits.len() - 1;
+            for (i, &b) in digits.iter().enumerate() {
+                let punched = signed
+                    && match sign {
+                        Sign::TrailingOverpunch => i == last,
+                        Sign::LeadingOverpunch => i == 0,
+                        _ => false,
+                    };
+                let d = if encoding.is_ebcdic() {
+                    if punched && b >> 4 == 0xD {
+                        negative = true;
+                    }
+                    b & 0x0F
+                } else if punched && (0x70..=0x79).contains(&b) {
+                    negative = true;
+                    b - 0x70
+                } else {
+                    b.wrapping_sub(b'0')
+                };
+                if d > 9 {
+                    return Err(bad());
+                }
+                value = value * 10 + d as i128;
+            }
+        }
+        Usage::Packed => {
+            for (i, &b) in bytes.iter().enumerate() {
+                let (hi, lo) = (b >> 4, b & 0x0F);
+                if hi > 9 {
+                    return Err(bad());
+                }
+                value = value * 10 + hi as i128;
+                if i + 1 == bytes.len() {
+                    negative = lo == 0x0D;
+                } else {
+                    if lo > 9 {
+                        return Err(bad());
+                    }
+                    value = value * 10 + lo as i128;
+                }
+            }
+        }
+        Usage::Binary => {
+            let mut full = if signed && bytes[0] & 0x80 != 0 {
+                [0xFFu8; 16]
+            } else {
+                [0u8; 16]
+            };
+            full[16 - bytes.len()..].copy_from_slice(bytes);
+            return Ok(i128::from_be_bytes(full));
+        }
+    }
+    Ok(if negative { -value } else { value })
+}
+
 /// The bytes of `field` holding no value.
 fn blank(field: &Field, encoding: Encoding) -> Vec<u8> {
     match field.pic {
@@ -658,6 +1073,7 @@ fn encode_field(
                 Cell::Blank => "",
                 Cell::Text(t) => t,
                 Cell::Owned(t) => t.as_str(),
+                Cell::Json(Value::String(s)) => s.as_str(),
                 Cell::Json(v) => {
                     owned = value_text(v).unwrap_or_default();
                     owned.as_str()
@@ -672,7 +1088,7 @@ fn encode_field(
                 Cell::Text(t) => t.trim(),
                 Cell::Owned(t) => t.trim(),
                 Cell::Json(Value::Number(n)) => {
-                    owned = n.to_string();
+                    owned = NumberText::of(n);
                     owned.as_str()
                 }
                 Cell::Json(Value::String(s)) => s.trim(),
@@ -734,8 +1150,8 @@ fn encode_text(
 
 /// A decimal number as written: sign, integer digits (no leading zeros) and
 /// fraction digits (no trailing zeros). `1e3`, `-0.50`, `.5` and `+7` are numbers;
-/// `""`, `1,5`, `NaN` are not.
-fn parse_decimal(text: &str) -> Option<(bool, String, String)> {
+/// `""`, `1,5`, `NaN` are not. Borrows from `text` unless it has an exponent.
+fn parse_decimal(text: &str) -> Option<(bool, Cow<'_, str>, Cow<'_, str>)> {
     let (negative, rest) = match text.as_bytes().first()? {
         b'-' => (true, &text[1..]),
         b'+' => (false, &text[1..]),
@@ -755,27 +1171,72 @@ fn parse_decimal(text: &str) -> Option<(bool, String, String)> {
     {
         return None;
     }
-    let digits: String = format!("{int}{frac}");
-    let point = int.len() as i64 + exponent as i64;
-    let (int, frac) = if point <= 0 {
-        (
-            String::new(),
-            format!("{}{digits}", "0".repeat((-point) as usize)),
-        )
-    } else if point as usize >= digits.len() {
-        (
-            format!("{digits}{}", "0".repeat(point as usize - digits.len())),
-            String::new(),
-        )
+    let (int, frac): (Cow<'_, str>, Cow<'_, str>) = if exponent == 0 {
+        (int.into(), frac.into())
     } else {
-        (
-            digits[..point as usize].to_string(),
-            digits[point as usize..].to_string(),
-        )
+        let digits: String = format!("{int}{frac}");
+        let point = int.len() as i64 + exponent as i64;
+        if point <= 0 {
+            (
+                String::new().into(),
+                format!("{}{digits}", "0".repeat((-point) as usize)).into(),
+            )
+        } else if point as usize >= digits.len() {
+            (
+                format!("{digits}{}", "0".repeat(point as usize - digits.len())).into(),
+                String::new().into(),
+            )
+        } else {
+            (
+                digits[..point as usize].to_string().into(),
+                digits[point as usize..].to_string().into(),
+            )
+        }
     };
-    let int = int.trim_start_matches('0').to_string();
-    let frac = frac.trim_end_matches('0').to_string();
+    let int = trim(int, |s| s.trim_start_matches('0'));
+    let frac = trim(frac, |s| s.trim_end_matches('0'));
     Some((negative && !(int.is_empty() && frac.is_empty()), int, frac))
+}
+
+fn trim<'a>(text: Cow<'a, str>, f: impl Fn(&str) -> &str) -> Cow<'a, str> {
+    match text {
+        Cow::Borrowed(s) => Cow::Borrowed(f(s)),
+        Cow::Owned(s) => Cow::Owned(f(&s).to_string()),
+    }
+}
+
+/// A number's text without a heap allocation (JSON numbers are at most ~25 bytes).
+struct NumberText {
+    bytes: [u8; 48],
+    len: usize,
+}
+
+impl std::fmt::Write for NumberText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        if end > self.bytes.len() {
+            return Err(std::fmt::Error);
+        }
+        self.bytes[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl NumberText {
+    fn of(n: &serde_json::Number) -> NumberText {
+        use std::fmt::Write;
+        let mut t = NumberText {
+            bytes: [0; 48],
+            len: 0,
+        };
+        let _ = write!(t, "{n}");
+        t
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
+    }
 }
 
 /// Appends the number `text` in `field`'s PIC and USAGE; the reason it does not
@@ -813,12 +1274,14 @@ pub fn encode_number(
     if negative && !signed {
         return Err("negative, and the PIC has no S".into());
     }
-    // Exactly `digits` digits, the implied point `scale` from the right.
-    let mut all: Vec<u8> = Vec::with_capacity(digits);
-    all.resize(digits - scale - int.len(), 0);
-    all.extend(int.bytes().map(|b| b - b'0'));
-    all.extend(frac.bytes().map(|b| b - b'0'));
-    all.resize(digits, 0);
+    // Exactly `digits` digits (at most 31), the implied point `scale` from the right.
+    let mut buffer = [0u8; 32];
+    let all = &mut buffer[..digits];
+    let start = digits - scale - int.len();
+    for (d, b) in all[start..].iter_mut().zip(int.bytes().chain(frac.bytes())) {
+        *d = b - b'0';
+    }
+    let all = &buffer[..digits];
     match field.usage {
         Usage::Display(sign) => {
             let digit = |d: u8| encoding.encode((b'0' + d) as char).expect("digits");
@@ -867,13 +1330,12 @@ pub fn encode_number(
                 (true, true) => 0x0D,
             };
             // An odd count of nibbles before the sign: a leading 0 if digits is even.
-            let mut nibbles: Vec<u8> = Vec::with_capacity(field.length * 2);
-            if digits.is_multiple_of(2) {
-                nibbles.push(0);
-            }
-            nibbles.extend_from_slice(&all);
-            nibbles.push(sign);
-            out.extend(nibbles.chunks(2).map(|p| (p[0] << 4) | p[1]));
+            let mut nibbles = [0u8; 34];
+            let lead = usize::from(digits.is_multiple_of(2));
+            nibbles[lead..lead + digits].copy_from_slice(all);
+            nibbles[lead + digits] = sign;
+            let count = lead + digits + 1;
+            out.extend(nibbles[..count].chunks(2).map(|p| (p[0] << 4) | p[1]));
         }
         Usage::Binary => {
             let mut value: i128 = all.iter().fold(0, |v, &d| v * 10 + d as i128);
@@ -1178,6 +1640,98 @@ mod tests {
         assert_eq!(bytes.len(), 35, "EBCDIC: record_end none by default");
         assert_eq!(s.text(&bytes[9..19]), "APPROVED-W");
         assert_eq!(bytes[0], 0xC1, "A in cp037");
+    }
+
+    const WITH_CONTROL: &str = r"       01  PERMIT-UPD.
+           05  PU-ACTION      PIC X.
+           05  PU-PERMIT-NO   PIC 9(8).
+           05  PU-FEE         PIC S9(7)V99 COMP-3.
+           05  PU-UNITS       PIC S9(4) SIGN LEADING SEPARATE.
+       01  PU-HEADER.
+           05  PH-TYPE        PIC X VALUE 'H'.
+           05  PH-SEQ         PIC 9(6).
+           05  PH-DATE        PIC X(8).
+           05  FILLER         PIC X(6) VALUE SPACES.
+       01  PU-TRAILER.
+           05  PT-TYPE        PIC X VALUE 'T'.
+           05  PT-COUNT       PIC 9(5) COMP-3.
+           05  PT-FEES        PIC S9(11)V99.
+           05  PT-UNITS       PIC S9(8) COMP.
+";
+
+    #[test]
+    fn header_and_trailer_carry_count_hash_totals_file_number_and_date() {
+        let tmp = tempfile::tempdir().unwrap();
+        let format = "[format.header]\nrecord = \"PU-HEADER\"\n[format.header.map]\nPH-SEQ = \"@batch_seq\"\nPH-DATE = \"@run_date\"\n\
+                      [format.trailer]\nrecord = \"PU-TRAILER\"\n[format.trailer.map]\nPT-COUNT = \"@record_count\"\nPT-FEES = \"@sum:fee\"\nPT-UNITS = \"@sum:units\"\n\
+                      [format.map]\nPU-ACTION = \"@op\"\nPU-PERMIT-NO = \"permit_number\"\nPU-FEE = \"fee\"\nPU-UNITS = \"units\"\n";
+        for encoding in ["ascii", "cp037"] {
+            let s = spec(
+                tmp.path(),
+                WITH_CONTROL,
+                &format!("encoding = \"{encoding}\"\nrecord_end = \"lf\"\n{format}"),
+            )
+            .unwrap();
+            let delta = Delta {
+                op: Op::Update,
+                set: Flat::new(),
+                unset: Default::default(),
+            };
+            let mut records = Vec::new();
+            for (key, fee, units) in [
+                ("1", json!(95.5), json!(-3)),
+                ("2", json!(-0.25), json!(10)),
+                ("3", json!("1000000"), json!(0)),
+            ] {
+                let rid = RecordId::new("permits", key);
+                let mut r = Flat::new();
+                r.insert("fee".into(), fee);
+                r.insert("units".into(), units);
+                let mut bytes = s.render(&item(&rid, &delta, Some(&r))).unwrap();
+                bytes.pop();
+                records.push(bytes);
+            }
+            let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+            let (header, trailer) = s.frame(&refs, 42).unwrap();
+            let text = |b: &[u8]| b.iter().map(|&b| s.encoding.decode(b)).collect::<String>();
+            let date = run_date("%Y%m%d");
+            assert_eq!(
+                text(&header),
+                format!("H000042{date}      \n"),
+                "{encoding}"
+            );
+            assert_eq!(header.len(), 22);
+            // 3 records; fees 95.50 - 0.25 + 1000000.00; units -3 + 10 + 0.
+            assert_eq!(trailer[0], s.encoding.encode('T').unwrap());
+            assert_eq!(&trailer[1..4], &[0x00, 0x00, 0x3F]);
+            let fees = &trailer[4..17];
+            let mut expected = Vec::new();
+            encode_number(
+                &s.trailer.as_ref().unwrap().layout.fields[2],
+                "1000095.25",
+                s.encoding,
+                &mut expected,
+            )
+            .unwrap();
+            assert_eq!(fees, &expected[..], "{encoding}");
+            assert_eq!(&trailer[17..21], &[0, 0, 0, 7]);
+            // A count its item cannot hold refuses the batch.
+            let many = vec![refs[0]; 100_000];
+            let e = s.frame(&many, 1).unwrap_err();
+            assert!(
+                e.contains("PU-TRAILER item PT-COUNT (PIC 9(5) COMP-3) cannot hold 100000"),
+                "{e}"
+            );
+        }
+        let e = spec(tmp.path(), WITH_CONTROL, "[format.trailer]\nrecord = \"PU-TRAILER\"\n[format.trailer.map]\nPT-FEES = \"@sum:status\"\nPT-TYPE = \"@record_count\"\n[format.map]\nPU-ACTION = \"@op\"\nPU-PERMIT-NO = \"k\"\n").unwrap_err().join("\n");
+        assert!(
+            e.contains("`status` is not mapped to a numeric item in [format.map]"),
+            "{e}"
+        );
+        assert!(
+            e.contains("PT-TYPE = \"@record_count\": needs a numeric item"),
+            "{e}"
+        );
     }
 
     #[test]

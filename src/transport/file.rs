@@ -100,6 +100,9 @@ pub struct FileTransport {
     pub batch_window: Duration,
     header: Vec<u8>,
     footer: Vec<u8>,
+    /// Fixed records with `[format.header]`/`[format.trailer]`: control records
+    /// that depend on the batch (count, hash total, file number), made per file.
+    control: Option<std::sync::Arc<crate::translator::fixed::FixedSpec>>,
     extension: &'static str,
     /// The number of the last file written; `None` until read from disk.
     last_number: Option<u64>,
@@ -121,23 +124,46 @@ impl FileTransport {
             batch_window,
             header: translator.file_header(),
             footer: translator.file_footer(),
+            control: match translator {
+                Translator::Fixed(spec) if spec.header.is_some() || spec.trailer.is_some() => {
+                    Some(spec.clone())
+                }
+                _ => None,
+            },
             extension: translator.file_extension(),
             last_number: None,
         }
     }
 
     pub async fn deliver(&mut self, batch: &[Payload]) -> Outcome {
-        let mut body = self.header.clone();
-        for p in batch {
-            body.extend_from_slice(&p.bytes);
-        }
-        body.extend_from_slice(&self.footer);
         let dir = self.dir.clone();
         let target = self.target.clone();
         let extension = self.extension;
         let last = self.last_number;
+        let (header, footer, control) = (
+            self.header.clone(),
+            self.footer.clone(),
+            self.control.clone(),
+        );
+        let records: Vec<Vec<u8>> = batch.iter().map(|p| p.bytes.clone()).collect();
+        // The body once the file's number is known (a trailer may carry it).
+        let body = move |number: u64| -> Result<Vec<u8>, String> {
+            let (header, footer) = match &control {
+                Some(spec) => {
+                    let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+                    spec.frame(&refs, number)?
+                }
+                None => (header, footer),
+            };
+            let mut body = header;
+            for r in &records {
+                body.extend_from_slice(r);
+            }
+            body.extend_from_slice(&footer);
+            Ok(body)
+        };
         let result =
-            tokio::task::spawn_blocking(move || write_batch(&dir, &target, extension, last, &body))
+            tokio::task::spawn_blocking(move || write_batch(&dir, &target, extension, last, body))
                 .await;
         match result {
             Ok((used, outcome)) => {
@@ -148,7 +174,8 @@ impl FileTransport {
                 }
                 match outcome {
                     Ok(()) => Outcome::Delivered,
-                    Err(reason) => Outcome::Down { reason },
+                    Err(WriteError::Down(reason)) => Outcome::Down { reason },
+                    Err(WriteError::Refused(reason)) => Outcome::Rejected { reason },
                 }
             }
             Err(e) => Outcome::Down {
@@ -216,12 +243,37 @@ fn last_used(dir: &Path, target: &str) -> Result<u64, String> {
 
 /// Writes one batch file. Returns the number it reserved (if it got that far)
 /// and whether the file is in place and durable.
+/// Why a batch file was not written.
+enum WriteError {
+    /// The outbox failed (missing, full, unwritable): an outage.
+    Down(String),
+    /// The batch cannot be framed (a trailer's count or total does not fit its item).
+    Refused(String),
+}
+
 fn write_batch(
     dir: &Path,
     target: &str,
     extension: &str,
     last: Option<u64>,
-    body: &[u8],
+    body: impl FnOnce(u64) -> Result<Vec<u8>, String>,
+) -> (Option<u64>, Result<(), WriteError>) {
+    let mut refused = None;
+    let (used, result) = write_numbered(dir, target, extension, last, |number| {
+        body(number).map_err(|e| refused = Some(e.clone()))
+    });
+    match (refused, result) {
+        (Some(reason), _) => (used, Err(WriteError::Refused(reason))),
+        (None, result) => (used, result.map_err(WriteError::Down)),
+    }
+}
+
+fn write_numbered(
+    dir: &Path,
+    target: &str,
+    extension: &str,
+    last: Option<u64>,
+    body: impl FnOnce(u64) -> Result<Vec<u8>, ()>,
 ) -> (Option<u64>, Result<(), String>) {
     let fail = |what: &str, path: &Path, e: std::io::Error| {
         format!("outbox: cannot {what} {}: {e}", path.display())
@@ -252,7 +304,10 @@ fn write_batch(
         f.write_all(bytes).map_err(|e| fail("write", file, e))?;
         f.sync_all().map_err(|e| fail("fsync", file, e))
     };
-    if let Err(e) = write_synced(&tmp, body) {
+    let Ok(body) = body(number) else {
+        return (None, Err("the batch cannot be framed".into()));
+    };
+    if let Err(e) = write_synced(&tmp, &body) {
         let _ = fs::remove_file(&tmp);
         return (None, Err(e));
     }

@@ -252,3 +252,57 @@ fn translate_shows_the_ruler_and_new_scaffolds_the_map() {
             .is_file()
     );
 }
+
+#[test]
+fn a_batch_file_is_framed_by_header_and_trailer_with_count_and_hash_total() {
+    let control = "[format.header]\nrecord = \"PERMIT-HDR\"\n[format.header.map]\nPH-BATCH = \"@batch_seq\"\nPH-DATE = \"@run_date\"\n\
+                   [format.trailer]\nrecord = \"PERMIT-TRL\"\n[format.trailer.map]\nPT-COUNT = \"@record_count\"\nPT-FEE-TOTAL = \"@sum:fee\"\n";
+    let text =
+        fixed_connector(control).replace("batch_window = \"0s\"", "batch_window = \"300ms\"");
+    let d = TestDaemon::new().connector("county", &text);
+    std::fs::copy(
+        fixtures().join("cobol/PERMIT-UPD.cpy"),
+        d.path().join("connectors/county/PERMIT-UPD.cpy"),
+    )
+    .unwrap();
+    let d = d.start();
+    let mut c = d.client();
+    for (key, fee) in [("1", json!(10.25)), ("2", json!(-0.5)), ("3", json!(1000))] {
+        assert_eq!(
+            c.call(&envelope(
+                key,
+                json!({"permit_number": key, "status": "NEW", "fee": fee, "units": 1})
+            ))["ok"],
+            true
+        );
+    }
+    d.wait_for(Duration::from_secs(10), "the batch", |d| {
+        d.target_status("county")["delivered"] == 3
+    });
+    let files = d.outbox_files("county");
+    let bytes: Vec<u8> = files
+        .iter()
+        .flat_map(|f| std::fs::read(f).unwrap())
+        .collect();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let lines: Vec<&str> = text.split_terminator('\n').collect();
+    // One file a batch; each starts with its header and ends with its trailer.
+    let headers: Vec<&&str> = lines.iter().filter(|l| l.starts_with('H')).collect();
+    assert_eq!(headers.len(), files.len(), "{text}");
+    assert!(headers[0].starts_with("H00000001"), "{text}");
+    assert_eq!(headers[0].len(), 37);
+    let trailers: Vec<&&str> = lines.iter().filter(|l| l.starts_with('T')).collect();
+    assert_eq!(trailers.len(), files.len());
+    if files.len() == 1 {
+        // 10.25 - 0.50 + 1000.00 = 1009.75: trailing overpunch, positive.
+        assert_eq!(
+            *trailers[0], "T00000003000000000100975             ",
+            "{text}"
+        );
+    }
+    let counted: usize = trailers
+        .iter()
+        .map(|t| t[1..9].parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(counted, 3);
+}

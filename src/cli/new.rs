@@ -256,9 +256,9 @@ delete = "D"
 
 [format.map]
 # copybook item = record path ("status", "address.city"), or "@op", "@key",
-# "@delivery_id", "@attempt". Uncomment and fill in; an unmapped item is
-# spaces (text) or zero (numbers). A value that does not fit its PIC is a
-# rejection of that change, never truncated or rounded.
+# "@delivery_id", "@attempt". Uncomment and fill in; an unmapped item holds
+# its VALUE, else spaces (text) or zero (numbers). A value that does not fit
+# its PIC is a rejection of that change, never truncated or rounded.
 "#,
         others.join(", "),
         layout.length,
@@ -285,6 +285,34 @@ delete = "D"
             field.length,
             if field.length == 1 { "" } else { "s" }
         );
+    }
+    if layouts.len() > 1 {
+        format.push_str(
+            "\n# Optional batch control records: another 01-level of the copybook first\n\
+             # ([format.header]) or last ([format.trailer]) in each file. Map items to\n\
+             # \"@record_count\", \"@batch_seq\", \"@run_date\" (see date_format) or \"@sum:<path>\".\n",
+        );
+        for (table, other) in ["header", "trailer"].iter().zip(layouts.iter().skip(1)) {
+            let _ = writeln!(
+                format,
+                "# [format.{table}]\n# record = \"{}\"\n# [format.{table}.map]",
+                other.name
+            );
+            for field in other.fields.iter().filter(|f| !f.is_filler()) {
+                let _ = writeln!(
+                    format,
+                    "# {} = \"\"   # {}, offset {}{}",
+                    toml_key(&field.name),
+                    field.describe(),
+                    field.offset,
+                    if field.fill.is_some() {
+                        " (has a VALUE)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
     }
     format.push('\n');
     match (text.find("[format]"), text.find("[transport]")) {

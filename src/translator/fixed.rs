@@ -804,6 +804,29 @@ impl FixedSpec {
         }
     }
 
+    /// One line for `check`: which record, how long, how encoded, how framed.
+    pub fn describe(&self) -> String {
+        let mapped = self.sources.iter().filter(|s| **s != Source::Blank).count();
+        let mut line = format!(
+            "fixed records {} of {} ({} bytes, {mapped} items mapped, {}, record_end {})",
+            self.layout.name,
+            self.copybook,
+            self.layout.length,
+            self.encoding.name(),
+            match self.record_end {
+                RecordEnd::None => "none",
+                RecordEnd::Lf => "lf",
+                RecordEnd::CrLf => "crlf",
+            }
+        );
+        for (what, control) in [("header", &self.header), ("trailer", &self.trailer)] {
+            if let Some(c) = control {
+                line.push_str(&format!(", {what} {}", c.layout.name));
+            }
+        }
+        line
+    }
+
     /// `translate`'s ruler: name, offset, length and PIC of each item, its
     /// text, and the hex of packed and binary items; then the record as text.
     pub fn ruler(&self, record: &[u8]) -> String {

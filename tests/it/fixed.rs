@@ -204,6 +204,19 @@ fn check_names_the_copybook_line_and_column_and_the_map_item() {
 fn translate_shows_the_ruler_and_new_scaffolds_the_map() {
     let d = daemon("");
     d.write_config();
+    let out = d.cli(&["check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(
+            "format: county: fixed records PERMIT-UPD of PERMIT-UPD.cpy (37 bytes, 6 items mapped, ascii, record_end lf)"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let change = d.path().join("change.json");
     std::fs::write(
         &change,

@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -176,12 +175,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size `{text}` is too large"))
 }
 
-/// Parses "10s", "200ms", "5m" (humantime).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        format!("`{text}` is not a duration ({e}); write it like \"10s\", \"200ms\" or \"5m\"")
-    })
-}
+pub use crate::problem::{line_of, parse_duration};
 
 /// The validated configuration the daemon and the commands use.
 #[derive(Debug, Clone)]
@@ -315,32 +309,6 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let col = before.rfind('\n').map(|i| offset - i).unwrap_or(offset + 1);
     (line, col)
-}
-
-/// The line where `key = ...` is written (inside `[table]` if given), for messages
-/// about values that parsed but make no sense.
-pub fn line_of(text: &str, table: Option<&str>, key: &str) -> Option<usize> {
-    let mut current: Option<String> = None;
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.starts_with('[') {
-            current = Some(
-                line.trim_matches(|c| c == '[' || c == ']')
-                    .trim()
-                    .to_string(),
-            );
-            continue;
-        }
-        let in_table = match (table, &current) {
-            (None, None) => true,
-            (Some(t), Some(c)) => t == c,
-            _ => false,
-        };
-        if in_table && line.split('=').next().map(str::trim) == Some(key) {
-            return Some(i + 1);
-        }
-    }
-    None
 }
 
 fn build(
@@ -520,6 +488,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn sizes_and_durations() {

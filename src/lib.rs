@@ -20,6 +20,7 @@ pub mod control;
 pub mod daemon;
 pub mod delivery_log;
 pub mod diff;
+pub mod problem;
 pub mod queue;
 pub mod record;
 pub mod replay;

@@ -107,7 +107,11 @@ pub fn run(cfg: &Config, args: TranslateArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let translator = Translator::new(&connector.format);
-    let id = format!("{}:preview", connector.name);
+    // A fixed record may carry the seq in a numeric item: 0 stands for "not queued".
+    let id = match translator {
+        Translator::Fixed(_) => format!("{}:0", connector.name),
+        _ => format!("{}:preview", connector.name),
+    };
     let item = Item {
         id: &id,
         attempt: 1,
@@ -115,7 +119,8 @@ pub fn run(cfg: &Config, args: TranslateArgs) -> anyhow::Result<ExitCode> {
         delta: &delta,
         record: change.doc.as_ref(),
     };
-    let transport = crate::transport::Transport::new(connector, &translator);
+    let transport =
+        crate::transport::Transport::new(&connector.name, &connector.transport, &translator);
     let bytes = match transport.rendering() {
         // A SOAP connector shows the whole envelope that would be sent.
         crate::transport::Rendering::Standalone => translator.render(&item).and_then(|body| {
@@ -133,6 +138,11 @@ pub fn run(cfg: &Config, args: TranslateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     .map_err(|e| anyhow::anyhow!("{} cannot render this change: {e}", connector.name))?;
+    if let Translator::Fixed(spec) = &translator {
+        // Fixed records are read by offset: show the ruler, not raw (maybe EBCDIC) bytes.
+        print!("{}", spec.ruler(&bytes));
+        return Ok(ExitCode::SUCCESS);
+    }
     use std::io::Write;
     std::io::stdout().write_all(&bytes)?;
     Ok(ExitCode::SUCCESS)

@@ -124,7 +124,7 @@ impl Worker {
         shutdown: watch::Receiver<bool>,
     ) -> Worker {
         let translator = Translator::new(&connector.format);
-        let transport = Transport::new(connector, &translator);
+        let transport = Transport::new(&connector.name, &connector.transport, &translator);
         Worker {
             name: connector.name.clone(),
             queue,

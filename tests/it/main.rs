@@ -5,8 +5,10 @@ mod harness;
 
 mod bad_input;
 mod cli;
+mod cobol;
 mod crash;
 mod durability;
+mod fixed;
 mod pipeline;
 mod power_loss;
 mod powerfs;

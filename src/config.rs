@@ -69,8 +69,14 @@ pub struct ConfigFile {
     pub cache_mib: Option<u64>,
     /// Pause ingestion while the state folder's disk has less free space. Default 256.
     pub min_free_disk_mib: Option<u64>,
-    /// Shell command run on every dead letter, with `HMS_*` environment variables.
+    /// Shell command run when an alert starts and when it clears (see `[alerts]`),
+    /// with `HMS_ALERT`, `HMS_ALERT_STATE`, `HMS_TARGET` and the facts in `HMS_*`
+    /// environment variables.
     pub alert_command: Option<String>,
+    /// When `alert_command` runs (SPEC §6 "Alerts").
+    pub alerts: Option<AlertsFile>,
+    /// What happens to changes of a collection no connector receives.
+    pub collections: Option<CollectionsFile>,
     pub socket: Option<SocketFile>,
     pub status: Option<StatusFile>,
     pub limits: Option<LimitsFile>,
@@ -98,6 +104,26 @@ pub struct SocketFile {
 pub struct StatusFile {
     /// Address of the read-only status listener. Default "127.0.0.1:7878"; "off" disables it.
     pub listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsFile {
+    /// Alert `target_down` once a target has been down this long. Default "15m".
+    pub target_down_after: Option<String>,
+    /// Alert `backlog_stale` once a target's oldest pending change is this old. Default "1h".
+    pub oldest_pending_after: Option<String>,
+    /// Alert `file_rejected` while a watched folder's `.rejected/` holds files. Default true.
+    pub file_rejected: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionsFile {
+    /// Keep changes of a collection that no connector receives (for a later
+    /// connector or `resync`) instead of refusing them. Default false.
+    #[serde(default)]
+    pub keep_unrouted: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -196,11 +222,32 @@ pub struct Config {
     pub cache_mib: u64,
     pub min_free_disk_mib: u64,
     pub alert_command: Option<String>,
+    pub alerts: AlertsConfig,
+    /// `[collections] keep_unrouted`: keep changes no connector receives.
+    pub keep_unrouted: bool,
     pub socket: SocketConfig,
     pub status_listen: Option<SocketAddr>,
     pub limits: Limits,
     pub watches: Vec<Watch>,
     pub connectors: Vec<Connector>,
+}
+
+/// `[alerts]`, validated.
+#[derive(Debug, Clone, Copy)]
+pub struct AlertsConfig {
+    pub target_down_after: Duration,
+    pub oldest_pending_after: Duration,
+    pub file_rejected: bool,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            target_down_after: Duration::from_secs(15 * 60),
+            oldest_pending_after: Duration::from_secs(60 * 60),
+            file_rejected: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -476,6 +523,31 @@ fn build(
         }
     }
 
+    let alerts_file = file.alerts.unwrap_or_default();
+    let mut alerts = AlertsConfig::default();
+    for (key, text, slot) in [
+        (
+            "target_down_after",
+            &alerts_file.target_down_after,
+            &mut alerts.target_down_after,
+        ),
+        (
+            "oldest_pending_after",
+            &alerts_file.oldest_pending_after,
+            &mut alerts.oldest_pending_after,
+        ),
+    ] {
+        if let Some(text) = text {
+            match parse_duration(text) {
+                Ok(d) => *slot = d,
+                Err(e) => problems.push(format!("{}[alerts] {key}: {e}", at(Some("alerts"), key))),
+            }
+        }
+    }
+    if let Some(on) = alerts_file.file_rejected {
+        alerts.file_rejected = on;
+    }
+
     let connectors = match connector::load_all(&connectors_dir, base) {
         Ok(c) => c,
         Err(mut errs) => {
@@ -498,6 +570,8 @@ fn build(
         cache_mib: file.cache_mib.unwrap_or(32),
         min_free_disk_mib: file.min_free_disk_mib.unwrap_or(256),
         alert_command: file.alert_command,
+        alerts,
+        keep_unrouted: file.collections.is_some_and(|c| c.keep_unrouted),
         socket,
         status_listen,
         limits,
@@ -514,6 +588,16 @@ impl Config {
 
     pub fn connector(&self, name: &str) -> Option<&Connector> {
         self.connectors.iter().find(|c| c.name == name)
+    }
+
+    /// Every collection some connector receives, sorted, without repeats.
+    pub fn routed_collections(&self) -> Vec<String> {
+        let set: std::collections::BTreeSet<&String> = self
+            .connectors
+            .iter()
+            .flat_map(|c| c.collections.iter())
+            .collect();
+        set.into_iter().cloned().collect()
     }
 }
 

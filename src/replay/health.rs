@@ -15,6 +15,8 @@ pub struct TargetHealth {
     pub delivered: u64,
     pub rejected: u64,
     pub last_beat: Option<Instant>,
+    /// Paused by an operator: nothing is sent, nothing counted.
+    pub paused: bool,
 }
 
 impl TargetHealth {
@@ -30,6 +32,10 @@ impl TargetHealth {
 #[derive(Default)]
 pub struct Health {
     targets: Mutex<BTreeMap<String, TargetHealth>>,
+    /// Per target: wakes its worker out of a backoff or a pause (`probe`,
+    /// `resume`). Apart from the queue's waker, so that new work arriving during
+    /// an outage does not cut the backoff short.
+    kicks: Mutex<BTreeMap<String, std::sync::Arc<tokio::sync::Notify>>>,
 }
 
 impl Health {
@@ -75,6 +81,27 @@ impl Health {
             }
             h.last_error = Some(error.to_string());
         });
+    }
+
+    pub fn set_paused(&self, name: &str, paused: bool) {
+        self.with(name, |h| h.paused = paused);
+        self.kick(name);
+    }
+
+    pub fn is_paused(&self, name: &str) -> bool {
+        self.with(name, |h| h.paused)
+    }
+
+    /// The notifier [`Health::kick`] wakes for `name`.
+    pub fn kicker(&self, name: &str) -> std::sync::Arc<tokio::sync::Notify> {
+        let mut map = self.kicks.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Wakes `name`'s worker now (a probe, or a resume). If it is busy, it
+    /// looks again as soon as it is done.
+    pub fn kick(&self, name: &str) {
+        self.kicker(name).notify_one();
     }
 
     pub fn get(&self, name: &str) -> TargetHealth {

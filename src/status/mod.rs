@@ -16,6 +16,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use crate::control::Live;
 use crate::queue::QueueCounts;
 use crate::queue::handle::QueueHandle;
 use crate::record::now_ms;
@@ -28,12 +29,25 @@ pub fn report(counts: &[QueueCounts], health: Option<&Health>) -> Value {
     let targets: Vec<Value> = counts
         .iter()
         .map(|c| {
-            let (state, last_error) = match health {
+            let (state, last_error, paused, down_for) = match health {
                 Some(h) => {
                     let th = h.get(&c.name);
-                    (if th.down { "down" } else { "up" }, th.last_error)
+                    let state = if th.paused {
+                        "paused"
+                    } else if th.down {
+                        "down"
+                    } else {
+                        "up"
+                    };
+                    let down_for = th.down_since.map(|t| t.elapsed().as_secs_f64());
+                    (state, th.last_error, th.paused, down_for)
                 }
-                None => ("down", Some("hms-sync is not running".to_string())),
+                None => (
+                    "down",
+                    Some("hms-sync is not running".to_string()),
+                    false,
+                    None,
+                ),
             };
             let age = c
                 .oldest_queued_at_ms
@@ -48,17 +62,44 @@ pub fn report(counts: &[QueueCounts], health: Option<&Health>) -> Value {
                 "delivered": c.delivered,
                 "oldest_pending_age_s": (age * 10.0).round() / 10.0,
                 "last_error": last_error,
+                "paused": paused,
+                "down_for_s": down_for.map(|s| s.round()),
             })
         })
         .collect();
     json!({ "running": health.is_some(), "targets": targets })
 }
 
+/// The report of a running daemon: [`report`] plus unrouted collections and alerts.
+pub fn live_report(counts: &[QueueCounts], live: &Live) -> Value {
+    let mut v = report(counts, Some(&live.health));
+    v["unrouted"] = live
+        .routing
+        .as_ref()
+        .map(|r| {
+            r.unrouted()
+                .into_iter()
+                .map(|(collection, changes)| json!({"collection": collection, "changes": changes}))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into();
+    v["keep_unrouted"] = json!(live.routing.as_ref().is_some_and(|r| r.keep_unrouted));
+    v["alerts"] = live
+        .alerts
+        .as_ref()
+        .map(|a| a.report())
+        .unwrap_or(Value::Null);
+    v
+}
+
 #[derive(Clone)]
 struct Shared {
     queue: QueueHandle,
-    health: Arc<Health>,
+    live: Arc<Live>,
     ingest: Arc<IngestStats>,
+    /// The delivery log, read backwards for `/records/...`.
+    log_path: std::path::PathBuf,
 }
 
 impl Shared {
@@ -74,8 +115,9 @@ impl Shared {
 pub async fn serve(
     addr: SocketAddr,
     queue: QueueHandle,
-    health: Arc<Health>,
+    live: Arc<Live>,
     ingest: Arc<IngestStats>,
+    log_path: std::path::PathBuf,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     use anyhow::Context;
@@ -87,10 +129,12 @@ pub async fn serve(
         .route("/", get(page))
         .route("/status", get(status_json))
         .route("/metrics", get(metrics))
+        .route("/records/{collection}/{key}", get(record_json))
         .with_state(Shared {
             queue,
-            health,
+            live,
             ingest,
+            log_path,
         });
     let task = tokio::spawn(async move {
         let stop = async move {
@@ -110,10 +154,27 @@ async fn status_json(State(s): State<Shared>) -> Response {
     match s.counts().await {
         Ok(c) => (
             [(header::CONTENT_TYPE, "application/json")],
-            report(&c, Some(&s.health)).to_string(),
+            live_report(&c, &s.live).to_string(),
         )
             .into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+    }
+}
+
+/// `GET /records/<collection>/<key>`: what `where --json` prints.
+async fn record_json(
+    State(s): State<Shared>,
+    axum::extract::Path((collection, key)): axum::extract::Path<(String, String)>,
+) -> Response {
+    let record = crate::record::RecordId::new(collection, key);
+    let log_path = s.log_path.clone();
+    match s
+        .queue
+        .call(move |q| crate::control::where_json(q, &record, &log_path))
+        .await
+    {
+        Ok(v) => ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
 }
 
@@ -123,7 +184,7 @@ async fn page(State(s): State<Shared>) -> Response {
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
     };
     let mut rows = String::new();
-    for t in report(&counts, Some(&s.health))["targets"]
+    for t in live_report(&counts, &s.live)["targets"]
         .as_array()
         .into_iter()
         .flatten()
@@ -206,7 +267,7 @@ async fn metrics(State(s): State<Shared>) -> Response {
     );
     let health: Vec<_> = counts
         .iter()
-        .map(|c| (c.name.clone(), s.health.get(&c.name)))
+        .map(|c| (c.name.clone(), s.live.health.get(&c.name)))
         .collect();
     let per_health = |f: &dyn Fn(&crate::replay::TargetHealth) -> f64| -> Vec<(String, f64)> {
         health
@@ -214,6 +275,50 @@ async fn metrics(State(s): State<Shared>) -> Response {
             .map(|(n, h)| (format!("{{target=\"{}\"}}", label(n)), f(h)))
             .collect()
     };
+    family(
+        "hms_sync_paused",
+        "gauge",
+        "1 if an operator paused delivery to the target.",
+        per_health(&|h| if h.paused { 1.0 } else { 0.0 }),
+    );
+    let now = now_ms();
+    family(
+        "hms_sync_oldest_pending_age_seconds",
+        "gauge",
+        "Age of the oldest change waiting for the target (0: none).",
+        per(&|c| {
+            c.oldest_queued_at_ms
+                .map(|t| now.saturating_sub(t) as f64 / 1000.0)
+                .unwrap_or(0.0)
+        }),
+    );
+    let unrouted: Vec<(String, f64)> = s
+        .live
+        .routing
+        .as_ref()
+        .map(|r| r.unrouted())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(c, n)| (format!("{{collection=\"{}\"}}", label(&c)), n as f64))
+        .collect();
+    family(
+        "hms_sync_unrouted_changes_total",
+        "counter",
+        "Changes kept for a collection no connector receives (keep_unrouted), since start.",
+        unrouted,
+    );
+    let firing = s
+        .live
+        .alerts
+        .as_ref()
+        .map(|a| a.report()["firing"].as_array().map(Vec::len).unwrap_or(0))
+        .unwrap_or(0);
+    family(
+        "hms_sync_alerts_firing",
+        "gauge",
+        "Alert conditions firing now.",
+        vec![(String::new(), firing as f64)],
+    );
     family(
         "hms_sync_rejected_total",
         "counter",

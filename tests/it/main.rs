@@ -3,10 +3,12 @@
 
 mod harness;
 
+mod alerts;
 mod bad_input;
 mod cli;
 mod crash;
 mod durability;
+mod operator;
 mod pipeline;
 mod power_loss;
 mod powerfs;

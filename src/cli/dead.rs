@@ -89,6 +89,9 @@ pub fn run(cfg: &Config, cmd: DeadCommand) -> anyhow::Result<ExitCode> {
             }
         }
         DeadCommand::Retry { ids, all, target } => {
+            if let Some(t) = &target {
+                super::operate::known_target(cfg, t)?;
+            }
             if ids.is_empty() && !all {
                 return Err(UsageError(
                     "name the dead letters to retry (IDs from `hms-sync dead list`), or --all"

@@ -307,6 +307,9 @@ fn unknown_targets_and_collections_are_usage_errors_in_every_command() {
         &["resync", "nope"],
         &["resync", "cobol", "--collection", "parcels"],
         &["dead", "list", "--target", "nope"],
+        &["dead", "retry", "--all", "--target", "nope"],
+        &["tail", "--target", "nope"],
+        &["translate", "nope", "x.json"],
         &["where", "parcels", "1"],
     ] {
         let out = d.cli(args);

@@ -158,6 +158,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             live.clone(),
             ingest.clone(),
             cfg.delivery_log.clone(),
+            crate::status::PageConfig {
+                watches: cfg.watches.clone(),
+                max_queue_bytes: cfg.max_queue_bytes,
+                min_free_bytes: cfg.min_free_disk_mib * 1024 * 1024,
+            },
             stop.clone(),
         )
         .await?;

@@ -1,5 +1,7 @@
 //! A read-only view: the status report (`hms-sync status --json`, `GET /status`),
-//! Prometheus metrics (`GET /metrics`) and a small page (`GET /`).
+//! Prometheus metrics (`GET /metrics`), the page for people (`GET /`, [`page`]),
+//! the record lookup (`GET /lookup`, `GET /records/<collection>/<key>`) and the
+//! widget (`GET /widget`).
 //!
 //! **Invariants:** nothing here changes state; the listener serves GET only; no
 //! secret is ever part of a report.
@@ -7,6 +9,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+
+pub mod page;
 
 use axum::Router;
 use axum::extract::State;
@@ -100,6 +104,65 @@ struct Shared {
     ingest: Arc<IngestStats>,
     /// The delivery log, read backwards for `/records/...`.
     log_path: std::path::PathBuf,
+    view: Arc<PageConfig>,
+}
+
+/// What the page shows of the config.
+pub struct PageConfig {
+    pub watches: Vec<crate::config::Watch>,
+    pub max_queue_bytes: u64,
+    pub min_free_bytes: u64,
+}
+
+/// Free bytes for unprivileged writers on the filesystem holding `path`.
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+impl Shared {
+    async fn page_data(&self) -> Result<(page::PageData, Vec<Vec<u64>>), String> {
+        let (counts, dead, busy, queue_bytes) = self
+            .queue
+            .call(|q| {
+                let counts = q.counts()?;
+                let mut dead = q.dead_list(None)?;
+                dead.reverse();
+                Ok((counts, dead, q.busy_reason(), q.pending_bytes()))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let minute = crate::replay::health::minute_now();
+        let hours = counts
+            .iter()
+            .map(|c| self.live.health.get(&c.name).last_hour(minute))
+            .collect();
+        let ingest = &self.ingest;
+        Ok((
+            page::PageData {
+                report: live_report(&counts, &self.live),
+                dead,
+                busy,
+                queue_bytes,
+                max_queue_bytes: self.view.max_queue_bytes,
+                disk_free_bytes: free_bytes(&self.live.state_dir),
+                min_free_bytes: self.view.min_free_bytes,
+                watches: self.view.watches.clone(),
+                socket_lines: (
+                    ingest.lines_accepted.load(Relaxed),
+                    ingest.lines_refused.load(Relaxed),
+                ),
+            },
+            hours,
+        ))
+    }
 }
 
 impl Shared {
@@ -118,6 +181,7 @@ pub async fn serve(
     live: Arc<Live>,
     ingest: Arc<IngestStats>,
     log_path: std::path::PathBuf,
+    view: PageConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     use anyhow::Context;
@@ -130,11 +194,14 @@ pub async fn serve(
         .route("/status", get(status_json))
         .route("/metrics", get(metrics))
         .route("/records/{collection}/{key}", get(record_json))
+        .route("/lookup", get(lookup))
+        .route("/widget", get(widget))
         .with_state(Shared {
             queue,
             live,
             ingest,
             log_path,
+            view: Arc::new(view),
         });
     let task = tokio::spawn(async move {
         let stop = async move {
@@ -178,42 +245,88 @@ async fn record_json(
     }
 }
 
-async fn page(State(s): State<Shared>) -> Response {
-    let counts = match s.counts().await {
-        Ok(c) => c,
-        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
-    };
-    let mut rows = String::new();
-    for t in live_report(&counts, &s.live)["targets"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
-            esc(t["name"].as_str().unwrap_or("")),
-            esc(t["state"].as_str().unwrap_or("")),
-            t["pending"],
-            t["in_flight"],
-            t["dead"],
-            t["delivered"],
-            esc(t["last_error"].as_str().unwrap_or("")),
-        ));
-    }
-    Html(format!(
-        "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=5><title>hms-sync</title>\
-         <h1>hms-sync</h1><table border=1 cellpadding=4><tr><th>target</th><th>state</th><th>pending</th>\
-         <th>in flight</th><th>dead</th><th>delivered</th><th>last error</th></tr>\n{rows}</table>\
-         <p><a href=/status>/status</a> · <a href=/metrics>/metrics</a></p>"
-    ))
-    .into_response()
+/// The value of `name` in a query string (`+` and `%XX` decoded).
+fn query_param(raw: Option<&str>, name: &str) -> Option<String> {
+    raw?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() && s.is_char_boundary(i + 3) => {
+                match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn page(
+    State(s): State<Shared>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Response {
+    let dead_page = query_param(q.as_deref(), "dead_page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    match s.page_data().await {
+        Ok((data, hours)) => Html(page::render(&data, &hours, dead_page)).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+    }
+}
+
+async fn widget(State(s): State<Shared>) -> Response {
+    match s.page_data().await {
+        Ok((data, _)) => Html(page::render_widget(&data)).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+    }
+}
+
+async fn lookup(
+    State(s): State<Shared>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Response {
+    let collection = query_param(q.as_deref(), "collection")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let key = query_param(q.as_deref(), "key")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    if collection.is_empty() || key.is_empty() {
+        return Html(page::render_lookup(
+            &collection,
+            &key,
+            Err("give both a collection and a key"),
+        ))
+        .into_response();
+    }
+    let record = crate::record::RecordId::new(collection.clone(), key.clone());
+    let log_path = s.log_path.clone();
+    let doc = s
+        .queue
+        .call(move |q| crate::control::where_json(q, &record, &log_path))
+        .await;
+    let html = match &doc {
+        Ok(v) => page::render_lookup(&collection, &key, Ok(v)),
+        Err(e) => page::render_lookup(&collection, &key, Err(&e.to_string())),
+    };
+    Html(html).into_response()
 }
 
 /// Prometheus label values escape `\`, `"` and newlines.
@@ -393,4 +506,20 @@ async fn metrics(State(s): State<Shared>) -> Response {
         st.commits.load(Relaxed)
     ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        let q = Some("collection=per%6Dits&key=a+b%3C&x");
+        assert_eq!(query_param(q, "collection").as_deref(), Some("permits"));
+        assert_eq!(query_param(q, "key").as_deref(), Some("a b<"));
+        assert_eq!(query_param(q, "x").as_deref(), Some(""));
+        assert_eq!(query_param(q, "y"), None);
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
 }

@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod durability;
 mod operator;
+mod page;
 mod pipeline;
 mod power_loss;
 mod powerfs;

@@ -115,6 +115,12 @@ pub enum Command {
     New(new::NewArgs),
     /// Show what connector NAME would send for a change, without sending it.
     Translate(translate::TranslateArgs),
+    /// Print the embedded default config (what `run` uses when no config file is found).
+    Config {
+        /// The embedded default (the only form for now).
+        #[arg(long)]
+        default: bool,
+    },
     /// Copy what can still be read out of a damaged queue into a fresh one (the
     /// daemon must be stopped); the damaged file is kept aside. Exit 0: all was
     /// read; 1: something could not be read (listed).
@@ -182,6 +188,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check => check::run(path.as_deref()),
         Command::New(args) => new::run(path.as_deref(), args),
+        Command::Config { default } => {
+            if !default {
+                return Err(UsageError(
+                    "say `hms-sync config --default` to print the embedded default config".into(),
+                )
+                .into());
+            }
+            print!("{}", config::DEFAULT_CONFIG);
+            Ok(ExitCode::SUCCESS)
+        }
         command => {
             let cfg = load_config(path.as_deref())?;
             match command {
@@ -205,7 +221,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     key,
                 } => resync::run(&cfg, &target, collection, key),
                 Command::Recover { json } => recover::run(&cfg, json),
-                Command::Check | Command::New(_) => unreachable!("handled above"),
+                Command::Check | Command::New(_) | Command::Config { .. } => {
+                    unreachable!("handled above")
+                }
             }
         }
     }

@@ -429,3 +429,47 @@ fn resync_key_sends_one_record_in_full_again() {
     let out = d.cli(&["resync", "housing", "--key", "nope"]);
     assert_eq!(code(&out), 2, "{}", text(&out));
 }
+
+#[test]
+fn dead_show_prints_for_people_with_the_payload_and_the_commands_to_copy() {
+    let server = crate::soap::LegacyBox::start();
+    server.reject("13", true);
+    let d = TestDaemon::new()
+        .connector(
+            "cobol",
+            &crate::soap::soap_connector(
+                &server.url(),
+                "",
+                "max_attempts = 2\nbackoff = \"10ms\"\nmax_backoff = \"50ms\"",
+            ),
+        )
+        .start();
+    d.client().call(&envelope(
+        "13",
+        json!({"permit_number": "13", "status": "A"}),
+    ));
+    d.wait_for(Duration::from_secs(10), "a dead letter", |d| {
+        d.target_status("cobol")["dead"] == 1
+    });
+    let out = d.cli(&["dead", "show", "cobol:1"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("reason:"), "{t}");
+    assert!(t.contains("soap:Envelope"), "the payload: {t}");
+    assert!(t.contains("id=\"cobol:1\""), "under its delivery id: {t}");
+    assert!(t.contains("hms-sync dead retry cobol:1"), "{t}");
+    // Without a terminal nothing is asked (scripts), as with --yes.
+    let out = d.cli(&["dead", "drop", "cobol:1"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("1 dead letter(s) dropped"));
+}
+
+#[test]
+fn config_default_prints_the_embedded_default_config() {
+    let d = TestDaemon::new();
+    let out = d.cli(&["config", "--default"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(t.contains("state_dir = \"var/state\""), "{t}");
+    assert!(t.contains("[[watch]]"), "{t}");
+}

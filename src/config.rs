@@ -104,6 +104,14 @@ pub struct SocketFile {
 pub struct StatusFile {
     /// Address of the read-only status listener. Default "127.0.0.1:7878"; "off" disables it.
     pub listen: Option<String>,
+    /// Networks (CIDR, e.g. "10.20.0.0/16", or one address) whose clients may
+    /// read the status listener; loopback always may. A non-loopback `listen`
+    /// needs this or `token_file`.
+    #[serde(default)]
+    pub allow_from: Vec<String>,
+    /// File holding a bearer token (`Authorization: Bearer …`) that lets any
+    /// client read the status listener. Read at start; never shown.
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -227,6 +235,10 @@ pub struct Config {
     pub keep_unrouted: bool,
     pub socket: SocketConfig,
     pub status_listen: Option<SocketAddr>,
+    /// `[status] allow_from`, parsed.
+    pub status_allow_from: Vec<Cidr>,
+    /// `[status] token_file`, resolved.
+    pub status_token_file: Option<PathBuf>,
     pub limits: Limits,
     pub watches: Vec<Watch>,
     pub connectors: Vec<Connector>,
@@ -283,6 +295,49 @@ pub struct Watch {
     pub snapshot: bool,
     pub archive_dir: Option<PathBuf>,
     pub poll: bool,
+}
+
+/// A network in CIDR notation (`10.0.0.0/8`, `fd00::/8`) or one address.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let bad = || format!("`{text}` is not a network like \"10.20.0.0/16\" or an address");
+        let (ip, prefix) = match text.trim().split_once('/') {
+            Some((ip, p)) => (ip, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (text.trim(), None),
+        };
+        let addr: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Every problem found while loading, each a full sentence for the operator.
@@ -452,15 +507,37 @@ fn build(
         allow_gids: socket_file.allow_gids,
     };
 
-    let listen_text = file
-        .status
-        .and_then(|s| s.listen)
+    let status_file = file.status.unwrap_or_default();
+    let mut status_allow_from = Vec::new();
+    for text in &status_file.allow_from {
+        match Cidr::parse(text) {
+            Ok(c) => status_allow_from.push(c),
+            Err(e) => problems.push(format!(
+                "{}[status] allow_from: {e}",
+                at(Some("status"), "allow_from")
+            )),
+        }
+    }
+    let status_token_file = status_file.token_file.as_deref().map(resolve);
+    let listen_text = status_file
+        .listen
         .unwrap_or_else(|| "127.0.0.1:7878".to_string());
     let status_listen = if listen_text == "off" {
         None
     } else {
         match listen_text.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
+            Ok(a) => {
+                if !a.ip().is_loopback()
+                    && status_allow_from.is_empty()
+                    && status_token_file.is_none()
+                {
+                    problems.push(format!(
+                        "{}[status] listen: `{listen_text}` is reachable from the network; say who may read it with `allow_from = [\"10.0.0.0/8\"]` or `token_file = \"/etc/hms-sync/status.token\"` (or listen on 127.0.0.1)",
+                        at(Some("status"), "listen")
+                    ));
+                }
+                Some(a)
+            }
             Err(_) => {
                 problems.push(format!(
                     "{}[status] listen: `{listen_text}` is not an address like \"127.0.0.1:7878\" (or \"off\")",
@@ -574,6 +651,8 @@ fn build(
         keep_unrouted: file.collections.is_some_and(|c| c.keep_unrouted),
         socket,
         status_listen,
+        status_allow_from,
+        status_token_file,
         limits,
         watches,
         connectors,
@@ -604,6 +683,29 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_contain_their_addresses() {
+        let c = Cidr::parse("10.20.0.0/16").unwrap();
+        assert!(c.contains("10.20.3.4".parse().unwrap()));
+        assert!(!c.contains("10.21.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.20.0.9".parse().unwrap()));
+        let one = Cidr::parse("192.168.1.5").unwrap();
+        assert!(one.contains("192.168.1.5".parse().unwrap()));
+        assert!(!one.contains("192.168.1.6".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        assert!(
+            Cidr::parse("fd00::/8")
+                .unwrap()
+                .contains("fd12::1".parse().unwrap())
+        );
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("ten").is_err());
+    }
 
     #[test]
     fn sizes_and_durations() {

@@ -152,16 +152,37 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     if let Some(addr) = cfg.status_listen {
+        let token = match &cfg.status_token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("[status] token_file: cannot read {}", path.display())
+                })?;
+                let token = text.trim().to_string();
+                if token.len() < 16 {
+                    bail!(
+                        "[status] token_file: {} holds {} characters; use at least 16 (e.g. `openssl rand -hex 24`)",
+                        path.display(),
+                        token.len()
+                    );
+                }
+                Some(token)
+            }
+            None => None,
+        };
         let (bound, _task) = crate::status::serve(
             addr,
             queue.clone(),
             live.clone(),
             ingest.clone(),
-            cfg.delivery_log.clone(),
             crate::status::PageConfig {
+                delivery_log: cfg.delivery_log.clone(),
                 watches: cfg.watches.clone(),
                 max_queue_bytes: cfg.max_queue_bytes,
                 min_free_bytes: cfg.min_free_disk_mib * 1024 * 1024,
+            },
+            crate::status::Access {
+                allow_from: cfg.status_allow_from.clone(),
+                token,
             },
             stop.clone(),
         )

@@ -107,8 +107,72 @@ struct Shared {
     view: Arc<PageConfig>,
 }
 
+/// Who may read the listener: loopback always; `allow_from` networks; anyone
+/// with the bearer token.
+#[derive(Default)]
+pub struct Access {
+    pub allow_from: Vec<crate::config::Cidr>,
+    /// Read from `token_file` at start; never logged.
+    pub token: Option<String>,
+}
+
+impl Access {
+    pub fn allows(&self, peer: std::net::IpAddr, authorization: Option<&str>) -> bool {
+        let peer_v4 = match peer {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(std::net::IpAddr::V4)
+                .unwrap_or(peer),
+            v4 => v4,
+        };
+        if peer_v4.is_loopback() || self.allow_from.iter().any(|c| c.contains(peer)) {
+            return true;
+        }
+        match (
+            &self.token,
+            authorization.and_then(|a| a.strip_prefix("Bearer ")),
+        ) {
+            (Some(want), Some(got)) => {
+                let got = got.trim();
+                // Same time whatever the first differing byte.
+                want.len() == got.len()
+                    && want
+                        .bytes()
+                        .zip(got.bytes())
+                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                        == 0
+            }
+            _ => false,
+        }
+    }
+}
+
+async fn guard(
+    State(access): State<Arc<Access>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if access.allows(peer.ip(), auth) {
+        next.run(req).await
+    } else {
+        tracing::debug!(peer = %peer, "status listener: refused a client outside allow_from without the token");
+        (
+            StatusCode::FORBIDDEN,
+            "not allowed: this address is not in [status] allow_from and no valid bearer token was given\n",
+        )
+            .into_response()
+    }
+}
+
 /// What the page shows of the config.
 pub struct PageConfig {
+    /// The delivery log, read backwards for `/records/...` and `/lookup`.
+    pub delivery_log: std::path::PathBuf,
     pub watches: Vec<crate::config::Watch>,
     pub max_queue_bytes: u64,
     pub min_free_bytes: u64,
@@ -180,8 +244,8 @@ pub async fn serve(
     queue: QueueHandle,
     live: Arc<Live>,
     ingest: Arc<IngestStats>,
-    log_path: std::path::PathBuf,
     view: PageConfig,
+    access: Access,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     use anyhow::Context;
@@ -200,16 +264,23 @@ pub async fn serve(
             queue,
             live,
             ingest,
-            log_path,
+            log_path: view.delivery_log.clone(),
             view: Arc::new(view),
-        });
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(access),
+            guard,
+        ));
     let task = tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.changed().await;
         };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
+        if let Err(e) = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop)
+        .await
         {
             tracing::error!(error = %e, "status listener failed");
         }
@@ -511,6 +582,23 @@ async fn metrics(State(s): State<Shared>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_allowed_networks_and_the_token_may_read_others_may_not() {
+        let access = Access {
+            allow_from: vec![crate::config::Cidr::parse("10.20.0.0/16").unwrap()],
+            token: Some("s3cret".into()),
+        };
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(access.allows(ip("127.0.0.1"), None));
+        assert!(access.allows(ip("::1"), None));
+        assert!(access.allows(ip("10.20.1.1"), None));
+        assert!(!access.allows(ip("10.21.1.1"), None));
+        assert!(access.allows(ip("10.21.1.1"), Some("Bearer s3cret")));
+        assert!(!access.allows(ip("10.21.1.1"), Some("Bearer s3creX")));
+        assert!(!access.allows(ip("10.21.1.1"), Some("s3cret")));
+        assert!(!Access::default().allows(ip("192.0.2.1"), Some("Bearer ")));
+    }
 
     #[test]
     fn query_parameters_are_decoded() {

@@ -473,3 +473,28 @@ fn config_default_prints_the_embedded_default_config() {
     assert!(t.contains("state_dir = \"var/state\""), "{t}");
     assert!(t.contains("[[watch]]"), "{t}");
 }
+
+#[test]
+fn a_status_listener_on_the_network_needs_allow_from_or_a_token_file() {
+    let d = TestDaemon::new()
+        .connector("housing", &csv_connector(&["permit_number"], "", FAST))
+        .tables("[alerts]\nfile_rejected = true");
+    std::fs::write(
+        d.config_path(),
+        "state_dir = \"state\"\n[socket]\npath = \"hms.sock\"\n[status]\nlisten = \"0.0.0.0:7878\"\n",
+    )
+    .unwrap();
+    let out = d.cli(&["check"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("line 5"), "{t}");
+    assert!(t.contains("allow_from") && t.contains("token_file"), "{t}");
+    std::fs::write(
+        d.config_path(),
+        "state_dir = \"state\"\n[socket]\npath = \"hms.sock\"\n[status]\nlisten = \"0.0.0.0:7878\"\nallow_from = [\"10.20.0.0/16\", \"nonsense\"]\n",
+    )
+    .unwrap();
+    let t = text(&d.cli(&["check"]));
+    assert!(t.contains("`nonsense` is not a network"), "{t}");
+    assert!(!t.contains("reachable from the network"), "{t}");
+}

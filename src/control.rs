@@ -318,6 +318,18 @@ pub fn execute(q: &mut Queue, req: Request, log: &DeliveryLog) -> Result<Value, 
     })
 }
 
+/// Per target, how many records hold changes behind a dead letter (one read of
+/// the dead letters; there are few, or an alert has long fired).
+pub fn held_counts(q: &Queue) -> Result<std::collections::BTreeMap<String, u64>, QueueError> {
+    let mut held = std::collections::BTreeMap::new();
+    for (t, d) in q.dead_list(None)? {
+        if d.held.is_some() {
+            *held.entry(t).or_insert(0) += 1;
+        }
+    }
+    Ok(held)
+}
+
 fn parse_target(id: &str) -> String {
     crate::queue::parse_delivery_id(id)
         .map(|(t, _)| t.to_string())
@@ -394,7 +406,11 @@ async fn answer(req: Request, queue: &QueueHandle, live: &Live, log: &Arc<Delive
         Ok(v) if is_status => {
             let counts: Vec<crate::queue::QueueCounts> =
                 serde_json::from_value(v).unwrap_or_default();
-            json!({"ok": true, "result": crate::status::live_report(&counts, live)})
+            let mut report = crate::status::live_report(&counts, live);
+            if let Ok(held) = queue.call(|q| held_counts(q)).await {
+                crate::status::add_held(&mut report, &held);
+            }
+            json!({"ok": true, "result": report})
         }
         Ok(v) => json!({"ok": true, "result": v}),
         Err(e) => json!({"ok": false, "error": e.to_string()}),

@@ -74,6 +74,14 @@ pub fn report(counts: &[QueueCounts], health: Option<&Health>) -> Value {
     json!({ "running": health.is_some(), "targets": targets })
 }
 
+/// Adds each target's `held` (records whose changes wait behind a dead letter).
+pub fn add_held(report: &mut Value, held: &std::collections::BTreeMap<String, u64>) {
+    for t in report["targets"].as_array_mut().into_iter().flatten() {
+        let n = t["name"].as_str().and_then(|n| held.get(n)).copied();
+        t["held"] = json!(n.unwrap_or(0));
+    }
+}
+
 /// The report of a running daemon: [`report`] plus unrouted collections and alerts.
 pub fn live_report(counts: &[QueueCounts], live: &Live) -> Value {
     let mut v = report(counts, Some(&live.health));
@@ -290,10 +298,13 @@ pub async fn serve(
 
 async fn status_json(State(s): State<Shared>) -> Response {
     match s.counts().await {
-        Ok(c) => (
-            [(header::CONTENT_TYPE, "application/json")],
-            live_report(&c, &s.live).to_string(),
-        )
+        Ok(c) => ([(header::CONTENT_TYPE, "application/json")], {
+            let mut r = live_report(&c, &s.live);
+            if let Ok(held) = s.queue.call(|q| crate::control::held_counts(q)).await {
+                add_held(&mut r, &held);
+            }
+            r.to_string()
+        })
             .into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
     }
@@ -563,6 +574,62 @@ async fn metrics(State(s): State<Shared>) -> Response {
         "counter",
         "Times ingestion was paused by backpressure.",
         vec![(String::new(), i.busy.load(Relaxed) as f64)],
+    );
+    let (queue_bytes, held) = s
+        .queue
+        .call(|q| Ok((q.pending_bytes(), crate::control::held_counts(q)?)))
+        .await
+        .unwrap_or_default();
+    family(
+        "hms_sync_held",
+        "gauge",
+        "Records whose changes wait behind a dead letter.",
+        per(&|c| held.get(&c.name).copied().unwrap_or(0) as f64),
+    );
+    family(
+        "hms_sync_queue_bytes",
+        "gauge",
+        "Bytes of waiting deltas (ingestion pauses past max_queue_bytes).",
+        vec![(String::new(), queue_bytes as f64)],
+    );
+    family(
+        "hms_sync_queue_max_bytes",
+        "gauge",
+        "max_queue_bytes.",
+        vec![(String::new(), s.view.max_queue_bytes as f64)],
+    );
+    family(
+        "hms_sync_disk_free_bytes",
+        "gauge",
+        "Free bytes on the state folder's disk (ingestion pauses under min_free_disk_mib).",
+        vec![(
+            String::new(),
+            free_bytes(&s.live.state_dir).unwrap_or(0) as f64,
+        )],
+    );
+    let per_watch = |f: &dyn Fn(&crate::config::Watch) -> f64| -> Vec<(String, f64)> {
+        s.view
+            .watches
+            .iter()
+            .map(|w| {
+                (
+                    format!("{{dir=\"{}\"}}", label(&w.dir.display().to_string())),
+                    f(w),
+                )
+            })
+            .collect()
+    };
+    family(
+        "hms_sync_watch_files_waiting",
+        "gauge",
+        "Files waiting in a watched folder.",
+        per_watch(&|w| page::files_waiting(&w.dir) as f64),
+    );
+    family(
+        "hms_sync_watch_files_rejected",
+        "gauge",
+        "Files in a watched folder's .rejected/.",
+        per_watch(&|w| crate::alerts::rejected_list(&w.dir, 0).0 as f64),
     );
     let st = &s.queue.stats;
     family(

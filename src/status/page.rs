@@ -283,16 +283,7 @@ pub fn render(data: &PageData, hours: &[Vec<u64>], dead_page: usize) -> String {
 
     s.push_str("<section id=watches><h2>Watched folders</h2><table><tr><th>folder</th><th>collection</th><th>files waiting</th><th>files rejected</th></tr>");
     for w in &data.watches {
-        let waiting = std::fs::read_dir(&w.dir)
-            .map(|r| {
-                r.flatten()
-                    .filter(|e| {
-                        let n = e.file_name().to_string_lossy().into_owned();
-                        !crate::watcher::dropdir::ignored(&n) && e.path().is_file()
-                    })
-                    .count()
-            })
-            .unwrap_or(0);
+        let waiting = files_waiting(&w.dir);
         let (count, newest) = rejected_list(&w.dir, REJECTED_SHOWN);
         let mut rejected = format!("<span class=rejected-count>{count}</span>");
         if !newest.is_empty() {
@@ -368,6 +359,20 @@ pub fn render(data: &PageData, hours: &[Vec<u64>], dead_page: usize) -> String {
          <p class=muted><a href=/status>/status</a> · <a href=/metrics>/metrics</a> · <a href=/widget>/widget</a></p></body></html>",
     );
     s
+}
+
+/// Files in a watched folder that will be taken (not ignored names).
+pub fn files_waiting(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    !crate::watcher::dropdir::ignored(&n) && e.path().is_file()
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 fn dead_section(data: &PageData, page: usize) -> String {

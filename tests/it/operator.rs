@@ -123,6 +123,17 @@ fn with_keep_unrouted_the_change_is_kept_counted_and_found_by_where() {
         metrics.contains("hms_sync_unrouted_changes_total{collection=\"parcels\"} 1"),
         "{metrics}"
     );
+    for family in [
+        "hms_sync_held{target=\"housing\"} 0",
+        "hms_sync_paused{target=\"housing\"} 0",
+        "hms_sync_oldest_pending_age_seconds{target=\"housing\"}",
+        "hms_sync_queue_bytes ",
+        "hms_sync_disk_free_bytes ",
+        "hms_sync_watch_files_rejected{dir=",
+        "hms_sync_alerts_firing ",
+    ] {
+        assert!(metrics.contains(family), "{family} in {metrics}");
+    }
     let out = d.cli(&["status"]);
     assert!(text(&out).contains("unrouted: 1 change(s) of collection `parcels`"));
 }
@@ -354,6 +365,8 @@ fn where_shows_delivered_pending_dead_and_held_and_the_page_answers_the_same() {
     d.wait_for(Duration::from_secs(10), "housing's second delivery", |d| {
         d.target_status("housing")["delivered"] == 2
     });
+    assert_eq!(d.target_status("xmlbox")["held"], 1);
+    assert_eq!(d.target_status("housing")["held"], 0);
     let out = d.cli(&["where", "permits", "123", "--json"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -13,29 +13,36 @@ use crate::control::Request;
 pub enum DeadCommand {
     /// List dead letters, oldest first.
     List {
+        /// Only this target's dead letters.
         #[arg(long)]
         target: Option<String>,
+        /// JSON for scripts (SPEC §6 shape).
         #[arg(long)]
         json: bool,
     },
     /// Everything about one dead letter: its delta, what it holds, the record.
     Show {
+        /// The dead letter's delivery id, e.g. county-cobol:42 (from `dead list`).
         id: String,
+        /// JSON for scripts (with the record's latest state).
         #[arg(long)]
         json: bool,
     },
     /// Put dead letters back in the queue (merged with what they held), attempts reset.
     Retry {
+        /// Delivery ids from `dead list`, e.g. county-cobol:42.
         ids: Vec<String>,
         /// Every dead letter (of --target, if given).
         #[arg(long, conflicts_with = "ids")]
         all: bool,
+        /// With --all: only this target's dead letters.
         #[arg(long, requires = "all")]
         target: Option<String>,
     },
     /// Forget dead letters; what they held for their record is then sent. Asks
     /// first on a terminal.
     Drop {
+        /// Delivery ids from `dead list`, e.g. county-cobol:42.
         #[arg(required = true)]
         ids: Vec<String>,
         /// Do not ask (scripts; without a terminal nothing is asked anyway).

@@ -35,7 +35,15 @@ pub const VERSION: &str = concat!(
 /// Keeps legacy systems in sync: watches drop folders and a socket for changed
 /// records, queues every change durably, and delivers it to each legacy system.
 #[derive(Parser, Debug)]
-#[command(name = "hms-sync", version = VERSION, about, long_about = None)]
+#[command(
+    name = "hms-sync",
+    version = VERSION,
+    about,
+    long_about = None,
+    after_help = "Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid config (an unknown\n\
+                  target or collection is bad usage). `status --check`: 0 OK, 1 warning, 2 critical,\n\
+                  3 unknown (hms-sync not running); see `hms-sync status --help`."
+)]
 pub struct Cli {
     /// Config file. Otherwise $HMS_SYNC_CONFIG, ./hms-sync.toml, /etc/hms-sync/hms-sync.toml,
     /// or the embedded default (everything under ./var/).

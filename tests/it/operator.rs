@@ -511,3 +511,52 @@ fn a_status_listener_on_the_network_needs_allow_from_or_a_token_file() {
     assert!(t.contains("`nonsense` is not a network"), "{t}");
     assert!(!t.contains("reachable from the network"), "{t}");
 }
+
+#[test]
+fn every_argument_has_help_text_and_help_lists_the_exit_codes() {
+    let d = TestDaemon::new();
+    let top = d.cli(&["--help"]);
+    assert!(text(&top).contains("Exit codes: 0 success, 1 runtime failure, 2 bad usage"));
+    let status = text(&d.cli(&["status", "--help"]));
+    assert!(status.contains("3 UNKNOWN"), "{status}");
+    for cmd in [
+        &["run"][..],
+        &["check"],
+        &["status"],
+        &["pause"],
+        &["resume"],
+        &["probe"],
+        &["where"],
+        &["resync"],
+        &["tail"],
+        &["send"],
+        &["translate"],
+        &["new"],
+        &["recover"],
+        &["config"],
+        &["dead", "list"],
+        &["dead", "show"],
+        &["dead", "retry"],
+        &["dead", "drop"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let help = String::from_utf8_lossy(&d.cli(&args).stdout).into_owned();
+        for line in help.lines() {
+            let t = line.trim_end();
+            let bare = t.trim_start().starts_with('-') || t.trim_start().starts_with(['<', '[']);
+            // An argument line with nothing after its name has no help text.
+            let name_only = t
+                .trim_start()
+                .split("  ")
+                .filter(|p| !p.trim().is_empty())
+                .count()
+                == 1;
+            assert!(
+                !(line.starts_with("  ") && bare && name_only),
+                "`hms-sync {}` has an argument without help: {t:?}",
+                cmd.join(" ")
+            );
+        }
+    }
+}

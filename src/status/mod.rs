@@ -231,6 +231,13 @@ impl Shared {
                     ingest.lines_accepted.load(Relaxed),
                     ingest.lines_refused.load(Relaxed),
                 ),
+                socket_clients: ingest.socket_clients.load(Relaxed),
+                last_taken: self
+                    .view
+                    .watches
+                    .iter()
+                    .map(|w| ingest.last_taken(&w.dir))
+                    .collect(),
             },
             hours,
         ))

@@ -34,6 +34,10 @@ pub struct PageData {
     pub watches: Vec<Watch>,
     /// Socket lines accepted and refused since start.
     pub socket_lines: (u64, u64),
+    /// Socket connections open now.
+    pub socket_clients: u64,
+    /// Per watch (same order as `watches`): the last file taken and when.
+    pub last_taken: Vec<Option<(String, u64)>>,
 }
 
 pub fn esc(s: &str) -> String {
@@ -266,7 +270,7 @@ pub fn render(data: &PageData, hours: &[Vec<u64>], dead_page: usize) -> String {
     let _ = write!(
         s,
         "<section id=ingestion><h2>Ingestion: <span class=ingestion-state>{}</span></h2>\
-         <p>Queue {} of max_queue_bytes {}; disk free {} (min_free_disk_mib {}). Socket lines: {} accepted, {} refused.</p></section>",
+         <p>Queue {} of max_queue_bytes {}; disk free {} (min_free_disk_mib {}). Socket: {} client(s) connected; lines {} accepted, {} refused since start.</p></section>",
         match &data.busy {
             Some(reason) => format!("⏸ paused — {}", esc(reason)),
             None => "▶ running".into(),
@@ -277,12 +281,21 @@ pub fn render(data: &PageData, hours: &[Vec<u64>], dead_page: usize) -> String {
             .map(mib)
             .unwrap_or_else(|| "unknown".into()),
         mib(data.min_free_bytes),
+        data.socket_clients,
         data.socket_lines.0,
         data.socket_lines.1,
     );
 
-    s.push_str("<section id=watches><h2>Watched folders</h2><table><tr><th>folder</th><th>collection</th><th>files waiting</th><th>files rejected</th></tr>");
-    for w in &data.watches {
+    s.push_str("<section id=watches><h2>Watched folders</h2><table><tr><th>folder</th><th>collection</th><th>files waiting</th><th>last file taken</th><th>files rejected</th></tr>");
+    for (i, w) in data.watches.iter().enumerate() {
+        let last = match data.last_taken.get(i).cloned().flatten() {
+            Some((name, at)) => format!(
+                "<code>{}</code> {} ago",
+                esc(&name),
+                age(now_ms().saturating_sub(at) as f64 / 1000.0)
+            ),
+            None => "none since start".into(),
+        };
         let waiting = files_waiting(&w.dir);
         let (count, newest) = rejected_list(&w.dir, REJECTED_SHOWN);
         let mut rejected = format!("<span class=rejected-count>{count}</span>");
@@ -300,7 +313,7 @@ pub fn render(data: &PageData, hours: &[Vec<u64>], dead_page: usize) -> String {
         }
         let _ = write!(
             s,
-            "<tr><td><code>{}</code></td><td>{}</td><td class=waiting>{waiting}</td><td>{rejected}</td></tr>",
+            "<tr><td><code>{}</code></td><td>{}</td><td class=waiting>{waiting}</td><td class=last-taken>{last}</td><td>{rejected}</td></tr>",
             esc(&w.dir.display().to_string()),
             esc(&w.collection)
         );

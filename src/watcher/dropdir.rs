@@ -286,6 +286,7 @@ impl DropDir {
                     // Accepted and durable; taking it again later changes nothing.
                     tracing::error!(file = %path.display(), error = %e, "accepted, but cannot remove it from the inbox");
                 }
+                self.stats.took_file(&self.watch.dir, &name);
                 tracing::info!(file = %name, changes, "file accepted");
                 Taken::Accepted
             }

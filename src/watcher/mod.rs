@@ -17,11 +17,28 @@ pub struct IngestStats {
     pub lines_refused: AtomicU64,
     pub changes: AtomicU64,
     pub busy: AtomicU64,
+    /// Socket connections open now.
+    pub socket_clients: AtomicU64,
+    /// Per watched folder: the last file taken and when (ms since the epoch).
+    pub last_taken: std::sync::Mutex<std::collections::BTreeMap<std::path::PathBuf, (String, u64)>>,
 }
 
 impl IngestStats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn took_file(&self, dir: &std::path::Path, name: &str) {
+        let mut map = self.last_taken.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(
+            dir.to_path_buf(),
+            (name.to_string(), crate::record::now_ms()),
+        );
+    }
+
+    pub fn last_taken(&self, dir: &std::path::Path) -> Option<(String, u64)> {
+        let map = self.last_taken.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(dir).cloned()
     }
 }
 

@@ -225,7 +225,12 @@ impl IngestSocket {
                 shutdown: self.shutdown.clone(),
             };
             tokio::spawn(async move {
+                let stats = conn.stats.clone();
+                IngestStats::add(&stats.socket_clients, 1);
                 conn.serve(stream).await;
+                stats
+                    .socket_clients
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 drop(permit);
             });
         }

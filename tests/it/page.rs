@@ -99,9 +99,8 @@ fn healthy_the_page_says_all_current_with_numbers_and_a_chart() {
         .connector("housing", &csv_connector(&["permit_number"], "", FAST))
         .start();
     let mut c = d.client();
-    for k in ["1", "2"] {
-        c.call(&envelope(k, json!({"permit_number": k})));
-    }
+    c.call(&envelope("1", json!({"permit_number": "1"})));
+    d.drop_file("p2.json", br#"{"permit_number":"2"}"#);
     d.wait_for(Duration::from_secs(10), "two deliveries", |d| {
         d.target_status("housing")["delivered"] == 2
     });
@@ -122,6 +121,11 @@ fn healthy_the_page_says_all_current_with_numbers_and_a_chart() {
         "the chart: {card}"
     );
     assert!(dom.contains("<form action=\"/lookup\""), "{dom}");
+    assert!(
+        dom.contains("<td class=\"last-taken\"><code>p2.json</code>"),
+        "{dom}"
+    );
+    assert!(dom.contains("Socket: 1 client(s) connected"), "{dom}");
     screenshot(&d, "/", "1-healthy");
     // The widget is a compact fragment of the same.
     let widget = self::dom(&d, "/widget");

@@ -19,7 +19,8 @@ pub enum TransportKind {
 /// `--format`: a format that needs more than the scaffold's default.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum FormatKind {
-    /// Fixed-width records from a COBOL copybook (needs `--copybook`).
+    // No doc comment here: clap would switch every option's help to the long
+    // layout; `--format`'s own help says what `fixed` is.
     Fixed,
 }
 
@@ -30,7 +31,7 @@ pub struct NewArgs {
     /// Default with `--format fixed`: file.
     #[arg(long, value_enum, required_unless_present = "format")]
     transport: Option<TransportKind>,
-    /// fixed: records laid out by the COBOL copybook given with `--copybook`.
+    /// `fixed`: fixed-width records laid out by the COBOL copybook given with `--copybook`.
     #[arg(long, value_enum, requires = "copybook")]
     format: Option<FormatKind>,
     /// The importer's copybook: copied into the connector's folder, and every

@@ -54,6 +54,7 @@ use std::path::{Path, PathBuf};
 
 pub use codec::{Counters, DeadLetter, QueuedDelta, RecordEntry};
 pub use keys::{delivery_id, parse_delivery_id};
+pub use operator::{RecordView, TargetView};
 pub use store::StoreError;
 
 use crate::record::{Flat, RecordId};

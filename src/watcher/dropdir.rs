@@ -55,6 +55,9 @@ pub struct DropDir {
     pub limits: Limits,
     pub queue: QueueHandle,
     pub stats: Arc<IngestStats>,
+    /// Which collections are taken: a file with a change no connector receives
+    /// is rejected whole (unless `keep_unrouted`).
+    pub routing: Arc<super::Routing>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -264,15 +267,32 @@ impl DropDir {
                 return self.reject(path, &name, &e.to_string());
             }
         };
+        let unrouted = set
+            .changes
+            .iter()
+            .map(|c| c.record.collection.as_str())
+            .chain(set.full_collections.iter().map(String::as_str))
+            .find_map(|c| self.routing.check(c).err());
+        if let Some(reason) = unrouted {
+            return self.reject(path, &name, &reason);
+        }
+        let collections: Vec<String> = set
+            .changes
+            .iter()
+            .map(|c| c.record.collection.clone())
+            .collect();
         let changes = set.changes.len() as u64;
         match self.queue.ingest(set).await {
             Ok(_) => {
+                self.routing
+                    .count_accepted(collections.iter().map(String::as_str));
                 IngestStats::add(&self.stats.changes, changes);
                 IngestStats::add(&self.stats.files_accepted, 1);
                 if let Err(e) = self.remove_or_archive(path, &name, identity) {
                     // Accepted and durable; taking it again later changes nothing.
                     tracing::error!(file = %path.display(), error = %e, "accepted, but cannot remove it from the inbox");
                 }
+                self.stats.took_file(&self.watch.dir, &name);
                 tracing::info!(file = %name, changes, "file accepted");
                 Taken::Accepted
             }

@@ -3,12 +3,15 @@
 
 mod harness;
 
+mod alerts;
 mod bad_input;
 mod cli;
 mod cobol;
 mod crash;
 mod durability;
 mod fixed;
+mod operator;
+mod page;
 mod pipeline;
 mod power_loss;
 mod powerfs;

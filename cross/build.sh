@@ -60,6 +60,9 @@ missing_pkgs=()
 for cmd in "${!PKG_FOR[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing_pkgs+=("${PKG_FOR[$cmd]}")
 done
+# The aarch64 C headers ring compiles against: only a Recommends of
+# gcc-aarch64-linux-gnu, which --no-install-recommends leaves out.
+[ -f /usr/aarch64-linux-gnu/include/stdint.h ] || missing_pkgs+=(libc6-dev-arm64-cross)
 if [ "${#missing_pkgs[@]}" -gt 0 ]; then
     # de-duplicate
     mapfile -t missing_pkgs < <(printf '%s\n' "${missing_pkgs[@]}" | sort -u)

@@ -69,8 +69,14 @@ pub struct ConfigFile {
     pub cache_mib: Option<u64>,
     /// Pause ingestion while the state folder's disk has less free space. Default 256.
     pub min_free_disk_mib: Option<u64>,
-    /// Shell command run on every dead letter, with `HMS_*` environment variables.
+    /// Shell command run when an alert starts and when it clears (see `[alerts]`),
+    /// with `HMS_ALERT`, `HMS_ALERT_STATE`, `HMS_TARGET` and the facts in `HMS_*`
+    /// environment variables.
     pub alert_command: Option<String>,
+    /// When `alert_command` runs (SPEC §6 "Alerts").
+    pub alerts: Option<AlertsFile>,
+    /// What happens to changes of a collection no connector receives.
+    pub collections: Option<CollectionsFile>,
     pub socket: Option<SocketFile>,
     pub status: Option<StatusFile>,
     pub limits: Option<LimitsFile>,
@@ -98,6 +104,34 @@ pub struct SocketFile {
 pub struct StatusFile {
     /// Address of the read-only status listener. Default "127.0.0.1:7878"; "off" disables it.
     pub listen: Option<String>,
+    /// Networks (CIDR, e.g. "10.20.0.0/16", or one address) whose clients may
+    /// read the status listener; loopback always may. A non-loopback `listen`
+    /// needs this or `token_file`.
+    #[serde(default)]
+    pub allow_from: Vec<String>,
+    /// File holding a bearer token (`Authorization: Bearer …`) that lets any
+    /// client read the status listener. Read at start; never shown.
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsFile {
+    /// Alert `target_down` once a target has been down this long. Default "15m".
+    pub target_down_after: Option<String>,
+    /// Alert `backlog_stale` once a target's oldest pending change is this old. Default "1h".
+    pub oldest_pending_after: Option<String>,
+    /// Alert `file_rejected` while a watched folder's `.rejected/` holds files. Default true.
+    pub file_rejected: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionsFile {
+    /// Keep changes of a collection that no connector receives (for a later
+    /// connector or `resync`) instead of refusing them. Default false.
+    #[serde(default)]
+    pub keep_unrouted: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -176,12 +210,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size `{text}` is too large"))
 }
 
-/// Parses "10s", "200ms", "5m" (humantime).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        format!("`{text}` is not a duration ({e}); write it like \"10s\", \"200ms\" or \"5m\"")
-    })
-}
+pub use crate::problem::{line_of, parse_duration};
 
 /// The validated configuration the daemon and the commands use.
 #[derive(Debug, Clone)]
@@ -196,11 +225,36 @@ pub struct Config {
     pub cache_mib: u64,
     pub min_free_disk_mib: u64,
     pub alert_command: Option<String>,
+    pub alerts: AlertsConfig,
+    /// `[collections] keep_unrouted`: keep changes no connector receives.
+    pub keep_unrouted: bool,
     pub socket: SocketConfig,
     pub status_listen: Option<SocketAddr>,
+    /// `[status] allow_from`, parsed.
+    pub status_allow_from: Vec<Cidr>,
+    /// `[status] token_file`, resolved.
+    pub status_token_file: Option<PathBuf>,
     pub limits: Limits,
     pub watches: Vec<Watch>,
     pub connectors: Vec<Connector>,
+}
+
+/// `[alerts]`, validated.
+#[derive(Debug, Clone, Copy)]
+pub struct AlertsConfig {
+    pub target_down_after: Duration,
+    pub oldest_pending_after: Duration,
+    pub file_rejected: bool,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            target_down_after: Duration::from_secs(15 * 60),
+            oldest_pending_after: Duration::from_secs(60 * 60),
+            file_rejected: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -236,6 +290,49 @@ pub struct Watch {
     pub snapshot: bool,
     pub archive_dir: Option<PathBuf>,
     pub poll: bool,
+}
+
+/// A network in CIDR notation (`10.0.0.0/8`, `fd00::/8`) or one address.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let bad = || format!("`{text}` is not a network like \"10.20.0.0/16\" or an address");
+        let (ip, prefix) = match text.trim().split_once('/') {
+            Some((ip, p)) => (ip, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (text.trim(), None),
+        };
+        let addr: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Every problem found while loading, each a full sentence for the operator.
@@ -317,32 +414,6 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// The line where `key = ...` is written (inside `[table]` if given), for messages
-/// about values that parsed but make no sense.
-pub fn line_of(text: &str, table: Option<&str>, key: &str) -> Option<usize> {
-    let mut current: Option<String> = None;
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.starts_with('[') {
-            current = Some(
-                line.trim_matches(|c| c == '[' || c == ']')
-                    .trim()
-                    .to_string(),
-            );
-            continue;
-        }
-        let in_table = match (table, &current) {
-            (None, None) => true,
-            (Some(t), Some(c)) => t == c,
-            _ => false,
-        };
-        if in_table && line.split('=').next().map(str::trim) == Some(key) {
-            return Some(i + 1);
-        }
-    }
-    None
-}
-
 fn build(
     source: Source,
     text: &str,
@@ -405,15 +476,37 @@ fn build(
         allow_gids: socket_file.allow_gids,
     };
 
-    let listen_text = file
-        .status
-        .and_then(|s| s.listen)
+    let status_file = file.status.unwrap_or_default();
+    let mut status_allow_from = Vec::new();
+    for text in &status_file.allow_from {
+        match Cidr::parse(text) {
+            Ok(c) => status_allow_from.push(c),
+            Err(e) => problems.push(format!(
+                "{}[status] allow_from: {e}",
+                at(Some("status"), "allow_from")
+            )),
+        }
+    }
+    let status_token_file = status_file.token_file.as_deref().map(resolve);
+    let listen_text = status_file
+        .listen
         .unwrap_or_else(|| "127.0.0.1:7878".to_string());
     let status_listen = if listen_text == "off" {
         None
     } else {
         match listen_text.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
+            Ok(a) => {
+                if !a.ip().is_loopback()
+                    && status_allow_from.is_empty()
+                    && status_token_file.is_none()
+                {
+                    problems.push(format!(
+                        "{}[status] listen: `{listen_text}` is reachable from the network; say who may read it with `allow_from = [\"10.0.0.0/8\"]` or `token_file = \"/etc/hms-sync/status.token\"` (or listen on 127.0.0.1)",
+                        at(Some("status"), "listen")
+                    ));
+                }
+                Some(a)
+            }
             Err(_) => {
                 problems.push(format!(
                     "{}[status] listen: `{listen_text}` is not an address like \"127.0.0.1:7878\" (or \"off\")",
@@ -476,6 +569,31 @@ fn build(
         }
     }
 
+    let alerts_file = file.alerts.unwrap_or_default();
+    let mut alerts = AlertsConfig::default();
+    for (key, text, slot) in [
+        (
+            "target_down_after",
+            &alerts_file.target_down_after,
+            &mut alerts.target_down_after,
+        ),
+        (
+            "oldest_pending_after",
+            &alerts_file.oldest_pending_after,
+            &mut alerts.oldest_pending_after,
+        ),
+    ] {
+        if let Some(text) = text {
+            match parse_duration(text) {
+                Ok(d) => *slot = d,
+                Err(e) => problems.push(format!("{}[alerts] {key}: {e}", at(Some("alerts"), key))),
+            }
+        }
+    }
+    if let Some(on) = alerts_file.file_rejected {
+        alerts.file_rejected = on;
+    }
+
     let connectors = match connector::load_all(&connectors_dir, base) {
         Ok(c) => c,
         Err(mut errs) => {
@@ -498,8 +616,12 @@ fn build(
         cache_mib: file.cache_mib.unwrap_or(32),
         min_free_disk_mib: file.min_free_disk_mib.unwrap_or(256),
         alert_command: file.alert_command,
+        alerts,
+        keep_unrouted: file.collections.is_some_and(|c| c.keep_unrouted),
         socket,
         status_listen,
+        status_allow_from,
+        status_token_file,
         limits,
         watches,
         connectors,
@@ -515,11 +637,45 @@ impl Config {
     pub fn connector(&self, name: &str) -> Option<&Connector> {
         self.connectors.iter().find(|c| c.name == name)
     }
+
+    /// Every collection some connector receives, sorted, without repeats.
+    pub fn routed_collections(&self) -> Vec<String> {
+        let set: std::collections::BTreeSet<&String> = self
+            .connectors
+            .iter()
+            .flat_map(|c| c.collections.iter())
+            .collect();
+        set.into_iter().cloned().collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn networks_contain_their_addresses() {
+        let c = Cidr::parse("10.20.0.0/16").unwrap();
+        assert!(c.contains("10.20.3.4".parse().unwrap()));
+        assert!(!c.contains("10.21.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.20.0.9".parse().unwrap()));
+        let one = Cidr::parse("192.168.1.5").unwrap();
+        assert!(one.contains("192.168.1.5".parse().unwrap()));
+        assert!(!one.contains("192.168.1.6".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        assert!(
+            Cidr::parse("fd00::/8")
+                .unwrap()
+                .contains("fd12::1".parse().unwrap())
+        );
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("ten").is_err());
+    }
 
     #[test]
     fn sizes_and_durations() {

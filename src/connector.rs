@@ -9,9 +9,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{line_of, parse_duration, toml_error};
+use crate::config::toml_error;
+use crate::problem::{Problem, Problems, parse_duration};
 
-/// `connector.toml` as written.
+/// `connector.toml` as written. `[format]` and `[transport]` stay tables here:
+/// their `kind` says which kind's own raw struct reads the rest (each kind's
+/// keys, struct and `validate` live beside its code, in `translator/` and
+/// `transport/`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectorFile {
@@ -19,100 +23,11 @@ pub struct ConnectorFile {
     pub collections: Vec<String>,
     /// Optional projection: only these paths (or subtrees) are sent.
     pub fields: Option<Vec<String>>,
-    pub format: FormatFile,
-    pub transport: TransportFile,
+    /// `kind` (xml | csv | json | template) and that kind's keys.
+    pub format: toml::Table,
+    /// `kind` (file | soap | serial) and that kind's keys.
+    pub transport: toml::Table,
     pub retry: Option<RetryFile>,
-}
-
-/// `[format]`: every key of every kind; `validate` refuses keys of another kind.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FormatFile {
-    /// xml | csv | json | template
-    pub kind: String,
-    /// xml: the element around each delta. Default "RecordUpdate".
-    pub root: Option<String>,
-    /// xml: the element holding the record key. Default "Key".
-    pub key_element: Option<String>,
-    /// csv: the record paths written as columns, in order.
-    pub columns: Option<Vec<String>>,
-    /// csv: the column that holds the record key. Default: the first column.
-    pub key_column: Option<String>,
-    /// template: a minijinja file in the connector's folder, named `*.xml.j2`.
-    pub template: Option<PathBuf>,
-}
-
-/// `[transport]`: every key of every kind; `validate` refuses keys of another kind.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TransportFile {
-    /// file | soap (serial comes with its own issue)
-    pub kind: String,
-    /// file: the outbox folder (relative paths resolve against the config file's folder).
-    pub dir: Option<PathBuf>,
-    /// file: most deltas written in one file. Default 1000.
-    pub batch_max: Option<usize>,
-    /// file: how long to gather deltas for one file. Default "0s".
-    pub batch_window: Option<String>,
-    /// file: create the outbox folder at start-up if it is missing. Default false:
-    /// a missing folder (an unmounted share) is an outage, not a reason to write
-    /// files onto the local disk.
-    pub create_dir: Option<bool>,
-    // --- kind = "serial" (checked in transport/serial/spec.rs) ---
-    /// serial: the device, e.g. "/dev/ttyS0" or "/dev/serial/by-id/usb-...".
-    pub port: Option<PathBuf>,
-    /// serial: line speed. Default 9600.
-    pub baud: Option<u32>,
-    /// serial: 8 (default) or 7.
-    pub data_bits: Option<u8>,
-    /// serial: none (default) | odd | even.
-    pub parity: Option<String>,
-    /// serial: 1 (default) or 2.
-    pub stop_bits: Option<u8>,
-    /// serial: none (default) | software (XON/XOFF) | hardware (RTS/CTS).
-    pub flow_control: Option<String>,
-    /// serial: stx_etx_lrc (default) | line.
-    pub framing: Option<String>,
-    /// serial, framing "line": the device's "got it" line. Default "ACK".
-    pub ack_line: Option<String>,
-    /// serial, framing "line": the device's "refused" line. Default "NAK".
-    pub nak_line: Option<String>,
-    /// serial: how long to wait for ACK/NAK after a frame is on the wire. Default "2s".
-    pub ack_timeout: Option<String>,
-    /// serial: extra sends of a frame after NAK, noise or silence. Default 3.
-    pub retransmits: Option<u32>,
-    /// serial: quiet time before each frame, for slow devices. Default "0s".
-    pub inter_frame_delay: Option<String>,
-    /// serial: utf8 (default) | ascii | latin1: how payload text goes on the wire.
-    pub encoding: Option<String>,
-    /// soap: the service's address, `http://` or `https://`.
-    pub url: Option<String>,
-    /// soap: the SOAPAction (1.1) or `action` (1.2). Default: empty.
-    pub soap_action: Option<String>,
-    /// soap: "1.1" (default) or "1.2".
-    pub soap_version: Option<String>,
-    /// soap: longest wait for the whole answer. Default "30s".
-    pub timeout: Option<String>,
-    /// soap: longest wait to connect. Default "10s".
-    pub connect_timeout: Option<String>,
-    /// soap: user name for `auth`.
-    pub username: Option<String>,
-    /// soap: a file holding only the password (read at start-up, never shown).
-    pub password_file: Option<PathBuf>,
-    /// soap: "basic" (default with `username`), "ws-security-text", "ws-security-digest".
-    pub auth: Option<String>,
-    /// soap: PEM file of the CA to trust for https (instead of the system's).
-    pub ca_file: Option<PathBuf>,
-    /// soap: `xmlns` for the body's root element.
-    pub namespace: Option<String>,
-    /// soap: deliveries at once (each of a different record). Default 1.
-    pub max_in_flight: Option<usize>,
-    /// soap: dead-letter at once on a Client/Sender Fault. Default false.
-    pub dead_letter_on_client_fault: Option<bool>,
-    /// soap: a 2xx with an empty body counts as delivered (for a service known
-    /// to answer so). Default false: it is an outage, like any 2xx that is not a
-    /// SOAP envelope.
-    pub accept_empty_2xx: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -138,35 +53,8 @@ pub struct Connector {
     pub retry: RetryPolicy,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum Format {
-    Xml {
-        root: String,
-        key_element: String,
-    },
-    Csv {
-        columns: Vec<String>,
-        key_column: String,
-    },
-    Json,
-    /// `name` is the file name in the connector folder, `source` its text.
-    Template {
-        name: String,
-        source: String,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum TransportSpec {
-    File {
-        dir: PathBuf,
-        batch_max: usize,
-        batch_window: Duration,
-        create_dir: bool,
-    },
-    Serial(crate::transport::serial::SerialSpec),
-    Soap(Box<crate::transport::soap::SoapSpec>),
-}
+pub use crate::translator::Format;
+pub use crate::transport::TransportSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
@@ -220,7 +108,7 @@ pub fn load_all(dir: &Path, base: &Path) -> Result<Vec<Connector>, Vec<String>> 
             Err(mut e) => problems.append(&mut e),
         }
     }
-    problems.extend(crate::transport::serial::spec::shared_ports(&connectors));
+    problems.extend(shared_ports(&connectors));
     if problems.is_empty() {
         Ok(connectors)
     } else {
@@ -230,182 +118,72 @@ pub fn load_all(dir: &Path, base: &Path) -> Result<Vec<Connector>, Vec<String>> 
 
 /// Loads one connector folder. `base` resolves relative paths (the config's folder).
 pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
+    check(folder, base).map_err(|problems| problems.iter().map(ToString::to_string).collect())
+}
+
+/// Loads one connector folder: every problem, typed.
+pub fn check(folder: &Path, base: &Path) -> Result<Connector, Vec<Problem>> {
     let path = folder.join("connector.toml");
     let file_name = path.display().to_string();
     let name = folder
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| vec![format!("{file_name}: cannot read: {e}")])?;
-    let raw: ConnectorFile =
-        toml::from_str(&text).map_err(|e| vec![toml_error(&file_name, &text, &e)])?;
-    let mut problems = Vec::new();
-    let at = |table: Option<&str>, key: &str| match line_of(&text, table, key) {
-        Some(l) => format!("{file_name}: line {l}: "),
-        None => format!("{file_name}: "),
+    let whole = |message: String| Problem {
+        file: file_name.clone(),
+        line: None,
+        key: String::new(),
+        message,
     };
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| vec![whole(format!("cannot read: {e}"))])?;
+    let raw: ConnectorFile = toml::from_str(&text).map_err(|e| {
+        // toml_error already says "file: line L, column C: ".
+        let full = toml_error(&file_name, &text, &e);
+        let message = full
+            .strip_prefix(&format!("{file_name}: "))
+            .unwrap_or(&full)
+            .to_string();
+        vec![whole(message)]
+    })?;
+    let mut problems = Problems::new(file_name.clone(), &text);
     if !valid_name(&name) {
-        problems.push(format!(
-            "{file_name}: the folder name `{name}` is the target's name and may hold only letters, digits, `-`, `_` and `.`"
-        ));
+        problems.at(
+            None,
+            "",
+            format!(
+                "the folder name `{name}` is the target's name and may hold only letters, digits, `-`, `_` and `.`"
+            ),
+        );
     }
     if raw.collections.is_empty() {
-        problems.push(format!(
-            "{}`collections` is empty: name at least one collection",
-            at(None, "collections")
-        ));
+        problems.at(
+            None,
+            "collections",
+            "`collections` is empty: name at least one collection",
+        );
     }
-    let mut not_for = |table: &str, key: &str, kind: &str, present: bool| {
-        if present {
-            problems.push(format!(
-                "{}[{table}] `{key}` does not apply to {table} kind \"{kind}\"",
-                at(Some(table), key)
-            ));
-        }
-    };
 
-    let f = &raw.format;
-    let format = match f.kind.as_str() {
-        "xml" => {
-            not_for("format", "columns", "xml", f.columns.is_some());
-            not_for("format", "key_column", "xml", f.key_column.is_some());
-            not_for("format", "template", "xml", f.template.is_some());
-            let root = f.root.clone().unwrap_or_else(|| "RecordUpdate".into());
-            let key_element = f.key_element.clone().unwrap_or_else(|| "Key".into());
-            for (key, name) in [("root", &root), ("key_element", &key_element)] {
-                if !crate::translator::xml::valid_element_name(name) {
-                    problems.push(format!(
-                        "{}[format] {key} `{name}` is not an XML element name (letters, digits, `_`, `-`, `.`; starting with a letter or `_`)",
-                        at(Some("format"), key)
-                    ));
-                }
-            }
-            Some(Format::Xml { root, key_element })
-        }
-        "csv" => {
-            not_for("format", "root", "csv", f.root.is_some());
-            not_for("format", "key_element", "csv", f.key_element.is_some());
-            not_for("format", "template", "csv", f.template.is_some());
-            let columns = f.columns.clone().unwrap_or_default();
-            if columns.is_empty() {
-                problems.push(format!(
-                    "{}[format] kind \"csv\" needs `columns = [...]`",
-                    at(Some("format"), "kind")
-                ));
-                None
-            } else {
-                let key_column = f.key_column.clone().unwrap_or_else(|| columns[0].clone());
-                if !columns.contains(&key_column) {
-                    problems.push(format!(
-                        "{}[format] key_column `{key_column}` is not one of `columns`",
-                        at(Some("format"), "key_column")
-                    ));
-                }
-                Some(Format::Csv {
-                    columns,
-                    key_column,
-                })
-            }
-        }
-        "json" => {
-            for (key, present) in [
-                ("root", f.root.is_some()),
-                ("key_element", f.key_element.is_some()),
-                ("columns", f.columns.is_some()),
-                ("key_column", f.key_column.is_some()),
-                ("template", f.template.is_some()),
-            ] {
-                not_for("format", key, "json", present);
-            }
-            Some(Format::Json)
-        }
-        "template" => crate::translator::template::spec(f, &at, folder, &mut problems),
-        other => {
-            problems.push(format!(
-                "{}[format] kind `{other}` is unknown; known kinds: xml, csv, json, template",
-                at(Some("format"), "kind")
-            ));
-            None
-        }
-    };
-
-    let t = &raw.transport;
-    // A key of another known kind is an error, never ignored.
-    if ["file", "soap", "serial"].contains(&t.kind.as_str()) {
-        for (key, kind) in transport_keys(t) {
-            if kind != t.kind {
-                problems.push(format!(
-                    "{}[transport] `{key}` does not apply to transport kind \"{}\" (it is a {kind} key)",
-                    at(Some("transport"), key),
-                    t.kind
-                ));
-            }
-        }
-    }
-    let transport = match t.kind.as_str() {
-        "file" => {
-            let window = match t.batch_window.as_deref().map(parse_duration).transpose() {
-                Ok(w) => w.unwrap_or(Duration::ZERO),
-                Err(e) => {
-                    problems.push(format!(
-                        "{}[transport] batch_window: {e}",
-                        at(Some("transport"), "batch_window")
-                    ));
-                    Duration::ZERO
-                }
-            };
-            // A template renders one XML document: one change per file, or the
-            // file would hold several roots (not XML).
-            let template = matches!(format, Some(Format::Template { .. }));
-            let batch_max = t.batch_max.unwrap_or(if template { 1 } else { 1000 });
-            if batch_max == 0 {
-                problems.push(format!(
-                    "{}[transport] batch_max must be at least 1",
-                    at(Some("transport"), "batch_max")
-                ));
-            } else if template && batch_max > 1 {
-                problems.push(format!(
-                    "{}[transport] batch_max = {batch_max} with [format] kind \"template\": a template renders one XML document, so each file can hold only one change; set `batch_max = 1` (the default for templates)",
-                    at(Some("transport"), "batch_max")
-                ));
-            }
-            match &t.dir {
-                Some(dir) => Some(TransportSpec::File {
-                    dir: if dir.is_absolute() {
-                        dir.clone()
-                    } else {
-                        base.join(dir)
-                    },
-                    batch_max,
-                    batch_window: window,
-                    create_dir: t.create_dir.unwrap_or(false),
-                }),
-                None => {
-                    problems.push(format!(
-                        "{}[transport] kind \"file\" needs `dir = \"...\"` (the outbox folder)",
-                        at(Some("transport"), "kind")
-                    ));
-                    None
-                }
-            }
-        }
-        "serial" => crate::transport::serial::spec::validate(t, base, &mut |key, message| {
-            problems.push(format!(
-                "{}[transport] {message}",
-                at(Some("transport"), key)
-            ))
-        })
-        .map(TransportSpec::Serial),
-        "soap" => crate::transport::soap::spec(t, &at, base, &mut problems),
-        other => {
-            problems.push(format!(
-                "{}[transport] kind `{other}` is unknown; known kinds: file, soap, serial",
-                at(Some("transport"), "kind")
-            ));
-            None
-        }
-    };
+    // `kind` first; then the keys, against that kind's list.
+    let format_kind = kind_of(
+        &raw.format,
+        "format",
+        crate::translator::KINDS,
+        &mut problems,
+    );
+    let format = format_kind
+        .and_then(|kind| crate::translator::validate(kind, &text, folder, &mut problems));
+    let transport_kind = kind_of(
+        &raw.transport,
+        "transport",
+        crate::transport::KINDS,
+        &mut problems,
+    );
+    let one_change_per_file = matches!(format, Some(Format::Template { .. }))
+        || (format.is_none() && format_kind == Some("template"));
+    let transport = transport_kind.and_then(|kind| {
+        crate::transport::validate(kind, &text, base, one_change_per_file, &mut problems)
+    });
 
     let r = raw.retry.unwrap_or_default();
     let defaults = RetryPolicy::default();
@@ -416,7 +194,7 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
         None => default,
         Some(Ok(d)) => d,
         Some(Err(e)) => {
-            problems.push(format!("{}[retry] {key}: {e}", at(Some("retry"), key)));
+            problems.at(Some("retry"), key, format!("[retry] {key}: {e}"));
             default
         }
     };
@@ -426,22 +204,25 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
         max_backoff: duration("max_backoff", &r.max_backoff, defaults.max_backoff),
     };
     if retry.max_attempts == 0 {
-        problems.push(format!(
-            "{}[retry] max_attempts must be at least 1",
-            at(Some("retry"), "max_attempts")
-        ));
+        problems.at(
+            Some("retry"),
+            "max_attempts",
+            "[retry] max_attempts must be at least 1",
+        );
     }
     if retry.backoff < Duration::from_millis(10) {
-        problems.push(format!(
-            "{}[retry] backoff must be at least \"10ms\" (a down target is probed that often at first)",
-            at(Some("retry"), "backoff")
-        ));
+        problems.at(
+            Some("retry"),
+            "backoff",
+            "[retry] backoff must be at least \"10ms\" (a down target is probed that often at first)",
+        );
     }
     if retry.max_backoff < retry.backoff {
-        problems.push(format!(
-            "{}[retry] max_backoff is shorter than backoff",
-            at(Some("retry"), "max_backoff")
-        ));
+        problems.at(
+            Some("retry"),
+            "max_backoff",
+            "[retry] max_backoff is shorter than backoff",
+        );
     }
 
     match (format, transport) {
@@ -454,29 +235,109 @@ pub fn load(folder: &Path, base: &Path) -> Result<Connector, Vec<String>> {
             transport,
             retry,
         }),
-        _ => Err(problems),
+        _ => Err(problems.into_vec()),
     }
 }
 
-/// Every kind-specific `[transport]` key the file sets, with the kind it belongs to.
-fn transport_keys(t: &TransportFile) -> Vec<(&'static str, &'static str)> {
-    let file = [
-        ("dir", t.dir.is_some()),
-        ("batch_max", t.batch_max.is_some()),
-        ("batch_window", t.batch_window.is_some()),
-        ("create_dir", t.create_dir.is_some()),
-    ];
-    let file = file.into_iter().map(|(k, p)| (k, p, "file"));
-    let soap = crate::transport::soap::KEYS
-        .iter()
-        .map(|&k| (k, crate::transport::soap::key_present(t, k), "soap"));
-    let serial = crate::transport::serial::spec::keys_present(t)
+/// Reads `kind` of `[table]` and checks the table's other keys against that
+/// kind's list: a key of another kind "does not apply", a key of no kind is
+/// unknown (with the known keys). Returns the kind if it is a known one.
+fn kind_of<'k>(
+    section: &toml::Table,
+    table: &str,
+    kinds: &[(&'k str, &[&str])],
+    problems: &mut Problems<'_>,
+) -> Option<&'k str> {
+    let names: Vec<&str> = kinds.iter().map(|(k, _)| *k).collect();
+    let kind = match section.get("kind") {
+        Some(toml::Value::String(kind)) => kind.as_str(),
+        Some(_) => {
+            problems.at(
+                Some(table),
+                "kind",
+                format!(
+                    "[{table}] kind must be a string, one of: {}",
+                    names.join(", ")
+                ),
+            );
+            return None;
+        }
+        None => {
+            problems.at(
+                Some(table),
+                "",
+                format!(
+                    "[{table}] needs `kind = \"...\"`; known kinds: {}",
+                    names.join(", ")
+                ),
+            );
+            return None;
+        }
+    };
+    let Some(&(kind, own)) = kinds.iter().find(|(k, _)| *k == kind) else {
+        problems.at(
+            Some(table),
+            "kind",
+            format!(
+                "[{table}] kind `{kind}` is unknown; known kinds: {}",
+                names.join(", ")
+            ),
+        );
+        return None;
+    };
+    for key in section.keys().filter(|k| *k != "kind") {
+        if own.contains(&key.as_str()) {
+            continue;
+        }
+        match kinds.iter().find(|(_, keys)| keys.contains(&key.as_str())) {
+            Some((other, _)) => problems.at(
+                Some(table),
+                key,
+                format!(
+                    "[{table}] `{key}` does not apply to {table} kind \"{kind}\" (it is a {other} key)"
+                ),
+            ),
+            None => {
+                let mut known = vec!["kind"];
+                known.extend_from_slice(own);
+                problems.at(
+                    Some(table),
+                    key,
+                    format!(
+                        "[{table}] unknown field `{key}`; the keys of {table} kind \"{kind}\" are: {}",
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    Some(kind)
+}
+
+/// Two serial connectors on one port would lock each other out (a port opens
+/// for one program at a time): one problem for each port used twice.
+pub fn shared_ports(connectors: &[Connector]) -> Vec<String> {
+    let mut by_port: std::collections::BTreeMap<PathBuf, Vec<&Connector>> = Default::default();
+    for c in connectors {
+        if let TransportSpec::Serial(s) = &c.transport {
+            let port = std::fs::canonicalize(&s.port).unwrap_or_else(|_| s.port.clone());
+            by_port.entry(port).or_default().push(c);
+        }
+    }
+    by_port
         .into_iter()
-        .map(|(k, p)| (k, p, "serial"));
-    file.chain(soap)
-        .chain(serial)
-        .filter(|&(_, present, _)| present)
-        .map(|(key, _, kind)| (key, kind))
+        .filter(|(_, users)| users.len() > 1)
+        .map(|(port, users)| {
+            let files: Vec<String> = users
+                .iter()
+                .map(|c| c.folder.join("connector.toml").display().to_string())
+                .collect();
+            format!(
+                "{}: [transport] port: these connectors all use serial port {}; a port opens for one connector at a time: give each its own port, or send both collections through one connector",
+                files.join(", "),
+                port.display()
+            )
+        })
         .collect()
 }
 
@@ -536,6 +397,29 @@ mod tests {
         let err = load(&folder, tmp.path()).unwrap_err().join("\n");
         assert!(err.contains("connector.toml: line 6"), "{err}");
         assert!(err.contains("dri") && err.contains("batch_window"), "{err}");
+    }
+
+    #[test]
+    fn problems_are_typed_with_file_line_and_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = write(
+            tmp.path(),
+            "x",
+            "collections = [\"p\"]\n[format]\nkind = \"csv\"\ncolumns = [\"a\"]\nroot = \"R\"\n[transport]\nkind = \"file\"\ndir = \"o\"\nbatch_max = \"many\"\n",
+        );
+        let problems = check(&folder, tmp.path()).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert_eq!(problems[0].key, "root");
+        assert_eq!(problems[0].line, Some(5));
+        assert!(problems[0].file.ends_with("x/connector.toml"));
+        assert!(
+            problems[0]
+                .message
+                .contains("`root` does not apply to format kind \"csv\" (it is a xml key)"),
+            "{problems:#?}"
+        );
+        // A wrong type in a kind's own struct keeps its line.
+        assert_eq!(problems[1].line, Some(9), "{problems:#?}");
     }
 
     #[test]

@@ -53,6 +53,118 @@ pub enum Request {
         collection: String,
         key: String,
     },
+    /// `pause` / `resume`: kept in `<state_dir>/paused.json`, applied at once.
+    Pause {
+        target: String,
+        paused: bool,
+    },
+    /// Wake a target's worker out of its backoff now.
+    Probe {
+        target: String,
+    },
+    /// `where COLLECTION KEY`: the record and, per target, where its change is.
+    Where {
+        collection: String,
+        key: String,
+    },
+    /// `resync TARGET --key K`: one record in full.
+    ResyncKey {
+        target: String,
+        collection: String,
+        key: String,
+    },
+}
+
+/// What the daemon knows beside the queue, for the control path and the page.
+pub struct Live {
+    pub health: Arc<Health>,
+    pub state_dir: std::path::PathBuf,
+    pub alerts: Option<Arc<crate::alerts::Alerts>>,
+    pub routing: Option<Arc<crate::watcher::Routing>>,
+    pub ingest: Option<Arc<crate::watcher::IngestStats>>,
+}
+
+/// Most delivery-log lines `where` shows, and most bytes it reads backwards.
+pub const WHERE_LOG_LINES: usize = 20;
+pub const WHERE_LOG_BYTES: u64 = 64 << 20;
+
+/// What `where --json` prints and `GET /records/<collection>/<key>` answers:
+/// the record's last known state and, per target that receives its collection,
+/// the last delivery, the pending delta, in flight, held, or dead with the reason.
+pub fn where_json(q: &Queue, record: &RecordId, log_path: &Path) -> Result<Value, QueueError> {
+    let lines = crate::delivery_log::read_record_backwards(
+        log_path,
+        &record.collection,
+        &record.key,
+        WHERE_LOG_LINES,
+        WHERE_LOG_BYTES,
+    )
+    .unwrap_or_default();
+    // Deltas the log names that the record entry may no longer point at (leased
+    // once, then back for a retry): looked up by seq, never by a scan.
+    let mut also: Vec<(String, u64)> = Vec::new();
+    for e in &lines {
+        if let Some((t, seq)) = crate::queue::parse_delivery_id(&e.id)
+            && !also.iter().any(|(t2, s2)| t2 == t && *s2 == seq)
+        {
+            also.push((t.to_string(), seq));
+        }
+    }
+    let view = q.record_view(record, &also)?;
+    let targets: Vec<Value> = view
+        .targets
+        .iter()
+        .map(|tv| {
+            let delivered = lines
+                .iter()
+                .find(|e| e.target == tv.target && e.outcome == "delivered");
+            let pending: Vec<Value> = tv
+                .waiting
+                .iter()
+                .chain(tv.sealed.iter())
+                .map(|qd| {
+                    let mut v = delta_json(&qd.delta);
+                    v["id"] = json!(delivery_id(&tv.target, qd.seq));
+                    v["attempts"] = json!(qd.attempts);
+                    v["queued_at"] = json!(format_ms(qd.queued_at_ms));
+                    v["last_error"] = json!(qd.last_error);
+                    v
+                })
+                .collect();
+            let state = if tv.dead.is_some() {
+                "dead"
+            } else if !tv.in_flight.is_empty() {
+                "in_flight"
+            } else if !pending.is_empty() {
+                "pending"
+            } else if delivered.is_some() {
+                "delivered"
+            } else {
+                "nothing_waiting"
+            };
+            json!({
+                "target": tv.target,
+                "state": state,
+                "last_delivered": delivered.map(|e| json!({"id": e.id, "at": e.ts, "op": e.op})),
+                "pending": pending,
+                "in_flight": tv.in_flight.iter().map(|s| delivery_id(&tv.target, *s)).collect::<Vec<_>>(),
+                "dead": tv.dead.as_ref().map(|d| {
+                    let mut v = dead_json(&tv.target, d);
+                    v["delta"] = delta_json(&d.queued.delta);
+                    v
+                }),
+                "held": tv.dead.as_ref().and_then(|d| d.held.as_ref()).map(delta_json),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "collection": record.collection,
+        "key": record.key,
+        "known": view.known,
+        "state": view.state.map(|r| Value::Object(r.into_iter().collect())),
+        "targets": targets,
+        "log": lines.iter().map(|e| serde_json::to_value(e).unwrap_or(Value::Null)).collect::<Vec<_>>(),
+    }))
 }
 
 /// The `dead list --json` shape of SPEC §6.
@@ -176,11 +288,46 @@ pub fn execute(q: &mut Queue, req: Request, log: &DeliveryLog) -> Result<Value, 
                 .collect();
             json!({ "records": q.count_records(&collections)? })
         }
+        Request::Where { collection, key } => {
+            where_json(q, &RecordId::new(collection, key), log.path())?
+        }
+        Request::ResyncKey {
+            target,
+            collection,
+            key,
+        } => {
+            if !q.collections_of(&target)?.contains(&collection) {
+                return Ok(json!({ "queued": 0, "received": false }));
+            }
+            let record = RecordId::new(collection, key);
+            if q.snapshot(&record)?.is_none() {
+                return Ok(json!({ "queued": 0, "known": false }));
+            }
+            let before = q.record_before(&record)?;
+            let (queued, _) = q.resync(&target, Some(&record.collection), before.as_ref(), 1)?;
+            json!({ "queued": queued, "known": true })
+        }
+        // Only a running daemon can apply these (the CLI handles "not running").
+        Request::Pause { .. } | Request::Probe { .. } => {
+            json!({ "running": false })
+        }
         Request::Snapshot { collection, key } => q
             .snapshot(&RecordId::new(collection, key))?
             .map(|r| Value::Object(r.into_iter().collect()))
             .unwrap_or(Value::Null),
     })
+}
+
+/// Per target, how many records hold changes behind a dead letter (one read of
+/// the dead letters; there are few, or an alert has long fired).
+pub fn held_counts(q: &Queue) -> Result<std::collections::BTreeMap<String, u64>, QueueError> {
+    let mut held = std::collections::BTreeMap::new();
+    for (t, d) in q.dead_list(None)? {
+        if d.held.is_some() {
+            *held.entry(t).or_insert(0) += 1;
+        }
+    }
+    Ok(held)
 }
 
 fn parse_target(id: &str) -> String {
@@ -193,7 +340,7 @@ fn parse_target(id: &str) -> String {
 pub async fn serve(
     listener: UnixListener,
     queue: QueueHandle,
-    health: Arc<Health>,
+    live: Arc<Live>,
     log: Arc<DeliveryLog>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -209,7 +356,7 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
-        let (queue, health, log) = (queue.clone(), health.clone(), log.clone());
+        let (queue, live, log) = (queue.clone(), live.clone(), log.clone());
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             // Requests are one short line each; a client cannot make us hold more.
@@ -217,7 +364,7 @@ pub async fn serve(
             while let Ok(Some(line)) = lines.next_line().await {
                 let answer = match serde_json::from_str::<Request>(&line) {
                     Err(e) => json!({"ok": false, "error": format!("bad control request: {e}")}),
-                    Ok(req) => answer(req, &queue, &health, &log).await,
+                    Ok(req) => answer(req, &queue, &live, &log).await,
                 };
                 if write
                     .write_all(format!("{answer}\n").as_bytes())
@@ -231,23 +378,64 @@ pub async fn serve(
     }
 }
 
-async fn answer(
-    req: Request,
-    queue: &QueueHandle,
-    health: &Health,
-    log: &Arc<DeliveryLog>,
-) -> Value {
+async fn answer(req: Request, queue: &QueueHandle, live: &Live, log: &Arc<DeliveryLog>) -> Value {
+    match &req {
+        Request::Pause { target, paused } => {
+            return match pause(queue, live, target, *paused).await {
+                Ok(v) => json!({"ok": true, "result": v}),
+                Err(e) => json!({"ok": false, "error": e}),
+            };
+        }
+        Request::Probe { target } => {
+            let known = queue.call(|q| Ok(q.target_names())).await;
+            if !known.is_ok_and(|k| k.contains(target)) {
+                return json!({"ok": false, "error": QueueError::UnknownTarget(target.clone()).to_string()});
+            }
+            let h = live.health.get(target);
+            if h.paused {
+                return json!({"ok": false, "error": format!("{target} is paused; `hms-sync resume {target}` first")});
+            }
+            live.health.kick(target);
+            return json!({"ok": true, "result": {"probed": target, "was_down": h.down, "last_error": h.last_error}});
+        }
+        _ => {}
+    }
     let is_status = matches!(req, Request::Status);
     let log = log.clone();
     match queue.call(move |q| execute(q, req, &log)).await {
         Ok(v) if is_status => {
             let counts: Vec<crate::queue::QueueCounts> =
                 serde_json::from_value(v).unwrap_or_default();
-            json!({"ok": true, "result": crate::status::report(&counts, Some(health))})
+            let mut report = crate::status::live_report(&counts, live);
+            if let Ok(held) = queue.call(|q| held_counts(q)).await {
+                crate::status::add_held(&mut report, &held);
+            }
+            json!({"ok": true, "result": report})
         }
         Ok(v) => json!({"ok": true, "result": v}),
         Err(e) => json!({"ok": false, "error": e.to_string()}),
     }
+}
+
+async fn pause(
+    queue: &QueueHandle,
+    live: &Live,
+    target: &str,
+    paused: bool,
+) -> Result<Value, String> {
+    let known = queue
+        .call(|q| Ok(q.target_names()))
+        .await
+        .map_err(|e| e.to_string())?;
+    if !known.iter().any(|k| k == target) {
+        return Err(QueueError::UnknownTarget(target.to_string()).to_string());
+    }
+    // Durable first: a pause the command reported survives kill -9.
+    let changed =
+        crate::paused::set(&live.state_dir, target, paused).map_err(|e| format!("{e:#}"))?;
+    live.health.set_paused(target, paused);
+    tracing::info!(target_name = %target, paused, "operator {}", if paused { "paused delivery" } else { "resumed delivery" });
+    Ok(json!({"target": target, "paused": paused, "changed": changed, "running": true}))
 }
 
 /// The CLI's side: one request to a running daemon. `Ok(None)`: no daemon answers.

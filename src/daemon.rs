@@ -54,13 +54,31 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let open_files = socket::raise_open_file_limit();
     tracing::debug!(open_files, "open file limit");
     if cfg.connectors.is_empty() {
-        tracing::warn!(folder = %cfg.connectors_dir.display(), "no connectors: changes are kept as snapshots but sent nowhere");
+        tracing::warn!(folder = %cfg.connectors_dir.display(), "no connectors: every change is refused (unless [collections] keep_unrouted = true)");
     }
     let queue = open_queue(&cfg)?;
     let (queue, writer) = QueueHandle::spawn(queue);
     let log = Arc::new(delivery_log(&cfg));
     let health = Arc::new(Health::default());
     let ingest = Arc::new(IngestStats::default());
+    let routing = Arc::new(crate::watcher::Routing::from_config(&cfg));
+    let alerts = crate::alerts::Alerts::new(cfg.alert_command.clone(), cfg.alerts);
+    // Pauses survive restarts (and kill -9): applied before any worker starts.
+    for name in crate::paused::load(&cfg.state_dir)? {
+        if cfg.connector(&name).is_some() {
+            tracing::info!(target_name = %name, "paused by an operator; `hms-sync resume {name}` restarts delivery");
+            health.set_paused(&name, true);
+        } else {
+            tracing::warn!(target_name = %name, "paused.json names a target with no connector; ignored");
+        }
+    }
+    let live = Arc::new(crate::control::Live {
+        health: health.clone(),
+        state_dir: cfg.state_dir.clone(),
+        alerts: Some(alerts.clone()),
+        routing: Some(routing.clone()),
+        ingest: Some(ingest.clone()),
+    });
     let (stop_tx, stop) = watch::channel(false);
 
     // The CLI's local control path.
@@ -79,7 +97,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let control_task = tokio::spawn(crate::control::serve(
         control,
         queue.clone(),
-        health.clone(),
+        live.clone(),
         log.clone(),
         stop.clone(),
     ));
@@ -100,7 +118,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             queue.clone(),
             log.clone(),
             health.clone(),
-            cfg.alert_command.clone(),
+            alerts.clone(),
             stop.clone(),
         );
         workers.push((c.name.clone(), tokio::spawn(w.run())));
@@ -116,6 +134,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             ingest.clone(),
             stop.clone(),
         )
+        .with_routing(routing.clone())
         .run(),
     );
 
@@ -126,22 +145,57 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             limits: cfg.limits,
             queue: queue.clone(),
             stats: ingest.clone(),
+            routing: routing.clone(),
             shutdown: stop.clone(),
         };
         watchers.push(dd.start()?);
     }
 
     if let Some(addr) = cfg.status_listen {
+        let token = match &cfg.status_token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("[status] token_file: cannot read {}", path.display())
+                })?;
+                let token = text.trim().to_string();
+                if token.len() < 16 {
+                    bail!(
+                        "[status] token_file: {} holds {} characters; use at least 16 (e.g. `openssl rand -hex 24`)",
+                        path.display(),
+                        token.len()
+                    );
+                }
+                Some(token)
+            }
+            None => None,
+        };
         let (bound, _task) = crate::status::serve(
             addr,
             queue.clone(),
-            health.clone(),
+            live.clone(),
             ingest.clone(),
+            crate::status::PageConfig {
+                delivery_log: cfg.delivery_log.clone(),
+                watches: cfg.watches.clone(),
+                max_queue_bytes: cfg.max_queue_bytes,
+                min_free_bytes: cfg.min_free_disk_mib * 1024 * 1024,
+            },
+            crate::status::Access {
+                allow_from: cfg.status_allow_from.clone(),
+                token,
+            },
             stop.clone(),
         )
         .await?;
         tracing::info!(address = %bound, "status listener up");
     }
+
+    let alerts_task = tokio::spawn(alerts.clone().run(
+        queue.clone(),
+        health.clone(),
+        cfg.watches.clone(),
+        stop.clone(),
+    ));
 
     tracing::info!(
         config = %cfg.source,
@@ -198,6 +252,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         );
     }
     let _ = control_task.await;
+    let _ = alerts_task.await;
     let _ = std::fs::remove_file(&control_path);
     // Every answer already followed a commit; a last flush for good measure.
     let _ = queue.call(|q| q.commit()).await;

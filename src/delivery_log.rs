@@ -7,7 +7,7 @@
 //! never stops a delivery.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -183,6 +183,69 @@ pub fn read_last(path: &Path, filter: &Filter, n: usize) -> std::io::Result<Vec<
         }
     }
     Ok(out.into())
+}
+
+/// The newest entries of one record, newest first, read backwards from the end
+/// of the log and then its rotated files: stops after `max_lines` entries or
+/// `max_bytes` read, whichever comes first (the log can be large; `where` and
+/// the page must answer quickly).
+pub fn read_record_backwards(
+    path: &Path,
+    collection: &str,
+    key: &str,
+    max_lines: usize,
+    max_bytes: u64,
+) -> std::io::Result<Vec<Entry>> {
+    const BLOCK: u64 = 64 * 1024;
+    let needle = serde_json::to_string(key).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut budget = max_bytes;
+    let files = std::iter::once(path.to_path_buf())
+        .chain((1..=100).map(|i| PathBuf::from(format!("{}.{i}", path.display()))));
+    for f in files {
+        let Ok(mut file) = File::open(&f) else { break };
+        let mut end = file.metadata()?.len();
+        // Bytes of a line cut by the block boundary, waiting for its start.
+        let mut tail: Vec<u8> = Vec::new();
+        while end > 0 && budget > 0 {
+            let start = end.saturating_sub(BLOCK.min(budget));
+            let mut block = vec![0u8; (end - start) as usize];
+            file.seek(SeekFrom::Start(start))?;
+            file.read_exact(&mut block)?;
+            budget -= end - start;
+            block.extend_from_slice(&tail);
+            // Everything after the first newline is whole lines (unless start == 0).
+            let (keep, lines) = match (start, block.iter().position(|&b| b == b'\n')) {
+                (0, _) => (Vec::new(), &block[..]),
+                (_, Some(i)) => (block[..i].to_vec(), &block[i + 1..]),
+                (_, None) => (block.clone(), &block[..0]),
+            };
+            for line in lines.rsplit(|&b| b == b'\n') {
+                if line.is_empty() || !contains(line, needle.as_bytes()) {
+                    continue;
+                }
+                if let Ok(e) = serde_json::from_slice::<Entry>(line)
+                    && e.collection == collection
+                    && e.key == key
+                {
+                    out.push(e);
+                    if out.len() >= max_lines {
+                        return Ok(out);
+                    }
+                }
+            }
+            tail = keep;
+            end = start;
+        }
+        if budget == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Follows the log from its current end, calling `each` for every matching entry,

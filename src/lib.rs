@@ -11,8 +11,11 @@
 //!
 //! Around them: [`config`] and [`connector`] (what the operator wrote), [`daemon`]
 //! (wires the pieces, owns shutdown), [`control`] (the CLI's local path to the
-//! daemon), [`status`] (read-only HTTP view), [`delivery_log`], [`cli`].
+//! daemon), [`status`] (read-only HTTP view), [`delivery_log`], [`cli`],
+//! [`alerts`] (`alert_command` on conditions that start and clear), [`paused`]
+//! (targets an operator paused, kept across restarts).
 
+pub mod alerts;
 pub mod cli;
 pub mod config;
 pub mod connector;
@@ -20,6 +23,8 @@ pub mod control;
 pub mod daemon;
 pub mod delivery_log;
 pub mod diff;
+pub mod paused;
+pub mod problem;
 pub mod queue;
 pub mod record;
 pub mod replay;

@@ -29,6 +29,22 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
             _ => None,
         })
         .collect();
+    let mut secrets = secrets;
+    if let Some(cmd) = &cfg.alert_command
+        && let Some(why) = crate::alerts::missing_program(cmd)
+    {
+        let line = config::line_of(
+            &std::fs::read_to_string(cfg.source.to_string()).unwrap_or_default(),
+            None,
+            "alert_command",
+        )
+        .map(|l| format!("line {l}: "))
+        .unwrap_or_default();
+        secrets.push(format!(
+            "{}: {line}alert_command: {why}; alerts could never be delivered",
+            cfg.source
+        ));
+    }
     if !secrets.is_empty() {
         eprintln!("hms-sync check: {} problem(s):", secrets.len());
         for e in &secrets {
@@ -88,6 +104,9 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
             c.name,
             c.collections.join(", ")
         );
+        if let crate::translator::Format::Fixed(spec) = &c.format {
+            println!("format: {}: {}", c.name, spec.describe());
+        }
     }
     match crate::queue::probe(&cfg.state_dir, cfg.cache_mib) {
         Ok(description) => println!("queue:  {description}"),
@@ -99,9 +118,35 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
     if cfg.connectors.is_empty() {
         warnings += 1;
         eprintln!(
-            "warning: no connectors in {}: changes will be sent nowhere",
-            cfg.connectors_dir.display()
+            "warning: no connectors in {}: every change will be refused{}",
+            cfg.connectors_dir.display(),
+            if cfg.keep_unrouted {
+                " (kept, with keep_unrouted)"
+            } else {
+                ""
+            }
         );
+    }
+    let routed = cfg.routed_collections();
+    for w in &cfg.watches {
+        if !routed.contains(&w.collection) {
+            warnings += 1;
+            eprintln!(
+                "warning: [[watch]] {}: no connector receives collection `{}` (known: {}); its files {}",
+                w.dir.display(),
+                w.collection,
+                if routed.is_empty() {
+                    "none".to_string()
+                } else {
+                    routed.join(", ")
+                },
+                if cfg.keep_unrouted {
+                    "are kept as unrouted changes (keep_unrouted = true)"
+                } else {
+                    "will be moved to .rejected/"
+                }
+            );
+        }
     }
     println!(
         "ok{}",

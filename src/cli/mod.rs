@@ -4,6 +4,7 @@
 pub mod check;
 pub mod dead;
 pub mod new;
+pub mod operate;
 pub mod recover;
 pub mod resync;
 pub mod run;
@@ -11,6 +12,7 @@ pub mod send;
 pub mod status;
 pub mod tail;
 pub mod translate;
+pub mod where_;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -33,7 +35,15 @@ pub const VERSION: &str = concat!(
 /// Keeps legacy systems in sync: watches drop folders and a socket for changed
 /// records, queues every change durably, and delivers it to each legacy system.
 #[derive(Parser, Debug)]
-#[command(name = "hms-sync", version = VERSION, about, long_about = None)]
+#[command(
+    name = "hms-sync",
+    version = VERSION,
+    about,
+    long_about = None,
+    after_help = "Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid config (an unknown\n\
+                  target or collection is bad usage). `status --check`: 0 OK, 1 warning, 2 critical,\n\
+                  3 unknown (hms-sync not running); see `hms-sync status --help`."
+)]
 pub struct Cli {
     /// Config file. Otherwise $HMS_SYNC_CONFIG, ./hms-sync.toml, /etc/hms-sync/hms-sync.toml,
     /// or the embedded default (everything under ./var/).
@@ -52,9 +62,50 @@ pub enum Command {
     Run,
     /// Validate the config and every connector; lists every problem.
     Check,
-    /// Per target: up/down, pending, in flight, dead, delivered, oldest pending age, last error.
+    /// Per target: up/down/paused, pending, in flight, dead, delivered, oldest pending age, last error.
+    #[command(after_help = "Exit codes with --check (for monitoring scripts):\n  \
+        0 OK        every target up or idle, nothing stuck\n  \
+        1 WARNING   a target down for less than [alerts] target_down_after; a target paused;\n              \
+        alert_command failing; unrouted changes kept\n  \
+        2 CRITICAL  a target down for target_down_after or longer; dead letters; an oldest\n              \
+        pending change older than [alerts] oldest_pending_after\n  \
+        3 UNKNOWN   hms-sync is not running (no answer on its control socket)")]
     Status {
         /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every 2 seconds, in place on a terminal (Ctrl-C to stop).
+        #[arg(long)]
+        watch: bool,
+        /// One line for monitoring scripts; the exit code says OK (0), WARNING (1),
+        /// CRITICAL (2) or UNKNOWN (3: not running).
+        #[arg(long, conflicts_with_all = ["json", "watch"])]
+        check: bool,
+    },
+    /// Stop delivering to TARGET (planned maintenance): nothing is sent, nothing
+    /// counted; changes keep queueing. Survives restarts.
+    Pause {
+        /// The target (connector name).
+        target: String,
+    },
+    /// Restart delivery to a paused TARGET.
+    Resume {
+        /// The target (connector name).
+        target: String,
+    },
+    /// Try a down TARGET now instead of waiting out its backoff.
+    Probe {
+        /// The target (connector name).
+        target: String,
+    },
+    /// Where is this record? Its last known state and, per target, the last
+    /// delivery, the pending change, in flight, held or dead (with the reason).
+    Where {
+        /// The collection, e.g. permits.
+        collection: String,
+        /// The record's key, e.g. 123.
+        key: String,
+        /// JSON for scripts (the same as GET /records/<collection>/<key>).
         #[arg(long)]
         json: bool,
     },
@@ -72,6 +123,12 @@ pub enum Command {
     New(new::NewArgs),
     /// Show what connector NAME would send for a change, without sending it.
     Translate(translate::TranslateArgs),
+    /// Print the embedded default config (what `run` uses when no config file is found).
+    Config {
+        /// The embedded default (the only form for now).
+        #[arg(long)]
+        default: bool,
+    },
     /// Copy what can still be read out of a damaged queue into a fresh one (the
     /// daemon must be stopped); the damaged file is kept aside. Exit 0: all was
     /// read; 1: something could not be read (listed).
@@ -80,12 +137,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Queue every known record for TARGET in full.
+    /// Queue every known record for TARGET in full (or one, with --key).
     Resync {
+        /// The target (connector name).
         target: String,
         /// Only this collection.
         #[arg(long)]
         collection: Option<String>,
+        /// Only this record (its collection: --collection, or the target's only one).
+        #[arg(long)]
+        key: Option<String>,
     },
 }
 
@@ -135,18 +196,42 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check => check::run(path.as_deref()),
         Command::New(args) => new::run(path.as_deref(), args),
+        Command::Config { default } => {
+            if !default {
+                return Err(UsageError(
+                    "say `hms-sync config --default` to print the embedded default config".into(),
+                )
+                .into());
+            }
+            print!("{}", config::DEFAULT_CONFIG);
+            Ok(ExitCode::SUCCESS)
+        }
         command => {
             let cfg = load_config(path.as_deref())?;
             match command {
                 Command::Run => run::run(cfg),
-                Command::Status { json } => status::run(&cfg, json),
+                Command::Status { json, watch, check } => status::run(&cfg, json, watch, check),
+                Command::Pause { target } => operate::pause(&cfg, &target, true),
+                Command::Resume { target } => operate::pause(&cfg, &target, false),
+                Command::Probe { target } => operate::probe(&cfg, &target),
+                Command::Where {
+                    collection,
+                    key,
+                    json,
+                } => where_::run(&cfg, &collection, &key, json),
                 Command::Dead(cmd) => dead::run(&cfg, cmd),
                 Command::Tail(args) => tail::run(&cfg, args),
                 Command::Send { files } => send::run(&cfg, files),
                 Command::Translate(args) => translate::run(&cfg, args),
-                Command::Resync { target, collection } => resync::run(&cfg, &target, collection),
+                Command::Resync {
+                    target,
+                    collection,
+                    key,
+                } => resync::run(&cfg, &target, collection, key),
                 Command::Recover { json } => recover::run(&cfg, json),
-                Command::Check | Command::New(_) => unreachable!("handled above"),
+                Command::Check | Command::New(_) | Command::Config { .. } => {
+                    unreachable!("handled above")
+                }
             }
         }
     }

@@ -16,12 +16,28 @@ pub enum TransportKind {
     Serial,
 }
 
+/// `--format`: a format that needs more than the scaffold's default.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum FormatKind {
+    // No doc comment here: clap would switch every option's help to the long
+    // layout; `--format`'s own help says what `fixed` is.
+    Fixed,
+}
+
 #[derive(Args, Debug)]
 pub struct NewArgs {
     /// The target's name (letters, digits, `-`, `_`, `.`).
     name: String,
-    #[arg(long, value_enum)]
-    transport: TransportKind,
+    /// Default with `--format fixed`: file.
+    #[arg(long, value_enum, required_unless_present = "format")]
+    transport: Option<TransportKind>,
+    /// `fixed`: fixed-width records laid out by the COBOL copybook given with `--copybook`.
+    #[arg(long, value_enum, requires = "copybook")]
+    format: Option<FormatKind>,
+    /// The importer's copybook: copied into the connector's folder, and every
+    /// elementary item listed in `[format.map]` with its PIC and offset.
+    #[arg(long, value_name = "FILE.cpy", requires = "format")]
+    copybook: Option<PathBuf>,
     /// The collection it receives.
     #[arg(long, default_value = "permits")]
     collection: String,
@@ -63,8 +79,22 @@ pub fn run(config: Option<&Path>, args: NewArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    let text = scaffold(args.transport, &args.name, &args.collection);
+    let transport = args.transport.unwrap_or(TransportKind::File);
+    let mut text = scaffold(transport, &args.name, &args.collection);
     let folder = connectors_dir(config).join(&args.name);
+    let mut copy = None;
+    if let (Some(FormatKind::Fixed), Some(copybook)) = (args.format, &args.copybook) {
+        let source = std::fs::read(copybook)
+            .map_err(|e| UsageError(format!("cannot read {}: {e}", copybook.display())))?;
+        let layouts = crate::translator::copybook::parse(&source)
+            .map_err(|e| UsageError(format!("{}: {e}", copybook.display())))?;
+        let file_name = copybook
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "record.cpy".into());
+        text = with_fixed_format(&text, &file_name, &layouts);
+        copy = Some((file_name, source));
+    }
     if folder.join("connector.toml").exists() {
         return Err(UsageError(format!(
             "{} already exists; not overwriting it",
@@ -73,6 +103,13 @@ pub fn run(config: Option<&Path>, args: NewArgs) -> anyhow::Result<ExitCode> {
         .into());
     }
     std::fs::create_dir_all(&folder)?;
+    if let Some((file_name, source)) = copy {
+        std::fs::write(folder.join(&file_name), source)?;
+        println!(
+            "copied the copybook to {}",
+            folder.join(&file_name).display()
+        );
+    }
     std::fs::write(folder.join("connector.toml"), text)?;
     println!("created {}", folder.join("connector.toml").display());
     println!("edit it, then run `hms-sync check` and restart hms-sync");
@@ -186,6 +223,117 @@ encoding = "ascii"
     )
 }
 
+/// Replaces the scaffold's `[format]` with kind "fixed" for the copybook's first
+/// record: every elementary item listed in `[format.map]`, commented, with its
+/// PIC and offset, ready to fill in.
+fn with_fixed_format(
+    text: &str,
+    copybook: &str,
+    layouts: &[crate::translator::copybook::Layout],
+) -> String {
+    use std::fmt::Write;
+    let layout = &layouts[0];
+    let others: Vec<&str> = layouts.iter().map(|l| l.name.as_str()).collect();
+    let mut format = format!(
+        r#"[format]
+# fixed: one fixed-width record a change, laid out by the COBOL copybook.
+kind = "fixed"
+copybook = "{copybook}"
+# The 01-level to write ({copybook} has: {}). {} bytes.
+record = "{}"
+# ascii, latin1, or EBCDIC: cp037, cp1047, cp1140.
+encoding = "ascii"
+# none (RECFM=F, the usual for EBCDIC), lf, crlf.
+record_end = "lf"
+# The item that holds the record key (default: an item mapped to "@key", else
+# the first item mapped to a record path).
+# key_item = "..."
+
+[format.op_codes]
+# What an item mapped to "@op" holds for each kind of change.
+create = "A"
+update = "C"
+delete = "D"
+
+[format.map]
+# copybook item = record path ("status", "address.city"), or "@op", "@key",
+# "@delivery_id", "@attempt". Uncomment and fill in; an unmapped item holds
+# its VALUE, else spaces (text) or zero (numbers). A value that does not fit
+# its PIC is a rejection of that change, never truncated or rounded.
+"#,
+        others.join(", "),
+        layout.length,
+        layout.name
+    );
+    let width = layout
+        .fields
+        .iter()
+        .map(|f| toml_key(&f.name).len())
+        .max()
+        .unwrap_or(0);
+    for field in &layout.fields {
+        let key = toml_key(&field.name);
+        let what = match &field.fill {
+            Some(_) => "  (FILLER with a VALUE: written as it is)".to_string(),
+            None if field.is_filler() => "  (FILLER: spaces or zero)".to_string(),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            format,
+            "# {key:width$} = \"\"   # {}, offset {}, {} byte{}{what}",
+            field.describe(),
+            field.offset,
+            field.length,
+            if field.length == 1 { "" } else { "s" }
+        );
+    }
+    if layouts.len() > 1 {
+        format.push_str(
+            "\n# Optional batch control records: another 01-level of the copybook first\n\
+             # ([format.header]) or last ([format.trailer]) in each file. Map items to\n\
+             # \"@record_count\", \"@batch_seq\", \"@run_date\" (see date_format) or \"@sum:<path>\".\n",
+        );
+        for (table, other) in ["header", "trailer"].iter().zip(layouts.iter().skip(1)) {
+            let _ = writeln!(
+                format,
+                "# [format.{table}]\n# record = \"{}\"\n# [format.{table}.map]",
+                other.name
+            );
+            for field in other.fields.iter().filter(|f| !f.is_filler()) {
+                let _ = writeln!(
+                    format,
+                    "# {} = \"\"   # {}, offset {}{}",
+                    toml_key(&field.name),
+                    field.describe(),
+                    field.offset,
+                    if field.fill.is_some() {
+                        " (has a VALUE)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+    }
+    format.push('\n');
+    match (text.find("[format]"), text.find("[transport]")) {
+        (Some(a), Some(b)) => format!("{}{format}{}", &text[..a], &text[b..]),
+        _ => text.to_string(),
+    }
+}
+
+/// A copybook name as a TOML key: quoted if it holds `(` or `,` (OCCURS items).
+fn toml_key(name: &str) -> String {
+    if name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        name.to_string()
+    } else {
+        format!("\"{name}\"")
+    }
+}
+
 /// Like `connectors/county-cobol/connector.toml.example`, with every key commented.
 fn soap_template(name: &str) -> (String, String) {
     (
@@ -242,6 +390,36 @@ accept_empty_2xx = false
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_fixed_scaffold_lists_every_item_and_loads_once_filled_in() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = tmp.path().join("assessor");
+        std::fs::create_dir_all(&folder).unwrap();
+        let cpy = "       01  PERMIT-UPD.\n           05  PU-ACTION PIC X.\n           05  PU-NO PIC 9(8).\n           05  PU-AMT PIC S9(5)V99 COMP-3 OCCURS 2.\n           05  FILLER PIC X(3) VALUE SPACES.\n";
+        std::fs::write(folder.join("P.cpy"), cpy).unwrap();
+        let layouts = crate::translator::copybook::parse(cpy.as_bytes()).unwrap();
+        let text = super::with_fixed_format(
+            &super::scaffold(super::TransportKind::File, "assessor", "permits"),
+            "P.cpy",
+            &layouts,
+        );
+        for line in [
+            "# PU-ACTION   = \"\"   # PIC X, offset 0, 1 byte",
+            "# PU-NO       = \"\"   # PIC 9(8), offset 1, 8 bytes",
+            "# \"PU-AMT(2)\" = \"\"   # PIC S9(5)V99 COMP-3, offset 13, 4 bytes",
+            "# FILLER      = \"\"   # PIC X(3), offset 17, 3 bytes  (FILLER with a VALUE",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
+        assert!(!text.contains("kind = \"csv\""), "{text}");
+        let filled = text
+            .replace("# PU-ACTION   = \"\"", "PU-ACTION = \"@op\"")
+            .replace("# PU-NO       = \"\"", "PU-NO = \"permit_number\"");
+        std::fs::write(folder.join("connector.toml"), filled).unwrap();
+        let c = crate::connector::load(&folder, tmp.path()).unwrap();
+        assert!(matches!(c.format, crate::connector::Format::Fixed(_)));
+    }
+
     #[test]
     fn the_template_is_a_valid_connector() {
         use super::TransportKind::*;

@@ -9,14 +9,57 @@ use crate::config::Config;
 use crate::control::Request;
 use crate::record::RecordId;
 
-pub fn run(cfg: &Config, target: &str, collection: Option<String>) -> anyhow::Result<ExitCode> {
-    if cfg.connector(target).is_none() {
-        let known: Vec<&str> = cfg.connectors.iter().map(|c| c.name.as_str()).collect();
+pub fn run(
+    cfg: &Config,
+    target: &str,
+    collection: Option<String>,
+    key: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    super::operate::known_target(cfg, target)?;
+    let receives = cfg
+        .connector(target)
+        .map(|c| c.collections.clone())
+        .unwrap_or_default();
+    if let Some(c) = &collection
+        && !receives.contains(c)
+    {
         return Err(UsageError(format!(
-            "unknown target `{target}`; known targets: {}",
-            known.join(", ")
+            "{target} does not receive collection `{c}`; it receives: {}",
+            receives.join(", ")
         ))
         .into());
+    }
+    if let Some(key) = key {
+        let collection = match (collection, receives.as_slice()) {
+            (Some(c), _) => c,
+            (None, [only]) => only.clone(),
+            (None, _) => {
+                return Err(UsageError(format!(
+                    "{target} receives several collections ({}); say which with --collection",
+                    receives.join(", ")
+                ))
+                .into());
+            }
+        };
+        let v = match super::request(
+            cfg,
+            Request::ResyncKey {
+                target: target.into(),
+                collection: collection.clone(),
+                key: key.clone(),
+            },
+        )? {
+            Ok(v) => v,
+            Err(e) => anyhow::bail!(e),
+        };
+        if v["known"] != true {
+            return Err(UsageError(format!(
+                "no known record {collection} {key}: nothing to resync (`hms-sync where {collection} {key}`)"
+            ))
+            .into());
+        }
+        println!("queued {collection} {key} in full for {target}");
+        return Ok(ExitCode::SUCCESS);
     }
     let total = match super::request(
         cfg,

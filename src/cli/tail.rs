@@ -12,8 +12,10 @@ pub struct TailArgs {
     /// Keep following the log (across rotation) until interrupted.
     #[arg(short, long)]
     follow: bool,
+    /// Only this target's lines.
     #[arg(long)]
     target: Option<String>,
+    /// Only this record key's lines.
     #[arg(long)]
     key: Option<String>,
     /// delivered, rejected, down, dead, retried or dropped.
@@ -28,6 +30,9 @@ pub struct TailArgs {
 }
 
 pub fn run(cfg: &Config, args: TailArgs) -> anyhow::Result<ExitCode> {
+    if let Some(t) = &args.target {
+        super::operate::known_target(cfg, t)?;
+    }
     let filter = Filter {
         target: args.target,
         key: args.key,

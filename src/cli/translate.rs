@@ -107,20 +107,54 @@ pub fn run(cfg: &Config, args: TranslateArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let translator = Translator::new(&connector.format);
-    let id = format!("{}:preview", connector.name);
-    let item = Item {
-        id: &id,
-        attempt: 1,
-        record_id: &change.record,
-        delta: &delta,
-        record: change.doc.as_ref(),
+    // A fixed record may carry the seq in a numeric item: 0 stands for "not queued".
+    let id = match translator {
+        Translator::Fixed(_) => format!("{}:0", connector.name),
+        _ => format!("{}:preview", connector.name),
     };
-    let transport = crate::transport::Transport::new(connector, &translator);
-    let bytes = match transport.rendering() {
+    let bytes = payload(
+        connector,
+        &id,
+        1,
+        &change.record,
+        &delta,
+        change.doc.as_ref(),
+    )?;
+    if let Translator::Fixed(spec) = &translator {
+        // Fixed records are read by offset: show the ruler, not raw (maybe EBCDIC) bytes.
+        print!("{}", spec.ruler(&bytes));
+        return Ok(ExitCode::SUCCESS);
+    }
+    use std::io::Write;
+    std::io::stdout().write_all(&bytes)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `connector` sends for `delta` as delivery `id`, attempt `attempt`: the
+/// whole SOAP envelope, or a batch file holding just this delta.
+pub fn payload(
+    connector: &crate::connector::Connector,
+    id: &str,
+    attempt: u32,
+    record_id: &crate::record::RecordId,
+    delta: &crate::record::Delta,
+    record: Option<&crate::record::Flat>,
+) -> anyhow::Result<Vec<u8>> {
+    let translator = Translator::new(&connector.format);
+    let item = Item {
+        id,
+        attempt,
+        record_id,
+        delta,
+        record,
+    };
+    let transport =
+        crate::transport::Transport::new(&connector.name, &connector.transport, &translator);
+    match transport.rendering() {
         // A SOAP connector shows the whole envelope that would be sent.
         crate::transport::Rendering::Standalone => translator.render(&item).and_then(|body| {
             transport
-                .preview(&id, 1, body)
+                .preview(id, attempt, body)
                 .map_err(crate::translator::TranslateError::Other)
         }),
         crate::transport::Rendering::FileEntry => {
@@ -132,8 +166,5 @@ pub fn run(cfg: &Config, args: TranslateArgs) -> anyhow::Result<ExitCode> {
             })
         }
     }
-    .map_err(|e| anyhow::anyhow!("{} cannot render this change: {e}", connector.name))?;
-    use std::io::Write;
-    std::io::stdout().write_all(&bytes)?;
-    Ok(ExitCode::SUCCESS)
+    .map_err(|e| anyhow::anyhow!("{} cannot render this change: {e}", connector.name))
 }

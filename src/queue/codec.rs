@@ -339,6 +339,39 @@ pub fn decode_dead(seq: u64, bytes: &[u8]) -> Result<DeadLetter, CodecError> {
     })
 }
 
+/// How far a large file has been taken, part by part (`'f'` values).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct FileProgress {
+    /// Device, inode, length and modification time (ns) of the file: a newer
+    /// file under the same name starts over.
+    pub identity: (u64, u64, u64, i64),
+    /// Changes of the file (in file order) queued so far.
+    pub rows_done: u64,
+    pub phase: FilePhase,
+    /// In [`FilePhase::Delete`]: the last record key of the collection checked.
+    pub checked_up_to: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilePhase {
+    /// Its changes are being queued.
+    Ingest,
+    /// A snapshot: records of the collection the file did not hold are deleted.
+    Delete,
+    /// A snapshot: the marks of the records it held are removed.
+    ClearMarks,
+    /// Everything is queued; the file may leave the inbox.
+    Done,
+}
+
+pub fn encode_progress(p: &FileProgress) -> Vec<u8> {
+    encode(p)
+}
+
+pub fn decode_progress(bytes: &[u8]) -> Result<FileProgress, CodecError> {
+    decode(bytes)
+}
+
 pub fn encode_counters(c: &Counters) -> Vec<u8> {
     encode(c)
 }

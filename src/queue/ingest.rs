@@ -21,8 +21,19 @@ impl Queue {
         if let Some(reason) = self.busy_reason() {
             return Err(QueueError::Busy(reason));
         }
-        let now = now_ms();
         let mut txn = Txn::new(&self.store)?;
+        let results = self.ingest_into(&mut txn, sets)?;
+        self.apply(txn)?;
+        Ok(results)
+    }
+
+    /// [`Queue::ingest`]'s work, into a batch the caller applies.
+    pub(super) fn ingest_into(
+        &mut self,
+        txn: &mut Txn,
+        sets: &[ChangeSet],
+    ) -> Result<Vec<Ingested>, QueueError> {
+        let now = now_ms();
         let mut counters: BTreeMap<String, Counters> = self
             .targets
             .iter()
@@ -70,7 +81,7 @@ impl Queue {
                     let c = counters
                         .get_mut(&target.spec.name)
                         .expect("counters for every target");
-                    enqueue(&mut txn, target, c, &record, &mut entry, projected, now)?;
+                    enqueue(txn, target, c, &record, &mut entry, projected, now)?;
                     done.deltas += 1;
                 }
                 txn.put_record(&record, &entry);
@@ -84,8 +95,7 @@ impl Queue {
                 self.touched.insert(name.clone());
             }
         }
-        self.save_counters(&mut txn, counters);
-        self.apply(txn)?;
+        self.save_counters(txn, counters);
         Ok(results)
     }
 

@@ -42,6 +42,16 @@ pub(super) fn counters_key(t: &str) -> Vec<u8> {
     key_of(b'c', &[t], None)
 }
 
+/// Progress of a large file: `'f' dir name`.
+pub(super) fn file_key(dir: &str, name: &str) -> Vec<u8> {
+    key_of(b'f', &[dir, name], None)
+}
+/// A record a snapshot file in progress holds: `'g' coll key` (same layout as
+/// `'s'`, so both sort alike).
+pub(super) fn mark_key(r: &RecordId) -> Vec<u8> {
+    key_of(b'g', &[&r.collection, &r.key], None)
+}
+
 pub(super) fn seq_of_key(k: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&k[k.len() - 8..]);

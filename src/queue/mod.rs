@@ -13,12 +13,15 @@
 //!   'd' target seq         -> DeadLetter (keeps its seq: the delivery id stays the same)
 //!   'h' target coll key    -> seq of the dead letter that holds the record
 //!   'c' target             -> Counters (next seq, pending, bytes, dead, delivered)
+//!   'f' dir name           -> FileProgress of a large file taken in parts (files.rs)
+//!   'g' coll key           -> (empty) the snapshot file in progress holds this record
 //! strings are written as u32 big-endian length + bytes, so no value can forge a key.
 //! ```
 //!
 //! The code follows that flow: `keys.rs` (the layout above), `txn.rs` (a batch
 //! of writes with read-your-writes), `ingest.rs` (changes in), `worker.rs` (lease,
 //! ack, retry, dead letter), `operator.rs` (status, dead letters, resync),
+//! `files.rs` (large files in parts, snapshot deletes),
 //! `store.rs` (the file), `migrate.rs` (older state folders), `recover.rs` (a
 //! damaged file), `handle.rs` (the one writer thread and group commit).
 //!
@@ -35,6 +38,7 @@
 //! - In-flight state lives in memory only: after a restart every delta is waiting.
 
 pub mod codec;
+pub mod files;
 pub mod handle;
 mod ingest;
 mod keys;
@@ -50,6 +54,7 @@ use std::path::{Path, PathBuf};
 
 pub use codec::{Counters, DeadLetter, QueuedDelta, RecordEntry};
 pub use keys::{delivery_id, parse_delivery_id};
+pub use operator::{RecordView, TargetView};
 pub use store::StoreError;
 
 use crate::record::{Flat, RecordId};
@@ -77,6 +82,10 @@ pub enum QueueError {
     UnknownTarget(String),
     #[error("no dead letter {0}")]
     NoDeadLetter(String),
+    /// A large file's part does not fit its recorded progress (a bug, or two
+    /// watchers on one file).
+    #[error("large file out of step: {0}")]
+    FileProgress(String),
     /// Ingestion must pause (SPEC §3.8); the source should retry.
     #[error("{0}")]
     Busy(String),

@@ -238,3 +238,123 @@ impl Queue {
         Ok(self.target(name)?.spec.collections.clone())
     }
 }
+
+/// What the queue holds for one record at one target (see [`Queue::record_view`]).
+#[derive(Clone, Debug, Default)]
+pub struct TargetView {
+    pub target: String,
+    /// The delta that waits and can still absorb changes (the entry's pointer).
+    pub waiting: Option<QueuedDelta>,
+    /// Deltas named in `also` that are still queued (sealed: waiting for a retry).
+    pub sealed: Vec<QueuedDelta>,
+    /// Seqs handed to the transport now.
+    pub in_flight: Vec<u64>,
+    /// The dead letter that holds the record, with what it held.
+    pub dead: Option<DeadLetter>,
+}
+
+/// One record as `where` shows it.
+#[derive(Clone, Debug, Default)]
+pub struct RecordView {
+    /// The last known state; None: never seen, or deleted.
+    pub state: Option<Flat>,
+    /// Whether the queue has an entry for the record at all.
+    pub known: bool,
+    pub targets: Vec<TargetView>,
+}
+
+impl Queue {
+    /// Read-only: one record's state and, per target that receives its
+    /// collection, its waiting delta, in-flight deltas and holding dead letter —
+    /// by key lookups, never a scan of the queue. `also` names (target, seq) of
+    /// deltas the caller knows of (from the delivery log) that the entry no
+    /// longer points at because they were leased once; they are looked up by seq.
+    pub fn record_view(
+        &self,
+        record: &RecordId,
+        also: &[(String, u64)],
+    ) -> Result<RecordView, QueueError> {
+        let mut txn = Txn::new(&self.store)?;
+        let entry = txn.record(record)?;
+        let mut view = RecordView {
+            known: !entry.is_empty(),
+            state: entry.state.clone(),
+            targets: Vec::new(),
+        };
+        for (name, t) in &self.targets {
+            if !t.spec.collections.contains(&record.collection) {
+                continue;
+            }
+            let mut tv = TargetView {
+                target: name.clone(),
+                ..Default::default()
+            };
+            if let Some(seq) = entry.waiting_for(name)
+                && let Some(bytes) = txn.get_delta(name, seq)?
+            {
+                tv.waiting = Some(
+                    codec::decode_queued(seq, &bytes).map_err(decode_err(&key_of(
+                        b'p',
+                        &[name],
+                        Some(seq),
+                    )))?,
+                );
+            }
+            if t.in_flight_records.contains(record) {
+                tv.in_flight = t
+                    .in_flight
+                    .iter()
+                    .filter(|(_, (r, _))| r == record)
+                    .map(|(seq, _)| *seq)
+                    .collect();
+                tv.in_flight.sort();
+            }
+            for (_, seq) in also.iter().filter(|(t, _)| t == name) {
+                if Some(*seq) == entry.waiting_for(name) || tv.in_flight.contains(seq) {
+                    continue;
+                }
+                if let Some(bytes) = txn.get_delta(name, *seq)? {
+                    let q = codec::decode_queued(*seq, &bytes).map_err(decode_err(&key_of(
+                        b'p',
+                        &[name],
+                        Some(*seq),
+                    )))?;
+                    if &q.record == record {
+                        tv.sealed.push(q);
+                    }
+                }
+            }
+            if t.counters.dead > 0
+                && let Some(v) = txn.get(&hold_key(name, record))?
+            {
+                let seq = super::keys::seq_value(&v);
+                let dkey = dead_key(name, seq);
+                if let Some(bytes) = txn.get(&dkey)? {
+                    tv.dead = Some(codec::decode_dead(seq, &bytes).map_err(decode_err(&dkey))?);
+                }
+            }
+            view.targets.push(tv);
+        }
+        Ok(view)
+    }
+
+    /// Read-only: the record stored just before `record` in its collection (any
+    /// state), so that `resync --key` can queue exactly one record with
+    /// [`Queue::resync`] (`after` = this, `limit` = 1).
+    pub fn record_before(&self, record: &RecordId) -> Result<Option<RecordId>, QueueError> {
+        let reader = self.store.reader()?;
+        let prefix = key_of(b's', &[&record.collection], None);
+        let key = snapshot_key(record);
+        let before = match reader
+            .range(
+                Bound::Included(prefix.as_slice()),
+                Bound::Excluded(key.as_slice()),
+            )?
+            .next_back()
+        {
+            Some(kv) => Some(kv?.0),
+            None => None,
+        };
+        Ok(before.and_then(|k| record_of_snapshot_key(&k)))
+    }
+}

@@ -79,7 +79,7 @@ fn copy_readable(from: &Store, to: &Store, report: &mut Report) -> Result<(), Qu
     let mut pending: HashSet<(String, u64)> = HashSet::new();
     let mut counts: BTreeMap<String, Counters> = BTreeMap::new();
     let mut dead: HashSet<(String, u64)> = HashSet::new();
-    for tag in [b'c', b'p', b'd', b's', b'h'] {
+    for tag in [b'c', b'p', b'd', b's', b'h', b'f', b'g'] {
         let prefix = [tag];
         let mut after: Option<Vec<u8>> = None;
         // A read error ends the scan; one more try starts past the last good key.
@@ -252,8 +252,12 @@ fn keep(
             record_of_snapshot_key(k).ok_or("not a key of this layout")?;
             codec::decode_record(v).map_err(|e| e.to_string())?;
         }
-        b'h' => {
+        b'h' | b'g' => {
             strings_of_key(k).ok_or("not a key of this layout")?;
+        }
+        b'f' => {
+            strings_of_key(k).ok_or("not a key of this layout")?;
+            codec::decode_progress(v).map_err(|e| e.to_string())?;
         }
         _ => return Err("unknown key".into()),
     }

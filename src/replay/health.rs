@@ -15,6 +15,48 @@ pub struct TargetHealth {
     pub delivered: u64,
     pub rejected: u64,
     pub last_beat: Option<Instant>,
+    /// Paused by an operator: nothing is sent, nothing counted.
+    pub paused: bool,
+    /// Deliveries per minute over the last hour, for the page's chart:
+    /// `per_minute[m % 60]` counts minute `m` (minutes since the epoch).
+    pub per_minute: Vec<u64>,
+    /// The minute `per_minute` was last written in.
+    pub last_minute: u64,
+}
+
+impl TargetHealth {
+    /// Deliveries per minute over the last 60 minutes, oldest first (now last).
+    pub fn last_hour(&self, now_minute: u64) -> Vec<u64> {
+        (0..60u64)
+            .rev()
+            .map(|ago| {
+                let m = now_minute.saturating_sub(ago);
+                if m + 60 <= self.last_minute || m > self.last_minute || now_minute < ago {
+                    0
+                } else {
+                    self.per_minute.get((m % 60) as usize).copied().unwrap_or(0)
+                }
+            })
+            .collect()
+    }
+
+    fn count_delivered(&mut self, n: u64, now_minute: u64) {
+        self.per_minute.resize(60, 0);
+        if now_minute > self.last_minute {
+            // Clear the minutes skipped since the last delivery.
+            let gap = (now_minute - self.last_minute).min(60);
+            for i in 1..=gap {
+                self.per_minute[((self.last_minute + i) % 60) as usize] = 0;
+            }
+            self.last_minute = now_minute;
+        }
+        self.per_minute[(now_minute % 60) as usize] += n;
+    }
+}
+
+/// Minutes since the epoch.
+pub fn minute_now() -> u64 {
+    crate::record::now_ms() / 60_000
 }
 
 impl TargetHealth {
@@ -30,6 +72,10 @@ impl TargetHealth {
 #[derive(Default)]
 pub struct Health {
     targets: Mutex<BTreeMap<String, TargetHealth>>,
+    /// Per target: wakes its worker out of a backoff or a pause (`probe`,
+    /// `resume`). Apart from the queue's waker, so that new work arriving during
+    /// an outage does not cut the backoff short.
+    kicks: Mutex<BTreeMap<String, std::sync::Arc<tokio::sync::Notify>>>,
 }
 
 impl Health {
@@ -54,9 +100,11 @@ impl Health {
 
     pub fn delivered(&self, name: &str, n: u64) {
         self.answered(name);
+        let minute = minute_now();
         self.with(name, |h| {
             h.delivered += n;
             h.last_error = None;
+            h.count_delivered(n, minute);
         });
     }
 
@@ -77,7 +125,58 @@ impl Health {
         });
     }
 
+    pub fn set_paused(&self, name: &str, paused: bool) {
+        self.with(name, |h| h.paused = paused);
+        self.kick(name);
+    }
+
+    pub fn is_paused(&self, name: &str) -> bool {
+        self.with(name, |h| h.paused)
+    }
+
+    /// The notifier [`Health::kick`] wakes for `name`.
+    pub fn kicker(&self, name: &str) -> std::sync::Arc<tokio::sync::Notify> {
+        let mut map = self.kicks.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Wakes `name`'s worker now (a probe, or a resume). If it is busy, it
+    /// looks again as soon as it is done.
+    pub fn kick(&self, name: &str) {
+        self.kicker(name).notify_one();
+    }
+
     pub fn get(&self, name: &str) -> TargetHealth {
         self.with(name, |h| h.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_hour_counts_per_minute_and_forgets_older_minutes() {
+        let mut h = TargetHealth::default();
+        h.count_delivered(2, 1000);
+        h.count_delivered(3, 1000);
+        h.count_delivered(1, 1002);
+        let hour = h.last_hour(1002);
+        assert_eq!(hour.len(), 60);
+        assert_eq!(&hour[57..], &[5, 0, 1]);
+        assert_eq!(
+            h.last_hour(1059)[0],
+            5,
+            "minute 1000 is the oldest of 1000..=1059"
+        );
+        assert_eq!(
+            h.last_hour(1060).iter().sum::<u64>(),
+            1,
+            "minute 1000 is gone"
+        );
+        assert_eq!(h.last_hour(1061).iter().sum::<u64>(), 1);
+        assert_eq!(h.last_hour(1062).iter().sum::<u64>(), 0);
+        h.count_delivered(4, 1100);
+        assert_eq!(h.last_hour(1100).iter().sum::<u64>(), 4);
     }
 }

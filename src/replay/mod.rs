@@ -95,7 +95,8 @@ pub struct Worker {
     pub retry: RetryPolicy,
     pub log: Arc<DeliveryLog>,
     pub health: Arc<Health>,
-    pub alert_command: Option<String>,
+    /// Where dead letters are reported for `alert_command` (None in unit tests).
+    pub alerts: Option<Arc<crate::alerts::Alerts>>,
     pub shutdown: watch::Receiver<bool>,
     /// Delivered, with the ack still to be recorded: it rides with the next lease,
     /// so that one commit (one fsync) covers a delivery's ack and the next lease.
@@ -120,11 +121,11 @@ impl Worker {
         queue: QueueHandle,
         log: Arc<DeliveryLog>,
         health: Arc<Health>,
-        alert_command: Option<String>,
+        alerts: Arc<crate::alerts::Alerts>,
         shutdown: watch::Receiver<bool>,
     ) -> Worker {
         let translator = Translator::new(&connector.format);
-        let transport = Transport::new(connector, &translator);
+        let transport = Transport::new(&connector.name, &connector.transport, &translator);
         Worker {
             name: connector.name.clone(),
             queue,
@@ -133,7 +134,7 @@ impl Worker {
             retry: connector.retry,
             log,
             health,
-            alert_command,
+            alerts: Some(alerts),
             shutdown,
             unacked: Vec::new(),
         }
@@ -141,6 +142,7 @@ impl Worker {
 
     pub async fn run(mut self) {
         let wake = self.queue.waker(&self.name);
+        let kick = self.health.kicker(&self.name);
         let mut down_streak: u32 = 0;
         tracing::info!(target_name = %self.name, "worker started");
         loop {
@@ -148,6 +150,22 @@ impl Worker {
                 break;
             }
             self.health.beat(&self.name);
+            if self.health.is_paused(&self.name) {
+                // Planned maintenance: nothing leased, nothing sent, nothing
+                // counted, until `resume` kicks the worker.
+                tracing::info!(target_name = %self.name, "paused");
+                self.record_acks().await;
+                tokio::select! {
+                    _ = kick.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    _ = self.shutdown.changed() => {}
+                }
+                if !self.health.is_paused(&self.name) {
+                    tracing::info!(target_name = %self.name, "resumed");
+                    down_streak = 0;
+                }
+                continue;
+            }
             let (max, window) = self.transport.batch_limits();
             let mut lease = match self.lease(max).await {
                 Some(l) => l,
@@ -166,6 +184,7 @@ impl Worker {
                     .unwrap_or(Duration::from_secs(30));
                 tokio::select! {
                     _ = wake.notified() => {}
+                    _ = kick.notified() => {}
                     _ = tokio::time::sleep(wait) => {}
                     _ = self.shutdown.changed() => {}
                 }
@@ -182,21 +201,31 @@ impl Worker {
                     down_streak += 1;
                     let delay = backoff_delay(&self.retry, down_streak);
                     tracing::warn!(target_name = %self.name, %reason, retry_in = ?delay, "target is down");
-                    if !sleep_or_stop(&mut self.shutdown, delay).await {
-                        break;
+                    // `probe` (or `pause`) cuts the backoff short.
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = kick.notified() => {
+                            tracing::info!(target_name = %self.name, "probing now (operator)");
+                        }
+                        _ = self.shutdown.changed() => break,
                     }
                 }
                 Some(_) => down_streak = 0,
                 None => {}
             }
         }
+        self.record_acks().await;
+        tracing::info!(target_name = %self.name, "worker stopped");
+    }
+
+    /// Records the deliveries still unacked (before the worker waits or stops).
+    async fn record_acks(&mut self) {
         if !self.unacked.is_empty() {
             let (name, seqs) = (self.name.clone(), std::mem::take(&mut self.unacked));
             if let Err(e) = self.queue.call(move |q| q.ack(&name, &seqs)).await {
                 tracing::error!(target_name = %self.name, error = %e, "cannot record deliveries");
             }
         }
-        tracing::info!(target_name = %self.name, "worker stopped");
     }
 
     /// Records the deliveries still unacked, then leases up to `max` deltas, in one
@@ -389,41 +418,24 @@ impl Worker {
         }
     }
 
-    /// Runs `alert_command` with the dead letter's facts in `HMS_*` variables.
+    /// Records the dead letter's facts for the `dead_letter` alert (alerts.rs runs
+    /// the command, summarising a burst; nothing here waits for it).
     fn alert(&self, dead: &DeadLetter, error: &str) {
-        let Some(cmd) = self.alert_command.clone() else {
+        let Some(alerts) = &self.alerts else {
             return;
         };
         let q = &dead.queued;
-        let mut command = tokio::process::Command::new("/bin/sh");
-        command
-            .arg("-c")
-            .arg(&cmd)
-            .env("HMS_TARGET", &self.name)
-            .env("HMS_ID", delivery_id(&self.name, q.seq))
-            .env("HMS_COLLECTION", &q.record.collection)
-            .env("HMS_KEY", &q.record.key)
-            .env("HMS_OP", q.delta.op.as_str())
-            .env("HMS_ATTEMPTS", q.attempts.to_string())
-            .env("HMS_ERROR", error)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(false);
-        match command.spawn() {
-            Ok(mut child) => {
-                tokio::spawn(async move {
-                    match child.wait().await {
-                        Ok(s) if s.success() => {}
-                        Ok(s) => {
-                            tracing::warn!(command = %cmd, status = %s, "alert_command failed")
-                        }
-                        Err(e) => {
-                            tracing::warn!(command = %cmd, error = %e, "alert_command failed")
-                        }
-                    }
-                });
-            }
-            Err(e) => tracing::warn!(command = %cmd, error = %e, "alert_command could not start"),
-        }
+        alerts.dead_letter(
+            &self.name,
+            vec![
+                ("HMS_ID", delivery_id(&self.name, q.seq)),
+                ("HMS_COLLECTION", q.record.collection.clone()),
+                ("HMS_KEY", q.record.key.clone()),
+                ("HMS_OP", q.delta.op.as_str().to_string()),
+                ("HMS_ATTEMPTS", q.attempts.to_string()),
+                ("HMS_ERROR", error.to_string()),
+            ],
+        );
     }
 }
 

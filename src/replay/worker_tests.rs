@@ -57,7 +57,7 @@ fn rig(retry: RetryPolicy, batch_max: usize, batch_window: Duration, script: Scr
         retry,
         log: Arc::new(DeliveryLog::new(log.clone(), 1 << 20, 1)),
         health: Arc::default(),
-        alert_command: None,
+        alerts: None,
         shutdown,
         unacked: Vec::new(),
     };

@@ -1,8 +1,46 @@
 //! CSV rows for the file transport (SPEC §5): header `delivery_id,op,<columns…>`,
 //! one row a delta holding the record's latest known values (a delete: the key only).
 
-use super::{Item, TranslateError, value_text};
+use super::{Format, Item, TranslateError, value_text};
+use crate::problem::Problems;
 use crate::record::Op;
+
+/// `[format] kind = "csv"` as written.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Raw {
+    /// The record paths written as columns, in order.
+    pub columns: Option<Vec<String>>,
+    /// The column that holds the record key. Default: the first column.
+    pub key_column: Option<String>,
+}
+
+/// The `[format]` keys of kind "csv".
+pub const KEYS: &[&str] = &["columns", "key_column"];
+
+pub fn validate(raw: &Raw, problems: &mut Problems<'_>) -> Option<Format> {
+    let columns = raw.columns.clone().unwrap_or_default();
+    if columns.is_empty() {
+        problems.at(
+            Some("format"),
+            "kind",
+            "[format] kind \"csv\" needs `columns = [...]`",
+        );
+        return None;
+    }
+    let key_column = raw.key_column.clone().unwrap_or_else(|| columns[0].clone());
+    if !columns.contains(&key_column) {
+        problems.at(
+            Some("format"),
+            "key_column",
+            format!("[format] key_column `{key_column}` is not one of `columns`"),
+        );
+        return None;
+    }
+    Some(Format::Csv {
+        columns,
+        key_column,
+    })
+}
 
 #[derive(Clone, Debug)]
 pub struct CsvFormat {

@@ -6,15 +6,81 @@
 //! format cannot carry is a [`TranslateError`] (the delta is rejected), never a
 //! silently altered payload.
 
+pub mod codepage;
+pub mod copybook;
 pub mod csv;
+pub mod fixed;
 pub mod json;
 pub mod template;
 pub mod xml;
 
 use serde_json::Value;
 
-use crate::connector::Format;
+use crate::problem::Problems;
 use crate::record::{Delta, Flat, RecordId};
+
+/// A connector's `[format]`, validated: the closed set of formats.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Format {
+    Xml {
+        root: String,
+        key_element: String,
+    },
+    Csv {
+        columns: Vec<String>,
+        key_column: String,
+    },
+    Json,
+    /// `name` is the file name in the connector folder, `source` its text.
+    Template {
+        name: String,
+        source: String,
+    },
+    /// Fixed-width records laid out by a COBOL copybook.
+    Fixed(std::sync::Arc<fixed::FixedSpec>),
+}
+
+/// The format kinds and the `[format]` keys each takes (besides `kind`). A key
+/// of one kind written under another is refused with "does not apply".
+pub const KINDS: &[(&str, &[&str])] = &[
+    ("xml", xml::KEYS),
+    ("csv", csv::KEYS),
+    ("json", json::KEYS),
+    ("template", template::KEYS),
+    ("fixed", fixed::KEYS),
+];
+
+/// Validates `[format]` of kind `kind` (a known one), read from the connector
+/// file `text`; `folder` is the connector's folder (templates, copybooks).
+pub fn validate(
+    kind: &str,
+    text: &str,
+    folder: &std::path::Path,
+    problems: &mut Problems<'_>,
+) -> Option<Format> {
+    match kind {
+        "xml" => xml::validate(
+            &crate::problem::section(text, "format", problems)?,
+            problems,
+        ),
+        "csv" => csv::validate(
+            &crate::problem::section(text, "format", problems)?,
+            problems,
+        ),
+        "json" => Some(Format::Json),
+        "template" => template::validate(
+            &crate::problem::section(text, "format", problems)?,
+            folder,
+            problems,
+        ),
+        "fixed" => fixed::validate(
+            &crate::problem::section(text, "format", problems)?,
+            folder,
+            problems,
+        ),
+        _ => None,
+    }
+}
 
 /// One delta as a translator sees it.
 #[derive(Clone, Copy, Debug)]
@@ -37,6 +103,14 @@ pub enum TranslateError {
         format: &'static str,
         what: String,
     },
+    /// A fixed-width item cannot hold the value (never truncated or rounded).
+    #[error("copybook item {item} ({pic}) cannot hold {value}: {why}")]
+    DoesNotFit {
+        item: String,
+        pic: String,
+        value: String,
+        why: String,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -48,6 +122,7 @@ pub enum Translator {
     Csv(csv::CsvFormat),
     Json,
     Template(template::TemplateFormat),
+    Fixed(std::sync::Arc<fixed::FixedSpec>),
 }
 
 impl Translator {
@@ -68,6 +143,7 @@ impl Translator {
             Format::Template { name, source } => {
                 Translator::Template(template::TemplateFormat::new(name, source))
             }
+            Format::Fixed(spec) => Translator::Fixed(spec.clone()),
         }
     }
 
@@ -78,6 +154,7 @@ impl Translator {
             Translator::Csv(f) => f.row(item),
             Translator::Json => json::render(item),
             Translator::Template(f) => f.render(item),
+            Translator::Fixed(f) => f.render(item),
         }
     }
 
@@ -91,6 +168,7 @@ impl Translator {
                 v
             }),
             Translator::Template(f) => f.render(item),
+            Translator::Fixed(f) => f.render(item),
         }
     }
 
@@ -100,7 +178,7 @@ impl Translator {
                 b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Deliveries>\n".to_vec()
             }
             Translator::Csv(f) => f.header(),
-            Translator::Json | Translator::Template(_) => Vec::new(),
+            Translator::Json | Translator::Template(_) | Translator::Fixed(_) => Vec::new(),
         }
     }
 
@@ -117,6 +195,7 @@ impl Translator {
             Translator::Csv(_) => "csv",
             Translator::Json => "ndjson",
             Translator::Template(_) => "xml",
+            Translator::Fixed(_) => "dat",
         }
     }
 }

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use minijinja::value::Value;
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, Output, State};
 
+use super::Format;
 use super::{Item, TranslateError};
-use crate::connector::{Format, FormatFile};
+use crate::problem::{Problem, Problems};
 
 #[derive(Clone, Debug)]
 pub struct TemplateFormat {
@@ -64,63 +65,62 @@ fn environment() -> Environment<'static> {
     env
 }
 
+/// `[format] kind = "template"` as written.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Raw {
+    /// A minijinja file in the connector's folder, named `*.xml.j2`.
+    pub template: Option<std::path::PathBuf>,
+}
+
+/// The `[format]` keys of kind "template".
+pub const KEYS: &[&str] = &["template"];
+
 /// Validates `[format] kind = "template"`: reads and compiles the template, so
 /// that `check` reports its syntax errors with the template's file and line.
-pub fn spec(
-    f: &FormatFile,
-    at: &dyn Fn(Option<&str>, &str) -> String,
-    folder: &Path,
-    problems: &mut Vec<String>,
-) -> Option<Format> {
+pub fn validate(f: &Raw, folder: &Path, problems: &mut Problems<'_>) -> Option<Format> {
     let before = problems.len();
-    for (key, present) in [
-        ("root", f.root.is_some()),
-        ("key_element", f.key_element.is_some()),
-        ("columns", f.columns.is_some()),
-        ("key_column", f.key_column.is_some()),
-    ] {
-        if present {
-            problems.push(format!(
-                "{}[format] `{key}` does not apply to format kind \"template\"",
-                at(Some("format"), key)
-            ));
-        }
-    }
     let Some(name) = &f.template else {
-        problems.push(format!(
-            "{}[format] kind \"template\" needs `template = \"NAME.xml.j2\"` (a file in the connector's folder)",
-            at(Some("format"), "kind")
-        ));
+        problems.at(
+            Some("format"),
+            "kind",
+            "[format] kind \"template\" needs `template = \"NAME.xml.j2\"` (a file in the connector's folder)",
+        );
         return None;
     };
     let file_name = name.to_string_lossy().into_owned();
     if name.components().count() != 1 || !file_name.ends_with(".xml.j2") {
-        problems.push(format!(
-            "{}[format] template `{file_name}` must be a file name in the connector's folder ending in `.xml.j2` (so that values are escaped for XML)",
-            at(Some("format"), "template")
-        ));
+        problems.at(
+            Some("format"),
+            "template",
+            format!(
+                "[format] template `{file_name}` must be a file name in the connector's folder ending in `.xml.j2` (so that values are escaped for XML)"
+            ),
+        );
         return None;
     }
     let path = folder.join(name);
     let source = match std::fs::read_to_string(&path) {
         Ok(s) => s,
         Err(e) => {
-            problems.push(format!(
-                "{}[format] template: cannot read {}: {e}",
-                at(Some("format"), "template"),
-                path.display()
-            ));
+            problems.at(
+                Some("format"),
+                "template",
+                format!("[format] template: cannot read {}: {e}", path.display()),
+            );
             return None;
         }
     };
     let mut env = environment();
     if let Err(e) = env.add_template_owned(file_name.clone(), source.clone()) {
-        problems.push(format!(
-            "{}: line {}: template error: {}",
-            path.display(),
-            e.line().unwrap_or(0),
-            e.detail().unwrap_or(&e.kind().to_string())
-        ));
+        problems.push(Problem {
+            file: path.display().to_string(),
+            line: Some(e.line().unwrap_or(0)),
+            key: "template".into(),
+            message: format!(
+                "template error: {}",
+                e.detail().unwrap_or(&e.kind().to_string())
+            ),
+        });
     }
     if problems.len() > before {
         return None;

@@ -6,8 +6,39 @@ use quick_xml::events::attributes::Attribute;
 use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
 use quick_xml::name::QName;
 
-use super::{Item, TranslateError, value_text};
+use super::{Format, Item, TranslateError, value_text};
+use crate::problem::Problems;
 use crate::record::Op;
+
+/// `[format] kind = "xml"` as written.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Raw {
+    /// The element around each delta. Default "RecordUpdate".
+    pub root: Option<String>,
+    /// The element holding the record key. Default "Key".
+    pub key_element: Option<String>,
+}
+
+/// The `[format]` keys of kind "xml".
+pub const KEYS: &[&str] = &["root", "key_element"];
+
+pub fn validate(raw: &Raw, problems: &mut Problems<'_>) -> Option<Format> {
+    let root = raw.root.clone().unwrap_or_else(|| "RecordUpdate".into());
+    let key_element = raw.key_element.clone().unwrap_or_else(|| "Key".into());
+    let before = problems.len();
+    for (key, name) in [("root", &root), ("key_element", &key_element)] {
+        if !valid_element_name(name) {
+            problems.at(
+                Some("format"),
+                key,
+                format!(
+                    "[format] {key} `{name}` is not an XML element name (letters, digits, `_`, `-`, `.`; starting with a letter or `_`)"
+                ),
+            );
+        }
+    }
+    (problems.len() == before).then_some(Format::Xml { root, key_element })
+}
 
 #[derive(Clone, Debug)]
 pub struct XmlFormat {

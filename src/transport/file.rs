@@ -13,8 +13,85 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Outcome, Payload};
+use super::{Outcome, Payload, TransportSpec};
+use crate::problem::{Problems, parse_duration};
 use crate::translator::Translator;
+
+/// `[transport] kind = "file"` as written.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Raw {
+    /// The outbox folder (relative paths resolve against the config file's folder).
+    pub dir: Option<PathBuf>,
+    /// Most deltas written in one file. Default 1000 (1 for a template).
+    pub batch_max: Option<usize>,
+    /// How long to gather deltas for one file. Default "0s".
+    pub batch_window: Option<String>,
+    /// Create the outbox folder at start-up if it is missing. Default false: a
+    /// missing folder (an unmounted share) is an outage, not a reason to write
+    /// files onto the local disk.
+    pub create_dir: Option<bool>,
+}
+
+/// The `[transport]` keys of kind "file".
+pub const KEYS: &[&str] = &["dir", "batch_max", "batch_window", "create_dir"];
+
+/// Validates `[transport] kind = "file"`. `one_change_per_file`: the format
+/// renders one document per change (a template), so a file holds one.
+pub fn validate(
+    t: &Raw,
+    base: &Path,
+    one_change_per_file: bool,
+    problems: &mut Problems<'_>,
+) -> Option<TransportSpec> {
+    let window = match t.batch_window.as_deref().map(parse_duration).transpose() {
+        Ok(w) => w.unwrap_or(Duration::ZERO),
+        Err(e) => {
+            problems.at(
+                Some("transport"),
+                "batch_window",
+                format!("[transport] batch_window: {e}"),
+            );
+            Duration::ZERO
+        }
+    };
+    let template = one_change_per_file;
+    let batch_max = t.batch_max.unwrap_or(if template { 1 } else { 1000 });
+    if batch_max == 0 {
+        problems.at(
+            Some("transport"),
+            "batch_max",
+            "[transport] batch_max must be at least 1",
+        );
+    } else if template && batch_max > 1 {
+        problems.at(
+            Some("transport"),
+            "batch_max",
+            format!(
+                "[transport] batch_max = {batch_max} with [format] kind \"template\": a template renders one XML document, so each file can hold only one change; set `batch_max = 1` (the default for templates)"
+            ),
+        );
+    }
+    match &t.dir {
+        Some(dir) => Some(TransportSpec::File {
+            dir: if dir.is_absolute() {
+                dir.clone()
+            } else {
+                base.join(dir)
+            },
+            batch_max,
+            batch_window: window,
+            create_dir: t.create_dir.unwrap_or(false),
+        }),
+        None => {
+            problems.at(
+                Some("transport"),
+                "kind",
+                "[transport] kind \"file\" needs `dir = \"...\"` (the outbox folder)",
+            );
+            None
+        }
+    }
+}
 
 pub struct FileTransport {
     pub target: String,
@@ -23,6 +100,9 @@ pub struct FileTransport {
     pub batch_window: Duration,
     header: Vec<u8>,
     footer: Vec<u8>,
+    /// Fixed records with `[format.header]`/`[format.trailer]`: control records
+    /// that depend on the batch (count, hash total, file number), made per file.
+    control: Option<std::sync::Arc<crate::translator::fixed::FixedSpec>>,
     extension: &'static str,
     /// The number of the last file written; `None` until read from disk.
     last_number: Option<u64>,
@@ -44,23 +124,46 @@ impl FileTransport {
             batch_window,
             header: translator.file_header(),
             footer: translator.file_footer(),
+            control: match translator {
+                Translator::Fixed(spec) if spec.header.is_some() || spec.trailer.is_some() => {
+                    Some(spec.clone())
+                }
+                _ => None,
+            },
             extension: translator.file_extension(),
             last_number: None,
         }
     }
 
     pub async fn deliver(&mut self, batch: &[Payload]) -> Outcome {
-        let mut body = self.header.clone();
-        for p in batch {
-            body.extend_from_slice(&p.bytes);
-        }
-        body.extend_from_slice(&self.footer);
         let dir = self.dir.clone();
         let target = self.target.clone();
         let extension = self.extension;
         let last = self.last_number;
+        let (header, footer, control) = (
+            self.header.clone(),
+            self.footer.clone(),
+            self.control.clone(),
+        );
+        let records: Vec<Vec<u8>> = batch.iter().map(|p| p.bytes.clone()).collect();
+        // The body once the file's number is known (a trailer may carry it).
+        let body = move |number: u64| -> Result<Vec<u8>, String> {
+            let (header, footer) = match &control {
+                Some(spec) => {
+                    let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+                    spec.frame(&refs, number)?
+                }
+                None => (header, footer),
+            };
+            let mut body = header;
+            for r in &records {
+                body.extend_from_slice(r);
+            }
+            body.extend_from_slice(&footer);
+            Ok(body)
+        };
         let result =
-            tokio::task::spawn_blocking(move || write_batch(&dir, &target, extension, last, &body))
+            tokio::task::spawn_blocking(move || write_batch(&dir, &target, extension, last, body))
                 .await;
         match result {
             Ok((used, outcome)) => {
@@ -71,7 +174,8 @@ impl FileTransport {
                 }
                 match outcome {
                     Ok(()) => Outcome::Delivered,
-                    Err(reason) => Outcome::Down { reason },
+                    Err(WriteError::Down(reason)) => Outcome::Down { reason },
+                    Err(WriteError::Refused(reason)) => Outcome::Rejected { reason },
                 }
             }
             Err(e) => Outcome::Down {
@@ -139,12 +243,37 @@ fn last_used(dir: &Path, target: &str) -> Result<u64, String> {
 
 /// Writes one batch file. Returns the number it reserved (if it got that far)
 /// and whether the file is in place and durable.
+/// Why a batch file was not written.
+enum WriteError {
+    /// The outbox failed (missing, full, unwritable): an outage.
+    Down(String),
+    /// The batch cannot be framed (a trailer's count or total does not fit its item).
+    Refused(String),
+}
+
 fn write_batch(
     dir: &Path,
     target: &str,
     extension: &str,
     last: Option<u64>,
-    body: &[u8],
+    body: impl FnOnce(u64) -> Result<Vec<u8>, String>,
+) -> (Option<u64>, Result<(), WriteError>) {
+    let mut refused = None;
+    let (used, result) = write_numbered(dir, target, extension, last, |number| {
+        body(number).map_err(|e| refused = Some(e.clone()))
+    });
+    match (refused, result) {
+        (Some(reason), _) => (used, Err(WriteError::Refused(reason))),
+        (None, result) => (used, result.map_err(WriteError::Down)),
+    }
+}
+
+fn write_numbered(
+    dir: &Path,
+    target: &str,
+    extension: &str,
+    last: Option<u64>,
+    body: impl FnOnce(u64) -> Result<Vec<u8>, ()>,
 ) -> (Option<u64>, Result<(), String>) {
     let fail = |what: &str, path: &Path, e: std::io::Error| {
         format!("outbox: cannot {what} {}: {e}", path.display())
@@ -175,7 +304,10 @@ fn write_batch(
         f.write_all(bytes).map_err(|e| fail("write", file, e))?;
         f.sync_all().map_err(|e| fail("fsync", file, e))
     };
-    if let Err(e) = write_synced(&tmp, body) {
+    let Ok(body) = body(number) else {
+        return (None, Err("the batch cannot be framed".into()));
+    };
+    if let Err(e) = write_synced(&tmp, &body) {
         let _ = fs::remove_file(&tmp);
         return (None, Err(e));
     }
@@ -215,7 +347,7 @@ fn write_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connector::Format;
+    use crate::translator::Format;
 
     fn transport(dir: &Path) -> FileTransport {
         let t = Translator::new(&Format::Csv {

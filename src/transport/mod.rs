@@ -12,10 +12,62 @@ pub mod scripted;
 pub mod serial;
 pub mod soap;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::connector::{Connector, TransportSpec};
+use crate::problem::Problems;
 use crate::translator::Translator;
+
+/// A connector's `[transport]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TransportSpec {
+    File {
+        dir: PathBuf,
+        batch_max: usize,
+        batch_window: Duration,
+        create_dir: bool,
+    },
+    Serial(serial::SerialSpec),
+    Soap(Box<soap::SoapSpec>),
+}
+
+/// The transport kinds and the `[transport]` keys each takes (besides `kind`).
+pub const KINDS: &[(&str, &[&str])] = &[
+    ("file", file::KEYS),
+    ("soap", soap::KEYS),
+    ("serial", serial::spec::KEYS),
+];
+
+/// Validates `[transport]` of kind `kind` (a known one), read from the
+/// connector file `text`. `base` resolves relative paths (the config's
+/// folder); `one_change_per_file` is true for a format that renders one
+/// document per change (a template).
+pub fn validate(
+    kind: &str,
+    text: &str,
+    base: &Path,
+    one_change_per_file: bool,
+    problems: &mut Problems<'_>,
+) -> Option<TransportSpec> {
+    match kind {
+        "file" => {
+            let raw = crate::problem::section(text, "transport", problems)?;
+            file::validate(&raw, base, one_change_per_file, problems)
+        }
+        "serial" => {
+            let raw = crate::problem::section(text, "transport", problems)?;
+            serial::spec::validate(&raw, base, &mut |key, message| {
+                problems.at(Some("transport"), key, format!("[transport] {message}"))
+            })
+            .map(TransportSpec::Serial)
+        }
+        "soap" => {
+            let raw = crate::problem::section(text, "transport", problems)?;
+            soap::validate(&raw, base, problems)
+        }
+        _ => None,
+    }
+}
 
 /// What the legacy system did with a batch.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,26 +112,25 @@ pub enum Transport {
 }
 
 impl Transport {
-    pub fn new(connector: &Connector, translator: &Translator) -> Transport {
-        match &connector.transport {
+    /// The transport of target `name`.
+    pub fn new(name: &str, spec: &TransportSpec, translator: &Translator) -> Transport {
+        match spec {
             TransportSpec::File {
                 dir,
                 batch_max,
                 batch_window,
                 ..
             } => Transport::File(file::FileTransport::new(
-                &connector.name,
+                name,
                 dir.clone(),
                 *batch_max,
                 *batch_window,
                 translator,
             )),
             TransportSpec::Serial(spec) => {
-                Transport::Serial(serial::SerialTransport::new(&connector.name, spec.clone()))
+                Transport::Serial(serial::SerialTransport::new(name, spec.clone()))
             }
-            TransportSpec::Soap(spec) => {
-                Transport::Soap(soap::SoapTransport::new(&connector.name, spec))
-            }
+            TransportSpec::Soap(spec) => Transport::Soap(soap::SoapTransport::new(name, spec)),
         }
     }
 

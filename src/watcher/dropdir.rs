@@ -55,12 +55,15 @@ pub struct DropDir {
     pub limits: Limits,
     pub queue: QueueHandle,
     pub stats: Arc<IngestStats>,
+    /// Which collections are taken: a file with a change no connector receives
+    /// is rejected whole (unless `keep_unrouted`).
+    pub routing: Arc<super::Routing>,
     pub shutdown: watch::Receiver<bool>,
 }
 
 /// What became of one file.
 #[derive(Debug, PartialEq)]
-enum Taken {
+pub(super) enum Taken {
     Accepted,
     Rejected,
     Gone,
@@ -211,6 +214,12 @@ impl DropDir {
             // Polling sees a file as soon as it appears, maybe half-copied.
             return Taken::NotYet;
         }
+        if path
+            .symlink_metadata()
+            .is_ok_and(|m| m.is_file() && m.len() > super::parts::PARTS_FROM_BYTES)
+        {
+            return self.take_in_parts(path, &name).await;
+        }
         let (bytes, identity) = match read_limited(path, self.limits.max_file_bytes) {
             Ok(b) => b,
             Err(ReadError::Gone) => return Taken::Gone,
@@ -258,15 +267,32 @@ impl DropDir {
                 return self.reject(path, &name, &e.to_string());
             }
         };
+        let unrouted = set
+            .changes
+            .iter()
+            .map(|c| c.record.collection.as_str())
+            .chain(set.full_collections.iter().map(String::as_str))
+            .find_map(|c| self.routing.check(c).err());
+        if let Some(reason) = unrouted {
+            return self.reject(path, &name, &reason);
+        }
+        let collections: Vec<String> = set
+            .changes
+            .iter()
+            .map(|c| c.record.collection.clone())
+            .collect();
         let changes = set.changes.len() as u64;
         match self.queue.ingest(set).await {
             Ok(_) => {
+                self.routing
+                    .count_accepted(collections.iter().map(String::as_str));
                 IngestStats::add(&self.stats.changes, changes);
                 IngestStats::add(&self.stats.files_accepted, 1);
                 if let Err(e) = self.remove_or_archive(path, &name, identity) {
                     // Accepted and durable; taking it again later changes nothing.
                     tracing::error!(file = %path.display(), error = %e, "accepted, but cannot remove it from the inbox");
                 }
+                self.stats.took_file(&self.watch.dir, &name);
                 tracing::info!(file = %name, changes, "file accepted");
                 Taken::Accepted
             }
@@ -282,7 +308,7 @@ impl DropDir {
         }
     }
 
-    fn remove_or_archive(
+    pub(super) fn remove_or_archive(
         &self,
         path: &Path,
         name: &str,
@@ -298,7 +324,7 @@ impl DropDir {
 
     /// Moves the file whole to `.rejected/` and writes `<name>.error` beside it
     /// (the name shortened if the note's name would not fit in [`NAME_MAX`]).
-    fn reject(&self, path: &Path, name: &str, reason: &str) -> Taken {
+    pub(super) fn reject(&self, path: &Path, name: &str, reason: &str) -> Taken {
         let rejected = self.watch.dir.join(".rejected");
         let dest = free_name(&rejected, name, REJECTED_NAME_MAX);
         if let Err(e) = fs::create_dir_all(&rejected).and_then(|_| fs::rename(path, &dest)) {
@@ -420,7 +446,7 @@ fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
-enum ReadError {
+pub(super) enum ReadError {
     Gone,
     Directory,
     /// The file itself is unacceptable: quarantine it.
@@ -428,12 +454,10 @@ enum ReadError {
     Io(std::io::Error),
 }
 
-/// Reads a regular file of at most `limit` bytes without following links or
-/// blocking on FIFOs.
 /// Which file a path named when we read it (a producer may rename a newer file
 /// onto the same name while we work).
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Identity {
+pub(super) struct Identity {
     dev: u64,
     ino: u64,
     len: u64,
@@ -441,7 +465,12 @@ struct Identity {
 }
 
 impl Identity {
-    fn of(m: &fs::Metadata) -> Identity {
+    /// Device, inode, length, modification time (ns), as the queue keeps them.
+    pub(super) fn as_tuple(&self) -> (u64, u64, u64, i64) {
+        (self.dev, self.ino, self.len, self.mtime_ns as i64)
+    }
+
+    pub(super) fn of(m: &fs::Metadata) -> Identity {
         use std::os::unix::fs::MetadataExt;
         Identity {
             dev: m.dev(),
@@ -452,7 +481,29 @@ impl Identity {
     }
 }
 
+/// Reads a regular file of at most `limit` bytes without following links or
+/// blocking on FIFOs.
 fn read_limited(path: &Path, limit: u64) -> Result<(Vec<u8>, Identity), ReadError> {
+    let (file, identity) = open_limited(path, limit)?;
+    let mut bytes = Vec::with_capacity(identity.len.min(limit) as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ReadError::Io)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big(bytes.len() as u64, limit));
+    }
+    Ok((bytes, identity))
+}
+
+fn too_big(len: u64, limit: u64) -> ReadError {
+    ReadError::Bad(format!(
+        "file is {len} bytes, over the limit of {limit} bytes ([limits] max_file_bytes)"
+    ))
+}
+
+/// Opens a regular file of at most `limit` bytes without following links or
+/// blocking on FIFOs.
+pub(super) fn open_limited(path: &Path, limit: u64) -> Result<(fs::File, Identity), ReadError> {
     let meta = match path.symlink_metadata() {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ReadError::Gone),
@@ -476,13 +527,8 @@ fn read_limited(path: &Path, limit: u64) -> Result<(Vec<u8>, Identity), ReadErro
             "not a regular file but {what}; drop plain files only"
         )));
     }
-    let too_big = |len: u64| {
-        ReadError::Bad(format!(
-            "file is {len} bytes, over the limit of {limit} bytes ([limits] max_file_bytes)"
-        ))
-    };
     if meta.len() > limit {
-        return Err(too_big(meta.len()));
+        return Err(too_big(meta.len(), limit));
     }
     let file = fs::OpenOptions::new()
         .read(true)
@@ -498,14 +544,7 @@ fn read_limited(path: &Path, limit: u64) -> Result<(Vec<u8>, Identity), ReadErro
             "the file was replaced by something that is not a regular file".into(),
         ));
     }
-    let mut bytes = Vec::with_capacity(meta.len().min(limit) as usize);
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(ReadError::Io)?;
-    if bytes.len() as u64 > limit {
-        return Err(too_big(bytes.len() as u64));
-    }
-    Ok((bytes, Identity::of(&meta)))
+    Ok((file, Identity::of(&meta)))
 }
 
 fn make_watcher(

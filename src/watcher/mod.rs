@@ -4,6 +4,7 @@
 
 pub mod dropdir;
 pub mod parse;
+mod parts;
 pub mod socket;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -17,10 +18,105 @@ pub struct IngestStats {
     pub lines_refused: AtomicU64,
     pub changes: AtomicU64,
     pub busy: AtomicU64,
+    /// Socket connections open now.
+    pub socket_clients: AtomicU64,
+    /// Per watched folder: the last file taken and when (ms since the epoch).
+    pub last_taken: std::sync::Mutex<std::collections::BTreeMap<std::path::PathBuf, (String, u64)>>,
 }
 
 impl IngestStats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn took_file(&self, dir: &std::path::Path, name: &str) {
+        let mut map = self.last_taken.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(
+            dir.to_path_buf(),
+            (name.to_string(), crate::record::now_ms()),
+        );
+    }
+
+    pub fn last_taken(&self, dir: &std::path::Path) -> Option<(String, u64)> {
+        let map = self.last_taken.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(dir).cloned()
+    }
+}
+
+/// Which collections some connector receives (SPEC §4 "Unrouted collections"):
+/// a change for any other is refused, or kept and counted with
+/// `[collections] keep_unrouted = true`. Never accepted and silently dropped.
+#[derive(Debug, Default)]
+pub struct Routing {
+    /// Collections some connector receives, sorted.
+    pub known: Vec<String>,
+    pub keep_unrouted: bool,
+    /// Unrouted changes kept since the daemon started, per collection.
+    unrouted: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Routing {
+    pub fn new(known: Vec<String>, keep_unrouted: bool) -> Routing {
+        Routing {
+            known,
+            keep_unrouted,
+            unrouted: Default::default(),
+        }
+    }
+
+    pub fn from_config(cfg: &crate::config::Config) -> Routing {
+        Routing::new(cfg.routed_collections(), cfg.keep_unrouted)
+    }
+
+    /// Err: the refusal the source gets (the collection is unrouted and not kept).
+    pub fn check(&self, collection: &str) -> Result<(), String> {
+        if self.keep_unrouted || self.known.iter().any(|k| k == collection) {
+            return Ok(());
+        }
+        Err(self.refusal(collection))
+    }
+
+    pub fn refusal(&self, collection: &str) -> String {
+        let known = if self.known.is_empty() {
+            "none: add a connector".to_string()
+        } else {
+            self.known.join(", ")
+        };
+        format!("no connector receives collection '{collection}' (known: {known})")
+    }
+
+    /// Counts accepted changes of collections no connector receives.
+    pub fn count_accepted<'a>(&self, collections: impl Iterator<Item = &'a str>) {
+        let mut map = self.unrouted.lock().unwrap_or_else(|p| p.into_inner());
+        for c in collections {
+            if !self.known.iter().any(|k| k == c) {
+                *map.entry(c.to_string()).or_default() += 1;
+            }
+        }
+    }
+
+    /// (collection, changes kept since start), for `status`, the page and metrics.
+    pub fn unrouted(&self) -> Vec<(String, u64)> {
+        let map = self.unrouted.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(c, n)| (c.clone(), *n)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unrouted_collections_are_refused_with_the_known_ones_named() {
+        let r = Routing::new(vec!["parcels".into(), "permits".into()], false);
+        assert!(r.check("permits").is_ok());
+        assert_eq!(
+            r.check("x").unwrap_err(),
+            "no connector receives collection 'x' (known: parcels, permits)"
+        );
+        let kept = Routing::new(vec!["permits".into()], true);
+        assert!(kept.check("x").is_ok());
+        kept.count_accepted(["x", "permits", "x"].into_iter());
+        assert_eq!(kept.unrouted(), vec![("x".to_string(), 2)]);
     }
 }

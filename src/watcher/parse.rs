@@ -1,9 +1,11 @@
 //! Turns the bytes of a dropped file or a socket line into changes: JSON (one
 //! object or an array), NDJSON, CSV; bare documents or envelopes.
 //!
-//! **Invariants:** a file parses whole or not at all; every error says where
-//! (line, column or element) and what; no input makes it use more memory than a
-//! small multiple of the input, or recurse deeper than serde_json's limit.
+//! **Invariants:** every error says where (line, column or element) and what;
+//! [`stream_file`] hands changes on as it reads, so its memory does not grow with
+//! the file; no input makes it recurse deeper than serde_json's limit.
+
+use std::io::{BufRead, BufReader, Read};
 
 use serde_json::{Map, Value};
 
@@ -36,7 +38,8 @@ fn where_(line: &Option<usize>, column: &Option<usize>, element: &Option<usize>)
 }
 
 impl ParseError {
-    fn msg(message: impl Into<String>) -> Self {
+    /// An error without a place.
+    pub fn msg(message: impl Into<String>) -> Self {
         ParseError {
             line: None,
             column: None,
@@ -93,98 +96,210 @@ fn without_bom(bytes: &[u8]) -> &[u8] {
     bytes.strip_prefix(BOM).unwrap_or(bytes)
 }
 
-/// Parses a whole dropped file by its name's extension.
+/// What a file's changes are handed to, one at a time, in file order. An error
+/// it returns ends the reading and comes back from [`stream_file`] as it is.
+pub type Each<'e> = dyn FnMut(Change) -> Result<(), ParseError> + 'e;
+
+/// Parses a whole dropped file held in memory by its name's extension.
 pub fn parse_file(
     name: &str,
     bytes: &[u8],
     watch: &Watch,
     limits: &Limits,
 ) -> Result<ChangeSet, ParseError> {
-    let shape = Shape::of(watch);
-    let bytes = without_bom(bytes);
-    let lower = name.to_ascii_lowercase();
-    let changes = if lower.ends_with(".json") {
-        parse_json(bytes, &shape, limits)?
-    } else if lower.ends_with(".ndjson") || lower.ends_with(".jsonl") {
-        parse_ndjson(bytes, &shape, limits)?
-    } else if lower.ends_with(".csv") {
-        parse_csv(bytes, &shape, limits)?
-    } else {
-        return Err(ParseError::msg(
-            "unknown file type: hms-sync takes *.json, *.ndjson, *.jsonl and *.csv",
-        ));
-    };
+    let mut changes = Vec::new();
+    stream_file(name, bytes, watch, limits, &mut |c| {
+        changes.push(c);
+        Ok(())
+    })?;
     let full_collections = if watch.snapshot {
         vec![watch.collection.clone()]
     } else {
         Vec::new()
     };
-    if watch.snapshot
-        && let Some(c) = changes
-            .iter()
-            .find(|c| c.record.collection != watch.collection)
-    {
-        return Err(ParseError::msg(format!(
-            "this snapshot folder holds collection `{}`, but a record is for `{}`",
-            watch.collection, c.record.collection
-        )));
-    }
     Ok(ChangeSet {
         changes,
         full_collections,
     })
 }
 
-fn parse_json(bytes: &[u8], shape: &Shape<'_>, limits: &Limits) -> Result<Vec<Change>, ParseError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| ParseError::from_json(&e, 0))?;
-    match value {
-        Value::Object(map) => Ok(vec![change_of(map, shape, limits)?]),
-        Value::Array(items) => items
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| {
-                match item {
-                    Value::Object(map) => change_of(map, shape, limits),
-                    other => Err(ParseError::msg(format!(
-                        "expected an object, found {}",
-                        kind(&other)
-                    ))),
-                }
-                .map_err(|mut e| {
-                    e.element = Some(i + 1);
-                    e
-                })
-            })
-            .collect(),
-        other => Err(ParseError::msg(format!(
-            "expected an object or an array of objects, found {}",
-            kind(&other)
-        ))),
+/// Reads a file by its name's extension and hands each change to `each` as it
+/// goes: memory does not grow with the file (only with its largest record).
+/// Returns how many changes it handed over.
+pub fn stream_file(
+    name: &str,
+    reader: impl Read,
+    watch: &Watch,
+    limits: &Limits,
+    each: &mut Each<'_>,
+) -> Result<u64, ParseError> {
+    let shape = Shape::of(watch);
+    let mut reader = BufReader::with_capacity(64 << 10, reader);
+    let head = reader
+        .fill_buf()
+        .map_err(|e| ParseError::msg(format!("cannot read the file: {e}")))?;
+    if head.starts_with(BOM) {
+        reader.consume(BOM.len());
+    }
+    let mut count = 0;
+    let mut counted = |c: Change| {
+        if watch.snapshot && c.record.collection != watch.collection {
+            return Err(ParseError::msg(format!(
+                "this snapshot folder holds collection `{}`, but a record is for `{}`",
+                watch.collection, c.record.collection
+            )));
+        }
+        count += 1;
+        each(c)
+    };
+    let lower = name.to_ascii_lowercase();
+    if lower.ends_with(".json") {
+        stream_json(reader, &shape, limits, &mut counted)?;
+    } else if lower.ends_with(".ndjson") || lower.ends_with(".jsonl") {
+        stream_ndjson(reader, &shape, limits, &mut counted)?;
+    } else if lower.ends_with(".csv") {
+        stream_csv(reader, &shape, limits, &mut counted)?;
+    } else {
+        return Err(ParseError::msg(
+            "unknown file type: hms-sync takes *.json, *.ndjson, *.jsonl and *.csv",
+        ));
+    }
+    Ok(count)
+}
+
+/// One object, or an array of objects read element by element.
+fn stream_json(
+    reader: impl Read,
+    shape: &Shape<'_>,
+    limits: &Limits,
+    each: &mut Each<'_>,
+) -> Result<(), ParseError> {
+    use serde::de::Deserializer as _;
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let mut root = JsonRoot {
+        shape,
+        limits,
+        each,
+        failed: None,
+    };
+    let parsed = (&mut de).deserialize_any(&mut root).and_then(|()| de.end());
+    match (root.failed, parsed) {
+        (Some(e), _) => Err(e),
+        (None, Err(e)) => Err(ParseError::from_json(&e, 0)),
+        (None, Ok(())) => Ok(()),
     }
 }
 
-fn parse_ndjson(
-    bytes: &[u8],
+/// The root of a JSON file: hands each object on as soon as it is read. An error
+/// of ours is kept in `failed` and ends the parse through serde's error path.
+struct JsonRoot<'a, 'e> {
+    shape: &'a Shape<'a>,
+    limits: &'a Limits,
+    each: &'a mut Each<'e>,
+    failed: Option<ParseError>,
+}
+
+impl JsonRoot<'_, '_> {
+    fn take<E: serde::de::Error>(&mut self, value: Value, element: Option<usize>) -> Result<(), E> {
+        let result = match value {
+            Value::Object(map) => {
+                change_of(map, self.shape, self.limits).and_then(|c| (self.each)(c))
+            }
+            other if element.is_some() => Err(ParseError::msg(format!(
+                "expected an object, found {}",
+                kind(&other)
+            ))),
+            other => Err(ParseError::msg(format!(
+                "expected an object or an array of objects, found {}",
+                kind(&other)
+            ))),
+        };
+        result.map_err(|mut e| {
+            if e.element.is_none() {
+                e.element = element;
+            }
+            let message = e.to_string();
+            self.failed = Some(e);
+            E::custom(message)
+        })
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for &mut JsonRoot<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object or an array of objects")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        use serde::Deserialize;
+        let value = Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        self.take(value, None)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut element = 0;
+        while let Some(value) = seq.next_element::<Value>()? {
+            element += 1;
+            self.take(value, Some(element))?;
+        }
+        Ok(())
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        self.take(Value::Bool(v), None)
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.take(Value::from(v), None)
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.take(Value::from(v), None)
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.take(Value::from(v), None)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.take(Value::from(v), None)
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.take(Value::Null, None)
+    }
+}
+
+/// One object a line; blank lines are skipped. A line is never buffered past
+/// `max_line_bytes`.
+fn stream_ndjson(
+    mut reader: impl BufRead,
     shape: &Shape<'_>,
     limits: &Limits,
-) -> Result<Vec<Change>, ParseError> {
-    let mut out = Vec::new();
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let n = i + 1;
-        if line.len() > limits.max_line_bytes {
+    each: &mut Each<'_>,
+) -> Result<(), ParseError> {
+    let mut line = Vec::new();
+    let mut n = 0;
+    loop {
+        line.clear();
+        n += 1;
+        let read = (&mut reader)
+            .take(limits.max_line_bytes as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| ParseError::msg(format!("cannot read the file: {e}")).at_line(n))?;
+        if read == 0 {
+            return Ok(());
+        }
+        let body = line.strip_suffix(b"\n").unwrap_or(&line);
+        if body.len() > limits.max_line_bytes {
             return Err(ParseError::msg(format!(
-                "line is {} bytes, over the limit of {} (max_line_bytes)",
-                line.len(),
+                "line is over the limit of {} bytes (max_line_bytes)",
                 limits.max_line_bytes
             ))
             .at_line(n));
         }
-        if line.iter().all(u8::is_ascii_whitespace) {
+        if body.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        out.push(parse_line(line, shape, limits).map_err(|e| e.at_line(n))?);
+        each(parse_line(body, shape, limits).map_err(|e| e.at_line(n))?)?;
     }
-    Ok(out)
 }
 
 /// One JSON object from a line (an NDJSON line or a socket line; a leading
@@ -205,7 +320,12 @@ pub fn parse_line(line: &[u8], shape: &Shape<'_>, limits: &Limits) -> Result<Cha
     }
 }
 
-fn parse_csv(bytes: &[u8], shape: &Shape<'_>, limits: &Limits) -> Result<Vec<Change>, ParseError> {
+fn stream_csv(
+    reader: impl Read,
+    shape: &Shape<'_>,
+    limits: &Limits,
+    each: &mut Each<'_>,
+) -> Result<(), ParseError> {
     let Shape::Bare { collection, key } = shape else {
         return Err(ParseError::msg(
             "CSV files hold bare records: set `key` in this folder's [[watch]]",
@@ -214,7 +334,7 @@ fn parse_csv(bytes: &[u8], shape: &Shape<'_>, limits: &Limits) -> Result<Vec<Cha
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)
-        .from_reader(bytes);
+        .from_reader(reader);
     let csv_err = |e: csv::Error| {
         let line = e.position().map(|p| p.line() as usize);
         let message = match e.kind() {
@@ -252,7 +372,6 @@ fn parse_csv(bytes: &[u8], shape: &Shape<'_>, limits: &Limits) -> Result<Vec<Cha
             ParseError::msg(format!("the header names the column `{twice}` twice")).at_line(1),
         );
     }
-    let mut out = Vec::new();
     for row in reader.records() {
         let row = row.map_err(csv_err)?;
         let line = row.position().map(|p| p.line() as usize).unwrap_or(0);
@@ -266,9 +385,9 @@ fn parse_csv(bytes: &[u8], shape: &Shape<'_>, limits: &Limits) -> Result<Vec<Cha
             .collect();
         // A header like `address.street` already is a path: insert it as one.
         let flat = doc.into_iter().collect();
-        out.push(bare_change(flat, collection, key).map_err(|e| e.at_line(line))?);
+        each(bare_change(flat, collection, key).map_err(|e| e.at_line(line))?)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 fn kind(v: &Value) -> &'static str {

@@ -19,8 +19,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::IngestStats;
 use super::parse::{Shape, parse_line};
+use super::{IngestStats, Routing};
 use crate::config::{Limits, SocketConfig};
 use crate::queue::handle::QueueHandle;
 use crate::queue::{Ingested, QueueError};
@@ -116,6 +116,8 @@ pub struct IngestSocket {
     pub limits: Limits,
     pub queue: QueueHandle,
     pub stats: Arc<IngestStats>,
+    /// Which collections are taken (None: all, for tests of the socket alone).
+    pub routing: Option<Arc<Routing>>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -139,8 +141,15 @@ impl IngestSocket {
             limits,
             queue,
             stats,
+            routing: None,
             shutdown,
         }
+    }
+
+    /// Refuses (or counts, with `keep_unrouted`) changes no connector receives.
+    pub fn with_routing(mut self, routing: Arc<Routing>) -> IngestSocket {
+        self.routing = Some(routing);
+        self
     }
 
     /// Serves at most `max_connections` at once and closes idle ones after
@@ -212,10 +221,16 @@ impl IngestSocket {
                 limits: self.limits,
                 queue: self.queue.clone(),
                 stats: self.stats.clone(),
+                routing: self.routing.clone(),
                 shutdown: self.shutdown.clone(),
             };
             tokio::spawn(async move {
+                let stats = conn.stats.clone();
+                IngestStats::add(&stats.socket_clients, 1);
                 conn.serve(stream).await;
+                stats
+                    .socket_clients
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 drop(permit);
             });
         }
@@ -228,6 +243,7 @@ struct Connection {
     limits: Limits,
     queue: QueueHandle,
     stats: Arc<IngestStats>,
+    routing: Option<Arc<Routing>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -292,8 +308,12 @@ fn busy(error: &str) -> String {
 enum Owed {
     /// Known already (a refused line).
     Now(String),
-    /// The queue's verdict on an ingested change, once it is durable.
-    Ingest(oneshot::Receiver<Result<Ingested, QueueError>>),
+    /// The queue's verdict on an ingested change, once it is durable, and the
+    /// collection if no connector receives it (kept: counted once accepted).
+    Ingest(
+        oneshot::Receiver<Result<Ingested, QueueError>>,
+        Option<String>,
+    ),
 }
 
 impl Connection {
@@ -301,13 +321,14 @@ impl Connection {
         let (read, write) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Owed>(PIPELINE_DEPTH);
         let stats = self.stats.clone();
+        let routing = self.routing.clone();
         let idle = self.idle_timeout;
         let writer = tokio::spawn(async move {
             let mut out = BufWriter::with_capacity(IO_BUFFER, write);
             while let Some(owed) = rx.recv().await {
                 let line = match owed {
                     Owed::Now(line) => line,
-                    Owed::Ingest(mut answer) => {
+                    Owed::Ingest(mut answer, unrouted) => {
                         let result = match answer.try_recv() {
                             Ok(r) => Ok(r),
                             Err(oneshot::error::TryRecvError::Empty) => {
@@ -324,7 +345,11 @@ impl Connection {
                                 "the queue writer has stopped".into(),
                             ))
                         };
-                        answer_line(&stats, result.unwrap_or_else(|()| lost()))
+                        let result = result.unwrap_or_else(|()| lost());
+                        if let (Ok(_), Some(c), Some(r)) = (&result, &unrouted, &routing) {
+                            r.count_accepted(std::iter::once(c.as_str()));
+                        }
+                        answer_line(&stats, result)
                     }
                 };
                 // A client that reads no answers for `idle` is gone.
@@ -380,7 +405,21 @@ impl Connection {
                             IngestStats::add(&self.stats.lines_refused, 1);
                             Owed::Now(refused(&format!("line {line_no}: {e}")))
                         }
+                        Ok(change)
+                            if let Some(Err(e)) = self
+                                .routing
+                                .as_ref()
+                                .map(|r| r.check(&change.record.collection)) =>
+                        {
+                            IngestStats::add(&self.stats.lines_refused, 1);
+                            Owed::Now(refused(&e))
+                        }
                         Ok(change) => {
+                            let unrouted = self
+                                .routing
+                                .as_ref()
+                                .filter(|r| !r.known.contains(&change.record.collection))
+                                .map(|_| change.record.collection.clone());
                             // Submitted here, in line order, so that the queue applies
                             // a connection's changes in the order they were written.
                             let set = ChangeSet {
@@ -388,7 +427,7 @@ impl Connection {
                                 full_collections: Vec::new(),
                             };
                             match self.queue.submit_ingest(set).await {
-                                Ok(answer) => Owed::Ingest(answer),
+                                Ok(answer) => Owed::Ingest(answer, unrouted),
                                 Err(e) => Owed::Now(answer_line(&self.stats, Err(e))),
                             }
                         }

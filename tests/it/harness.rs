@@ -401,3 +401,41 @@ impl Client {
 pub fn envelope(key: &str, doc: serde_json::Value) -> String {
     serde_json::json!({"collection": "permits", "key": key, "doc": doc}).to_string()
 }
+
+impl TestDaemon {
+    /// The status listener's address (the latest start's), from the daemon's log.
+    pub fn status_addr(&self) -> String {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("status listener up"))
+            .filter_map(|l| l.split("address=").nth(1))
+            .filter_map(|a| a.split_whitespace().next())
+            .next_back()
+            .expect("the status listener's address in the log")
+            .to_string()
+    }
+
+    /// GET `path` from the status listener: (status line and headers, body).
+    pub fn http_get(&self, path: &str) -> (String, String) {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(self.status_addr()).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        (head.to_string(), body.to_string())
+    }
+
+    /// Lines of the delivery log as JSON.
+    pub fn delivery_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path().join("delivery.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}

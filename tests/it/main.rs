@@ -3,13 +3,19 @@
 
 mod harness;
 
+mod alerts;
 mod bad_input;
 mod cli;
+mod cobol;
 mod crash;
 mod durability;
+mod fixed;
+mod operator;
+mod page;
 mod pipeline;
 mod power_loss;
 mod powerfs;
 mod serial;
+mod snapshot;
 mod soap;
 mod store;

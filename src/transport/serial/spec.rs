@@ -10,8 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::parse_duration;
-use crate::connector::TransportFile;
+use crate::problem::parse_duration;
 
 /// A serial connector's transport, checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,33 +84,57 @@ pub const DEFAULT_RETRANSMITS: u32 = 3;
 pub const MAX_ACK_TIMEOUT: Duration = Duration::from_secs(600);
 pub const MAX_INTER_FRAME_DELAY: Duration = Duration::from_secs(60);
 
-/// The `[transport]` keys that only `kind = "serial"` uses, and whether each is set
-/// (other kinds refuse them).
-pub fn keys_present(t: &TransportFile) -> [(&'static str, bool); 13] {
-    [
-        ("port", t.port.is_some()),
-        ("baud", t.baud.is_some()),
-        ("data_bits", t.data_bits.is_some()),
-        ("parity", t.parity.is_some()),
-        ("stop_bits", t.stop_bits.is_some()),
-        ("flow_control", t.flow_control.is_some()),
-        ("framing", t.framing.is_some()),
-        ("ack_line", t.ack_line.is_some()),
-        ("nak_line", t.nak_line.is_some()),
-        ("ack_timeout", t.ack_timeout.is_some()),
-        ("retransmits", t.retransmits.is_some()),
-        ("inter_frame_delay", t.inter_frame_delay.is_some()),
-        ("encoding", t.encoding.is_some()),
-    ]
+/// `[transport] kind = "serial"` as written.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Raw {
+    /// The device, e.g. "/dev/ttyS0" or "/dev/serial/by-id/usb-...".
+    pub port: Option<PathBuf>,
+    /// Line speed. Default 9600.
+    pub baud: Option<u32>,
+    /// 8 (default) or 7.
+    pub data_bits: Option<u8>,
+    /// none (default) | odd | even.
+    pub parity: Option<String>,
+    /// 1 (default) or 2.
+    pub stop_bits: Option<u8>,
+    /// none (default) | software (XON/XOFF) | hardware (RTS/CTS).
+    pub flow_control: Option<String>,
+    /// stx_etx_lrc (default) | line.
+    pub framing: Option<String>,
+    /// framing "line": the device's "got it" line. Default "ACK".
+    pub ack_line: Option<String>,
+    /// framing "line": the device's "refused" line. Default "NAK".
+    pub nak_line: Option<String>,
+    /// How long to wait for ACK/NAK after a frame is on the wire. Default "2s".
+    pub ack_timeout: Option<String>,
+    /// Extra sends of a frame after NAK, noise or silence. Default 3.
+    pub retransmits: Option<u32>,
+    /// Quiet time before each frame, for slow devices. Default "0s".
+    pub inter_frame_delay: Option<String>,
+    /// utf8 (default) | ascii | latin1: how payload text goes on the wire.
+    pub encoding: Option<String>,
 }
+
+/// The `[transport]` keys of kind "serial" (other kinds refuse them).
+pub const KEYS: &[&str] = &[
+    "port",
+    "baud",
+    "data_bits",
+    "parity",
+    "stop_bits",
+    "flow_control",
+    "framing",
+    "ack_line",
+    "nak_line",
+    "ack_timeout",
+    "retransmits",
+    "inter_frame_delay",
+    "encoding",
+];
 
 /// Checks the serial keys. `problem(key, message)` is called for each problem;
 /// `base` resolves a relative `port`.
-pub fn validate(
-    t: &TransportFile,
-    base: &Path,
-    problem: &mut dyn FnMut(&str, String),
-) -> Option<SerialSpec> {
+pub fn validate(t: &Raw, base: &Path, problem: &mut dyn FnMut(&str, String)) -> Option<SerialSpec> {
     let mut ok = true;
     let mut fail = |key: &str, message: String| {
         ok = false;
@@ -301,34 +324,6 @@ pub fn validate(
         inter_frame_delay,
         encoding,
     })
-}
-
-/// Two serial connectors on one port would lock each other out (a port opens
-/// for one program at a time): one problem for each port used twice.
-pub fn shared_ports(connectors: &[crate::connector::Connector]) -> Vec<String> {
-    let mut by_port: std::collections::BTreeMap<PathBuf, Vec<&crate::connector::Connector>> =
-        Default::default();
-    for c in connectors {
-        if let crate::connector::TransportSpec::Serial(s) = &c.transport {
-            let port = std::fs::canonicalize(&s.port).unwrap_or_else(|_| s.port.clone());
-            by_port.entry(port).or_default().push(c);
-        }
-    }
-    by_port
-        .into_iter()
-        .filter(|(_, users)| users.len() > 1)
-        .map(|(port, users)| {
-            let files: Vec<String> = users
-                .iter()
-                .map(|c| c.folder.join("connector.toml").display().to_string())
-                .collect();
-            format!(
-                "{}: [transport] port: these connectors all use serial port {}; a port opens for one connector at a time: give each its own port, or send both collections through one connector",
-                files.join(", "),
-                port.display()
-            )
-        })
-        .collect()
 }
 
 impl SerialSpec {

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::TransportSpec;
 use super::{Outcome, Payload};
-use crate::config::parse_duration;
-use crate::connector::{TransportFile, TransportSpec};
+use crate::problem::{Problems, parse_duration};
 
 /// Answers longer than this are not read (a SOAP ack is a few hundred bytes).
 pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
@@ -128,41 +128,47 @@ pub const KEYS: &[&str] = &[
     "accept_empty_2xx",
 ];
 
-/// Is `key` of `[transport]` set in `t`? (For refusing keys of another kind.)
-pub fn key_present(t: &TransportFile, key: &str) -> bool {
-    match key {
-        "url" => t.url.is_some(),
-        "soap_action" => t.soap_action.is_some(),
-        "soap_version" => t.soap_version.is_some(),
-        "timeout" => t.timeout.is_some(),
-        "connect_timeout" => t.connect_timeout.is_some(),
-        "username" => t.username.is_some(),
-        "password_file" => t.password_file.is_some(),
-        "auth" => t.auth.is_some(),
-        "ca_file" => t.ca_file.is_some(),
-        "namespace" => t.namespace.is_some(),
-        "max_in_flight" => t.max_in_flight.is_some(),
-        "dead_letter_on_client_fault" => t.dead_letter_on_client_fault.is_some(),
-        "accept_empty_2xx" => t.accept_empty_2xx.is_some(),
-        _ => false,
-    }
+/// `[transport] kind = "soap"` as written.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Raw {
+    /// The service's address, `http://` or `https://`.
+    pub url: Option<String>,
+    /// The SOAPAction (1.1) or `action` (1.2). Default: empty.
+    pub soap_action: Option<String>,
+    /// "1.1" (default) or "1.2".
+    pub soap_version: Option<String>,
+    /// Longest wait for the whole answer. Default "30s".
+    pub timeout: Option<String>,
+    /// Longest wait to connect. Default "10s".
+    pub connect_timeout: Option<String>,
+    /// User name for `auth`.
+    pub username: Option<String>,
+    /// A file holding only the password (read at start-up, never shown).
+    pub password_file: Option<PathBuf>,
+    /// "basic" (default with `username`), "ws-security-text", "ws-security-digest".
+    pub auth: Option<String>,
+    /// PEM file of the CA to trust for https (instead of the system's).
+    pub ca_file: Option<PathBuf>,
+    /// `xmlns` for the body's root element.
+    pub namespace: Option<String>,
+    /// Deliveries at once (each of a different record). Default 1.
+    pub max_in_flight: Option<usize>,
+    /// Dead-letter at once on a Client/Sender Fault. Default false.
+    pub dead_letter_on_client_fault: Option<bool>,
+    /// A 2xx with an empty body counts as delivered (for a service known to
+    /// answer so). Default false: it is an outage, like any 2xx that is not a
+    /// SOAP envelope.
+    pub accept_empty_2xx: Option<bool>,
 }
 
 /// Validates `[transport] kind = "soap"`; every problem goes to `problems`
 /// with file, line and key (`at`). Reads `ca_file` (public); never
 /// `password_file` (see [`read_password`]).
-pub fn spec(
-    t: &TransportFile,
-    at: &dyn Fn(Option<&str>, &str) -> String,
-    base: &Path,
-    problems: &mut Vec<String>,
-) -> Option<TransportSpec> {
+pub fn validate(t: &Raw, base: &Path, problems: &mut Problems<'_>) -> Option<TransportSpec> {
     let before = problems.len();
+    let password_file_at = problems.prefix(Some("transport"), "password_file");
     let mut problem = |key: &str, text: String| {
-        problems.push(format!(
-            "{}[transport] {key}: {text}",
-            at(Some("transport"), key)
-        ));
+        problems.at(Some("transport"), key, format!("[transport] {key}: {text}"));
     };
     let url = t.url.clone().unwrap_or_default();
     // Credentials first: no message below may show a URL that holds a password.
@@ -337,7 +343,7 @@ pub fn spec(
         connect_timeout,
         auth,
         password_file,
-        password_file_at: at(Some("transport"), "password_file"),
+        password_file_at,
         ca_pem,
         ca_file,
         namespace: t.namespace.clone(),
@@ -781,15 +787,14 @@ mod tests {
 
     /// The problems `spec` finds in a `[transport]` table.
     fn problems(transport: &str) -> Vec<String> {
-        let t: TransportFile = toml::from_str(transport).unwrap();
-        let mut problems = Vec::new();
-        spec(
-            &t,
-            &|_, key| format!("c.toml: {key}: "),
-            Path::new("/"),
-            &mut problems,
-        );
+        let t: Raw = toml::from_str(transport).unwrap();
+        let mut problems = Problems::new("c.toml", "");
+        validate(&t, Path::new("/"), &mut problems);
         problems
+            .into_vec()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     #[test]
@@ -829,10 +834,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_that_cannot_be_built_is_rejected_not_down() {
-        let t: TransportFile =
-            toml::from_str("kind = \"soap\"\nurl = \"http://127.0.0.1:9/\"").unwrap();
+        let t: Raw = toml::from_str("kind = \"soap\"\nurl = \"http://127.0.0.1:9/\"").unwrap();
         let Some(TransportSpec::Soap(mut spec)) =
-            spec(&t, &|_, _| String::new(), Path::new("/"), &mut Vec::new())
+            validate(&t, Path::new("/"), &mut Problems::new("c.toml", ""))
         else {
             panic!("a valid spec");
         };
@@ -889,16 +893,14 @@ mod tests {
     #[test]
     fn the_password_file_is_read_only_when_asked_and_errors_name_the_file() {
         let tmp = tempfile::tempdir().unwrap();
-        let t: TransportFile = toml::from_str(
+        let t: Raw = toml::from_str(
             "kind = \"soap\"\nurl = \"http://h/\"\nusername = \"u\"\npassword_file = \"pw\"",
         )
         .unwrap();
         // Loading the config does not need the file.
-        let mut problems = Vec::new();
-        let Some(TransportSpec::Soap(spec)) =
-            spec(&t, &|_, _| String::new(), tmp.path(), &mut problems)
-        else {
-            panic!("{problems:?}");
+        let mut problems = Problems::new("c.toml", "");
+        let Some(TransportSpec::Soap(spec)) = validate(&t, tmp.path(), &mut problems) else {
+            panic!("{:?}", problems.into_vec());
         };
         let err = read_password(&spec).unwrap_err().to_string();
         assert!(

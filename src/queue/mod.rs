@@ -329,6 +329,23 @@ impl Queue {
     }
 }
 
+#[cfg(test)]
+impl Queue {
+    /// Bytes of `name`'s waiting deltas as stored, chunk by chunk (what
+    /// `pending_bytes` must equal).
+    fn stored_bytes(&self, name: &str) -> Result<u64, QueueError> {
+        let reader = self.store.reader()?;
+        let prefix = keys::key_of(b'p', &[name], None);
+        let mut sum = 0;
+        for kv in reader.scan_prefix(&prefix)? {
+            let (k, v) = kv?;
+            let entries = codec::chunk_entries(keys::seq_of_key(&k), &v).map_err(decode_err(&k))?;
+            sum += entries.iter().map(|(_, e)| e.len() as u64).sum::<u64>();
+        }
+        Ok(sum)
+    }
+}
+
 /// Free bytes for unprivileged writers on the filesystem holding `path`.
 fn free_bytes(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;

@@ -1208,19 +1208,7 @@ impl Run {
         {
             let q = self.q.as_ref().expect("queue open");
             for (name, t) in &q.targets {
-                let mut sum = 0u64;
-                for kv in q
-                    .store
-                    .reader()
-                    .unwrap()
-                    .scan_prefix(&key_of(b'p', &[name], None))
-                    .unwrap()
-                {
-                    let (k, v) = kv.map_err(|e| e.to_string())?;
-                    let entries =
-                        codec::chunk_entries(seq_of_key(&k), &v).map_err(|e| e.to_string())?;
-                    sum += entries.iter().map(|(_, e)| e.len() as u64).sum::<u64>();
-                }
+                let sum = q.stored_bytes(name).map_err(qe)?;
                 ensure!(
                     t.counters.pending_bytes == sum,
                     "{name}: pending_bytes {} but the queued deltas take {sum} bytes",

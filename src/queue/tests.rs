@@ -206,20 +206,7 @@ fn resync_pages_through_every_record() {
 
 /// Bytes of the waiting deltas as stored, chunk by chunk.
 fn stored_bytes(q: &Queue, name: &str) -> u64 {
-    let mut sum = 0;
-    for kv in q
-        .store
-        .reader()
-        .unwrap()
-        .scan_prefix(&key_of(b'p', &[name], None))
-        .unwrap()
-    {
-        let (k, v) = kv.unwrap();
-        for (_, e) in codec::chunk_entries(seq_of_key(&k), &v).unwrap() {
-            sum += e.len() as u64;
-        }
-    }
-    sum
+    q.stored_bytes(name).unwrap()
 }
 
 fn chunk_count(q: &Queue, name: &str) -> usize {

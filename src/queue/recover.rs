@@ -7,8 +7,9 @@
 //! record's pointer to a waiting delta that was lost is cleared (its next change
 //! queues a new delta), and a hold without its dead letter is dropped.
 //!
-//! **Invariant:** the damaged file is never changed, only renamed aside, and only
-//! after the fresh store is complete and synced.
+//! **Invariant:** the damaged file is only opened (which lets redb repair what it
+//! can, as every start does) and renamed aside, and only after the fresh store is
+//! complete and synced.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;

@@ -141,15 +141,24 @@ impl DropDir {
 
     /// The first pass: the whole file parses. Returns how many changes it holds.
     async fn check_whole(&self, path: &Path, name: &str, identity: Identity) -> Result<u64, Taken> {
-        let (watch, limits, file_name, p) = (
+        let (watch, limits, file_name, p, routing) = (
             self.watch.clone(),
             self.limits,
             name.to_string(),
             path.to_path_buf(),
+            self.routing.clone(),
         );
         let checked = tokio::task::spawn_blocking(move || {
             let (file, _) = open_limited(&p, limits.max_file_bytes).map_err(|_| None)?;
-            stream_file(&file_name, file, &watch, &limits, &mut |_| Ok(())).map_err(Some)
+            // A change for a collection no connector receives rejects the file
+            // whole, as it does a small one (SPEC §4 "Unrouted collections").
+            let check =
+                &mut |c: Change| routing.check(&c.record.collection).map_err(ParseError::msg);
+            let snapshot_collection = watch.snapshot.then(|| watch.collection.clone());
+            if let Some(c) = &snapshot_collection {
+                routing.check(c).map_err(|e| Some(ParseError::msg(e)))?;
+            }
+            stream_file(&file_name, file, &watch, &limits, check).map_err(Some)
         })
         .await;
         match checked {
@@ -215,7 +224,9 @@ impl DropDir {
         let mut last_log = Instant::now();
         while let Some(part) = rx.recv().await {
             let count = part.len() as u64;
-            self.queue_one_part(file, next_row, part).await?;
+            self.queue_one_part(file, next_row, part.clone()).await?;
+            self.routing
+                .count_accepted(part.iter().map(|c| c.record.collection.as_str()));
             next_row += count;
             IngestStats::add(&self.stats.changes, count);
             if last_log.elapsed() >= LOG_EVERY {

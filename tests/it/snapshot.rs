@@ -147,3 +147,49 @@ fn a_large_snapshot_killed_at_random_moments_converges_to_the_export_with_no_spu
             .collect::<Vec<_>>()
     );
 }
+
+/// A large file (taken in parts) holding a change for a collection no connector
+/// receives is rejected whole, like a small one: nothing of it is queued.
+#[test]
+fn a_large_file_with_an_unrouted_change_is_rejected_whole() {
+    let d = TestDaemon::new()
+        .connector(
+            "housing",
+            &csv_connector(&["permit_number", "status"], "", ""),
+        )
+        .start();
+    let mut text = String::new();
+    let pad = "y".repeat(60);
+    for i in 0..50_000 {
+        text.push_str(&envelope(
+            &i.to_string(),
+            serde_json::json!({"permit_number": i.to_string(), "status": "NEW", "notes": pad}),
+        ));
+        text.push('\n');
+    }
+    text.push_str(r#"{"collection":"x","key":"1","doc":{"a":1}}"#);
+    text.push('\n');
+    assert!(text.len() > 4 << 20, "large enough to be taken in parts");
+    let inbox = d.path().join("inbox/envelopes");
+    drop_into(&inbox, "big.ndjson", text.as_bytes());
+    let note = inbox.join(".rejected/big.ndjson.error");
+    d.wait_for(Duration::from_secs(60), "the note", |_| note.exists());
+    let reason = std::fs::read_to_string(&note).unwrap();
+    assert!(
+        reason.contains("no connector receives collection 'x'"),
+        "{reason}"
+    );
+    // A sentinel change behind it: nothing of the big file went out before it.
+    let mut c = d.client();
+    assert_eq!(
+        c.call(&envelope(
+            "sentinel",
+            serde_json::json!({"permit_number": "sentinel", "status": "S"})
+        ))["ok"],
+        true
+    );
+    d.wait_for(Duration::from_secs(20), "the sentinel", |d| {
+        d.outbox_rows("housing").iter().any(|r| r[2] == "sentinel")
+    });
+    assert_eq!(d.outbox_rows("housing").len(), 1, "only the sentinel");
+}

@@ -92,7 +92,7 @@ fn a_large_snapshot_killed_at_random_moments_converges_to_the_export_with_no_spu
     // dropped again under a new name: its rows are then all unchanged, and the
     // kills go on landing in a file's phases. The expected end state is the same.
     let mut copies = 0;
-    let mut pending = |copies: &mut usize| {
+    let pending = |copies: &mut usize| {
         let waiting = std::fs::read_dir(&snap)
             .unwrap()
             .flatten()

@@ -60,11 +60,16 @@ export_csv() {
     }'
 }
 
+ready_count() {
+    local n
+    n=$(grep -c ready "$TMP/daemon.log" 2>/dev/null) || true
+    echo "${n:-0}"
+}
 start() {
-    local before; before=$(grep -c ready "$TMP/daemon.log" 2>/dev/null || true)
+    local before; before=$(ready_count)
     (cd "$TMP" && exec "$BIN" run -c hms-sync.toml >>daemon.log 2>&1) &
     PID=$!
-    until [ "$(grep -c ready "$TMP/daemon.log" 2>/dev/null || echo 0)" -gt "${before:-0}" ]; do sleep 0.05; done
+    until [ "$(ready_count)" -gt "$before" ]; do sleep 0.05; done
 }
 counts() {
     (cd "$TMP" && "$BIN" status -c hms-sync.toml --json) |

@@ -24,3 +24,24 @@ collection = "permits"
 key = "permit_number"
 EOF
 }
+
+# bench_csv_connector DIR BATCH_MAX: connector `bench`, CSV files of up to
+# BATCH_MAX rows into DIR/outbox/bench (the folder is not created: a missing
+# outbox is how a scenario keeps the target down).
+bench_csv_connector() {
+    local dir=$1 batch_max=$2
+    mkdir -p "$dir/connectors/bench"
+    cat >"$dir/connectors/bench/connector.toml" <<EOF
+collections = ["permits"]
+
+[format]
+kind = "csv"
+columns = ["permit_number", "status", "type", "parcel_id", "fee"]
+
+[transport]
+kind = "file"
+dir = "outbox/bench"
+batch_max = $batch_max
+batch_window = "0s"
+EOF
+}

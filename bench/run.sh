@@ -78,20 +78,7 @@ mkcase() {
     local dir=$TMP/$1 mode=$2
     daemon_config "$dir" "$EXTRA_CONFIG"
     if [[ $mode != none ]]; then
-        mkdir -p "$dir/connectors/bench"
-        cat >"$dir/connectors/bench/connector.toml" <<'EOF'
-collections = ["permits"]
-
-[format]
-kind = "csv"
-columns = ["permit_number", "status", "type", "parcel_id", "fee"]
-
-[transport]
-kind = "file"
-dir = "outbox/bench"
-batch_max = 1000
-batch_window = "0s"
-EOF
+        bench_csv_connector "$dir" 1000
         [[ $mode == up ]] && mkdir -p "$dir/outbox/bench"
     fi
     echo "$dir"

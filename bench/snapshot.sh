@@ -34,18 +34,8 @@ collection = "permits"
 key = "permit_number"
 snapshot = true
 TOML
-mkdir -p "$TMP/connectors/bench" "$TMP/outbox/bench" "$TMP/inbox/snap"
-cat >"$TMP/connectors/bench/connector.toml" <<'TOML'
-collections = ["permits"]
-[format]
-kind = "csv"
-columns = ["permit_number", "status", "type", "parcel_id", "fee"]
-[transport]
-kind = "file"
-dir = "outbox/bench"
-batch_max = 5000
-batch_window = "0s"
-TOML
+mkdir -p "$TMP/outbox/bench" "$TMP/inbox/snap"
+bench_csv_connector "$TMP" 5000
 
 # The export: about 35 bytes a row, like a county's permit export. With 1 as its
 # argument every 100th row's status changes and every 100th other row is left out.

@@ -39,14 +39,24 @@ pub const SKIP_FSYNC_VAR: &str = "HMS_SYNC_UNSAFE_SKIP_FSYNC";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
-        "the queue file {path} cannot be opened: {source} (with the daemon stopped, `hms-sync recover` copies what can still be read into a fresh queue)"
+        "the queue file {path} cannot be opened: {error} (with the daemon stopped, `hms-sync recover` copies what can still be read into a fresh queue)"
     )]
     Open {
         path: PathBuf,
-        source: redb::DatabaseError,
+        /// Said in the message itself (not a `source`), so it shows once.
+        error: redb::DatabaseError,
     },
     #[error("the queue file {path} is in use by another process (is the daemon running?)")]
     Locked { path: PathBuf },
+    /// Not damage: this user may not open the file (an operator running a
+    /// command as themselves while the daemon is stopped).
+    #[error(
+        "no permission to open the queue file {path} ({error}); run the command as the service's user, e.g. `sudo -u hms-sync hms-sync …`"
+    )]
+    NoAccess {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("cannot sync the folder {path}: {source}")]
     SyncFolder {
         path: PathBuf,
@@ -77,9 +87,17 @@ impl Store {
                 redb::DatabaseError::DatabaseAlreadyOpen => {
                     StoreError::Locked { path: path.clone() }
                 }
-                source => StoreError::Open {
+                redb::DatabaseError::Storage(redb::StorageError::Io(error))
+                    if error.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    StoreError::NoAccess {
+                        path: path.clone(),
+                        error,
+                    }
+                }
+                error => StoreError::Open {
                     path: path.clone(),
-                    source,
+                    error,
                 },
             })?;
         if !existed {

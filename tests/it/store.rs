@@ -138,3 +138,58 @@ fn a_sled_state_folder_of_version_0_1_is_upgraded_at_start_and_loses_nothing() {
         d.log()
     );
 }
+
+/// An operator who may not read the queue file is told so, and which user to
+/// run as — not sent to `recover` as if the file were damaged.
+#[test]
+fn a_queue_file_this_user_may_not_open_is_a_permission_error_not_damage() {
+    use std::os::unix::fs::PermissionsExt;
+    if std::process::Command::new("setpriv")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        println!("SKIPPED: setpriv (util-linux) is not installed");
+        return;
+    }
+    let mut d = TestDaemon::new().connector("housing", &csv_connector(&["permit_number"], "", ""));
+    d.spawn();
+    assert_eq!(d.stop(), Some(0));
+    // `nobody` must reach the folder, the config and a copy of the binary.
+    let bin = d.path().join("hms-sync");
+    std::fs::copy(BIN, &bin).unwrap();
+    for p in [
+        d.path().to_path_buf(),
+        d.path().join("state"),
+        d.path().join("connectors"),
+        d.path().join("connectors/housing"),
+    ] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for p in [
+        d.config_path(),
+        d.path().join("connectors/housing/connector.toml"),
+    ] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(
+        d.path().join("state/queue.redb"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .arg("check")
+        .arg("-c")
+        .arg(d.config_path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no permission to open the queue file") && err.contains("sudo -u hms-sync"),
+        "{err}"
+    );
+    assert!(!err.contains("recover"), "{err}");
+}

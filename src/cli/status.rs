@@ -120,7 +120,7 @@ pub fn table(cfg: &Config, report: &Value, colour: bool) -> String {
         "{:<20} {:<6} {:>8} {:>9} {:>6} {:>10} {:>8}  LAST ERROR\n",
         "TARGET", "STATE", "PENDING", "IN FLIGHT", "DEAD", "DELIVERED", "OLDEST"
     ));
-    for t in targets {
+    for t in &targets {
         let state = if t["paused"] == true && report["running"] == false {
             "paused"
         } else {
@@ -143,6 +143,14 @@ pub fn table(cfg: &Config, report: &Value, colour: bool) -> String {
             age(t["oldest_pending_age_s"].as_f64().unwrap_or(0.0)),
             error,
         ));
+    }
+    for t in &targets {
+        if let Some(n) = t["concurrency"].as_u64().filter(|&n| n > 1) {
+            out.push_str(&format!(
+                "{}: up to {n} requests at once\n",
+                t["name"].as_str().unwrap_or("")
+            ));
+        }
     }
     for u in report["unrouted"].as_array().into_iter().flatten() {
         out.push_str(&format!(

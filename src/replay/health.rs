@@ -22,6 +22,9 @@ pub struct TargetHealth {
     pub per_minute: Vec<u64>,
     /// The minute `per_minute` was last written in.
     pub last_minute: u64,
+    /// Requests the transport sends at once now, where it sends several (SOAP);
+    /// with `max_in_flight = "auto"` it moves.
+    pub concurrency: Option<usize>,
 }
 
 impl TargetHealth {
@@ -128,6 +131,10 @@ impl Health {
     pub fn set_paused(&self, name: &str, paused: bool) {
         self.with(name, |h| h.paused = paused);
         self.kick(name);
+    }
+
+    pub fn set_concurrency(&self, name: &str, n: Option<usize>) {
+        self.with(name, |h| h.concurrency = n);
     }
 
     pub fn is_paused(&self, name: &str) -> bool {

@@ -145,6 +145,8 @@ impl Worker {
         let kick = self.health.kicker(&self.name);
         let mut down_streak: u32 = 0;
         tracing::info!(target_name = %self.name, "worker started");
+        self.health
+            .set_concurrency(&self.name, self.transport.concurrency());
         loop {
             if *self.shutdown.borrow() {
                 break;
@@ -196,7 +198,10 @@ impl Worker {
                     lease.items.extend(more.items);
                 }
             }
-            match self.deliver(lease.items).await {
+            let outcome = self.deliver(lease.items).await;
+            self.health
+                .set_concurrency(&self.name, self.transport.concurrency());
+            match outcome {
                 Some(Outcome::Down { reason }) => {
                     down_streak += 1;
                     let delay = backoff_delay(&self.retry, down_streak);

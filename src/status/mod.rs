@@ -33,7 +33,7 @@ pub fn report(counts: &[QueueCounts], health: Option<&Health>) -> Value {
     let targets: Vec<Value> = counts
         .iter()
         .map(|c| {
-            let (state, last_error, paused, down_for) = match health {
+            let (state, last_error, paused, down_for, concurrency) = match health {
                 Some(h) => {
                     let th = h.get(&c.name);
                     let state = if th.paused {
@@ -44,12 +44,13 @@ pub fn report(counts: &[QueueCounts], health: Option<&Health>) -> Value {
                         "up"
                     };
                     let down_for = th.down_since.map(|t| t.elapsed().as_secs_f64());
-                    (state, th.last_error, th.paused, down_for)
+                    (state, th.last_error, th.paused, down_for, th.concurrency)
                 }
                 None => (
                     "down",
                     Some("hms-sync is not running".to_string()),
                     false,
+                    None,
                     None,
                 ),
             };
@@ -68,6 +69,7 @@ pub fn report(counts: &[QueueCounts], health: Option<&Health>) -> Value {
                 "last_error": last_error,
                 "paused": paused,
                 "down_for_s": down_for.map(|s| s.round()),
+                "concurrency": concurrency,
             })
         })
         .collect();
@@ -520,6 +522,18 @@ async fn metrics(State(s): State<Shared>) -> Response {
         "gauge",
         "Alert conditions firing now.",
         vec![(String::new(), firing as f64)],
+    );
+    family(
+        "hms_sync_concurrency",
+        "gauge",
+        "Requests sent at once now (SOAP; moves with max_in_flight = \"auto\").",
+        health
+            .iter()
+            .filter_map(|(n, h)| {
+                h.concurrency
+                    .map(|c| (format!("{{target=\"{}\"}}", label(n)), c as f64))
+            })
+            .collect(),
     );
     family(
         "hms_sync_rejected_total",

@@ -134,6 +134,14 @@ impl Transport {
         }
     }
 
+    /// Requests sent at once now, for a transport that sends several (SOAP).
+    pub fn concurrency(&self) -> Option<usize> {
+        match self {
+            Transport::Soap(t) => Some(t.max_in_flight()),
+            _ => None,
+        }
+    }
+
     /// Most deltas per delivery, and how long to wait to gather them.
     pub fn batch_limits(&self) -> (usize, Duration) {
         match self {

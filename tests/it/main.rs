@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod adaptive;
 mod alerts;
 mod bad_input;
 mod cli;

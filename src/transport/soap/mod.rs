@@ -9,6 +9,7 @@
 //! and never trusted past that; with `max_in_flight = 1` deliveries go strictly
 //! one at a time; passwords are kept in [`Secret`] and never printed.
 
+pub mod adaptive;
 pub mod answer;
 pub mod envelope;
 pub mod http;
@@ -100,8 +101,11 @@ pub struct SoapSpec {
     /// `xmlns` put on the body's root element.
     pub namespace: Option<String>,
     /// Requests on the wire at once (1..=64), each for a different record; 1
-    /// keeps strict queue order.
+    /// keeps strict queue order. With `adaptive`, the most at once.
     pub max_in_flight: usize,
+    /// `max_in_flight = "auto"`: between 1 and `max_in_flight` at once, adapted
+    /// to the service's answers ([`adaptive`]).
+    pub adaptive: bool,
     /// A Client/Sender Fault dead-letters at once: the service says the message
     /// itself is wrong, so resending it cannot help.
     pub dead_letter_on_client_fault: bool,
@@ -124,6 +128,7 @@ pub const KEYS: &[&str] = &[
     "ca_file",
     "namespace",
     "max_in_flight",
+    "max_in_flight_limit",
     "dead_letter_on_client_fault",
     "accept_empty_2xx",
 ];
@@ -151,8 +156,11 @@ pub struct Raw {
     pub ca_file: Option<PathBuf>,
     /// `xmlns` for the body's root element.
     pub namespace: Option<String>,
-    /// Deliveries at once (each of a different record). Default 1.
-    pub max_in_flight: Option<usize>,
+    /// Deliveries at once (each of a different record): a number (default 1) or
+    /// "auto".
+    pub max_in_flight: Option<toml::Value>,
+    /// With `max_in_flight = "auto"`: the most at once. Default 8.
+    pub max_in_flight_limit: Option<i64>,
     /// Dead-letter at once on a Client/Sender Fault. Default false.
     pub dead_letter_on_client_fault: Option<bool>,
     /// A 2xx with an empty body counts as delivered (for a service known to
@@ -328,10 +336,36 @@ pub fn validate(t: &Raw, base: &Path, problems: &mut Problems<'_>) -> Option<Tra
     if let Err(e) = action_headers(version, &soap_action) {
         problem("soap_action", e);
     }
-    let max_in_flight = t.max_in_flight.unwrap_or(1);
-    if !(1..=64).contains(&max_in_flight) {
-        problem("max_in_flight", "must be between 1 and 64".into());
-    }
+    let (max_in_flight, adaptive) = match &t.max_in_flight {
+        None => (1, false),
+        Some(toml::Value::Integer(n)) if (1..=64).contains(n) => (*n as usize, false),
+        Some(toml::Value::String(s)) if s == "auto" => (8, true),
+        Some(other) => {
+            problem(
+                "max_in_flight",
+                format!("must be a number from 1 to 64 or \"auto\", not {other}"),
+            );
+            (1, false)
+        }
+    };
+    let max_in_flight = match t.max_in_flight_limit {
+        None => max_in_flight,
+        Some(_) if !adaptive => {
+            problem(
+                "max_in_flight_limit",
+                "applies only with `max_in_flight = \"auto\"`".into(),
+            );
+            max_in_flight
+        }
+        Some(n) if (1..=64).contains(&n) => n as usize,
+        Some(n) => {
+            problem(
+                "max_in_flight_limit",
+                format!("must be between 1 and 64, not {n}"),
+            );
+            max_in_flight
+        }
+    };
     if problems.len() > before {
         return None;
     }
@@ -348,6 +382,7 @@ pub fn validate(t: &Raw, base: &Path, problems: &mut Problems<'_>) -> Option<Tra
         ca_file,
         namespace: t.namespace.clone(),
         max_in_flight,
+        adaptive,
         dead_letter_on_client_fault: t.dead_letter_on_client_fault.unwrap_or(false),
         accept_empty_2xx: t.accept_empty_2xx.unwrap_or(false),
     })))
@@ -396,11 +431,15 @@ pub fn describe(s: &SoapSpec) -> String {
     } else {
         ""
     };
+    let in_flight = if s.adaptive {
+        format!("1 to {} in flight (auto)", s.max_in_flight)
+    } else {
+        format!("{} in flight", s.max_in_flight)
+    };
     format!(
-        "soap {version} -> {}{auth}{password}{ca}, timeout {}, {} in flight{empty}",
+        "soap {version} -> {}{auth}{password}{ca}, timeout {}, {in_flight}{empty}",
         s.url,
         humantime::format_duration(s.timeout),
-        s.max_in_flight
     )
 }
 
@@ -449,6 +488,8 @@ pub struct SoapTransport {
     /// it cannot be read, every delivery is `Down` saying why and tries again
     /// (fixing the file's owner needs no restart).
     password: Result<Option<Secret>, PasswordError>,
+    /// How many requests go at once now.
+    in_flight: adaptive::InFlight,
 }
 
 impl SoapTransport {
@@ -459,11 +500,18 @@ impl SoapTransport {
             spec: Arc::new(spec.clone()),
             client: http::client(spec),
             password: read_password(spec),
+            in_flight: if spec.adaptive {
+                adaptive::InFlight::auto(spec.max_in_flight)
+            } else {
+                adaptive::InFlight::fixed(spec.max_in_flight)
+            },
         }
     }
 
+    /// Requests to send at once now (with "auto", what the service has shown
+    /// it takes).
     pub fn max_in_flight(&self) -> usize {
-        self.spec.max_in_flight
+        self.in_flight.current()
     }
 
     pub fn dead_letter_on_client_fault(&self) -> bool {
@@ -507,32 +555,54 @@ impl SoapTransport {
                     .collect();
             }
         };
+        let timed = |client: http::Client,
+                     spec: Arc<SoapSpec>,
+                     password: Option<Secret>,
+                     p: Payload| async move {
+            let started = std::time::Instant::now();
+            let outcome = send(&client, &spec, password.as_ref(), &p).await;
+            (outcome, started.elapsed())
+        };
+        let mut answers = vec![None; batch.len()];
         if batch.len() == 1 {
-            return vec![send(&client, &self.spec, password.as_ref(), &batch[0]).await];
-        }
-        let mut set = tokio::task::JoinSet::new();
-        for (i, p) in batch.iter().enumerate() {
-            let (client, spec, p) = (client.clone(), self.spec.clone(), p.clone());
-            let password = password.clone();
-            set.spawn(async move { (i, send(&client, &spec, password.as_ref(), &p).await) });
-        }
-        let mut outcomes = vec![None; batch.len()];
-        while let Some(joined) = set.join_next().await {
-            match joined {
-                Ok((i, o)) => outcomes[i] = Some(o),
-                Err(e) => {
-                    tracing::error!(target_name = %self.target, error = %e, "a SOAP send task failed")
+            answers[0] = Some(timed(client, self.spec.clone(), password, batch[0].clone()).await);
+        } else {
+            let mut set = tokio::task::JoinSet::new();
+            for (i, p) in batch.iter().enumerate() {
+                let work = timed(
+                    client.clone(),
+                    self.spec.clone(),
+                    password.clone(),
+                    p.clone(),
+                );
+                set.spawn(async move { (i, work.await) });
+            }
+            while let Some(joined) = set.join_next().await {
+                match joined {
+                    Ok((i, answer)) => answers[i] = Some(answer),
+                    Err(e) => {
+                        tracing::error!(target_name = %self.target, error = %e, "a SOAP send task failed")
+                    }
                 }
             }
         }
-        outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or(Outcome::Down {
+        let outcomes: Vec<Outcome> = answers
+            .iter()
+            .map(|a| match a {
+                Some((o, _)) => o.clone(),
+                None => Outcome::Down {
                     reason: "the send task failed".into(),
-                })
+                },
             })
-            .collect()
+            .collect();
+        let trouble = outcomes.iter().any(|o| matches!(o, Outcome::Down { .. }));
+        let latencies: Vec<Duration> = answers.iter().flatten().map(|(_, t)| *t).collect();
+        let before = self.in_flight.current();
+        self.in_flight.observe(batch.len(), &latencies, trouble);
+        if self.in_flight.current() != before {
+            tracing::debug!(target_name = %self.target, from = before, to = self.in_flight.current(), "requests at once adapted");
+        }
+        outcomes
     }
 }
 

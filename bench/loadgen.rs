@@ -16,13 +16,22 @@
 //!     the outbox files, as a legacy importer would. Prints p50/p90/p99/max in ms.
 //!
 //! loadgen soap-server PORTFILE [--expect N] [--seconds 120] [--dump FILE]
+//!                   [--service-ms 0] [--workers 0]
 //!     A keep-alive HTTP/1.1 server on 127.0.0.1 (port written to PORTFILE) that
-//!     answers every POST at once with a short SOAP ack, as a COBOL box that never
-//!     waits would. Stops after `expect` requests (or `seconds`). Prints requests,
+//!     answers every POST with a short SOAP ack: at once, as a COBOL box that never
+//!     waits would, or, with `--service-ms`, after that much work, done by at most
+//!     `--workers` requests at a time (0: any number; the others wait their turn),
+//!     as a slow legacy service would. Latency is measured when the answer goes. Stops after `expect` requests (or `seconds`). Prints requests,
 //!     the delivery rate over the second half of them (once the ingest that fed
 //!     the queue is long over), and, for bodies holding a `sent_us` field, the
 //!     drop-to-delivered latency p50/p90/p99/max. `--dump` saves the first body
 //!     (the request wrk repeats).
+//!
+//! loadgen burst INBOX [--count 20000] [--timeout 300]
+//!     Writes COUNT one-record JSON files (temp name + rename) as fast as one
+//!     producer can, then waits until the inbox holds none of them. Prints the
+//!     producer's rate and the files/s taken from the inbox (first rename to the
+//!     inbox being empty).
 //!
 //! loadgen drop INBOX [--rate 200] [--count 2000]
 //!     Writes one-record JSON files (temp name + rename) at a fixed rate, each with
@@ -53,7 +62,8 @@ fn usage() -> ! {
          \x20      loadgen latency INBOX OUTBOX [--rate R] [--count N] [--key-col I] [--trace FILE]\n\
          \x20      loadgen restart BIN CONFIG OUTBOX LOG [--timeout S]\n\
          \x20      loadgen soap-server PORTFILE [--expect N] [--seconds S] [--dump FILE]\n\
-         \x20      loadgen drop INBOX [--rate R] [--count N]"
+         \x20      loadgen drop INBOX [--rate R] [--count N]\n\
+         \x20      loadgen burst INBOX [--count N] [--timeout S]"
     );
     std::process::exit(2);
 }
@@ -106,6 +116,7 @@ fn main() {
     match cmd.as_str() {
         "ingest" => ingest(&args),
         "latency" => latency(&args),
+        "burst" => burst(&args),
         "restart" => restart(&args),
         "soap-server" => soap_server(&args),
         "drop" => drop_files(&args),
@@ -579,6 +590,9 @@ struct SoapStats {
     arrivals: Vec<u64>,
     latencies_us: Vec<u64>,
     first_body: Option<Vec<u8>>,
+    /// Requests being worked on or waiting now, and the most at once.
+    now: usize,
+    most: usize,
 }
 
 fn soap_server(args: &Args) {
@@ -586,6 +600,13 @@ fn soap_server(args: &Args) {
     let expect: usize = args.get("expect", usize::MAX);
     let seconds: f64 = args.get("seconds", 120.0);
     let dump: String = args.get("dump", String::new());
+    let service = Duration::from_millis(args.get("service-ms", 0u64));
+    let workers: usize = args.get("workers", 0);
+    let slots = Arc::new(tokio::sync::Semaphore::new(if workers == 0 {
+        tokio::sync::Semaphore::MAX_PERMITS
+    } else {
+        workers
+    }));
     let stats = Arc::new(std::sync::Mutex::new(SoapStats::default()));
     let done = Arc::new(Notify::new());
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -599,8 +620,18 @@ fn soap_server(args: &Args) {
         let ack: &'static str = "<?xml version=\"1.0\"?><soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body><UpdatePermitResponse>got it</UpdatePermitResponse></soap:Body></soap:Envelope>";
         let (st, dn) = (stats.clone(), done.clone());
         let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
-            let (st, dn) = (st.clone(), dn.clone());
+            let (st, dn, slots) = (st.clone(), dn.clone(), slots.clone());
             async move {
+                if !service.is_zero() {
+                    {
+                        let mut s = st.lock().unwrap();
+                        s.now += 1;
+                        s.most = s.most.max(s.now);
+                    }
+                    let _worker = slots.acquire().await.unwrap();
+                    tokio::time::sleep(service).await;
+                    st.lock().unwrap().now -= 1;
+                }
                 let now = wall_us();
                 let mut s = st.lock().unwrap();
                 s.arrivals.push(now);
@@ -635,6 +666,7 @@ fn soap_server(args: &Args) {
     }
     let n = s.arrivals.len();
     println!("requests={n}");
+    println!("most_at_once={}", s.most);
     if n >= 4 {
         let half = &s.arrivals[n / 2..];
         let span = (half[half.len() - 1] - half[0]) as f64 / 1e6;
@@ -653,6 +685,48 @@ fn soap_server(args: &Args) {
         println!("p99_ms={:.1}", pct(0.99));
         println!("max_ms={:.1}", lat[lat.len() - 1] as f64 / 1000.0);
     }
+}
+
+fn burst(args: &Args) {
+    let inbox = PathBuf::from(args.pos(0));
+    let count: usize = args.get("count", 20_000);
+    let timeout = Duration::from_secs_f64(args.get("timeout", 300.0));
+    let start = Instant::now();
+    for i in 0..count {
+        let key = format!("burst-{i:07}");
+        let tmp = inbox.join(format!(".{key}.json.part"));
+        let body = format!("{{\"permit_number\":\"{key}\",\"status\":\"ISSUED\",\"fee\":{i}}}\n");
+        std::fs::write(&tmp, body).expect("write into the inbox");
+        std::fs::rename(&tmp, inbox.join(format!("{key}.json"))).expect("rename into the inbox");
+    }
+    let written = start.elapsed();
+    let waiting = || {
+        std::fs::read_dir(&inbox)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("burst-"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let mut left = waiting();
+    while left > 0 && start.elapsed() < timeout {
+        std::thread::sleep(Duration::from_millis(5));
+        left = waiting();
+    }
+    let drained = start.elapsed();
+    println!("files={count}");
+    println!("left={left}");
+    println!(
+        "producer_files_per_s={:.0}",
+        count as f64 / written.as_secs_f64()
+    );
+    println!("written_s={:.2}", written.as_secs_f64());
+    println!("drained_s={:.2}", drained.as_secs_f64());
+    println!(
+        "files_per_s={:.0}",
+        (count - left) as f64 / drained.as_secs_f64()
+    );
 }
 
 fn drop_files(args: &Args) {

@@ -196,6 +196,13 @@ impl QueueHandle {
             .map_err(|_| QueueError::CommitFailed("the queue writer has stopped".into()))?
     }
 
+    /// Diffs and queues several change sets in one atomic write, all or none
+    /// (a busy queue refuses them all, so a later set never goes in before an
+    /// earlier one); answers once they are durable.
+    pub async fn ingest_all(&self, sets: Vec<ChangeSet>) -> Result<Vec<Ingested>, QueueError> {
+        self.call(move |q| q.ingest(&sets)).await
+    }
+
     /// The notifier that wakes `target`'s worker when it has new work.
     pub fn waker(&self, target: &str) -> Arc<Notify> {
         self.wake.get(target).cloned().unwrap_or_default()

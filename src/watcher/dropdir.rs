@@ -27,7 +27,7 @@ use super::parse::parse_file;
 use crate::config::{Limits, Watch};
 use crate::queue::QueueError;
 use crate::queue::handle::QueueHandle;
-use crate::record::{format_ms, now_ms};
+use crate::record::{ChangeSet, format_ms, now_ms};
 
 /// How long a file must stay unmodified before a scan takes it (events take
 /// closed files at once); protects files still being written at start-up.
@@ -74,6 +74,48 @@ pub(super) enum Taken {
     /// Bad, but it could not be moved to `.rejected/`: nothing from it is taken,
     /// so newer files go on past it; the next scan tries it again.
     Stuck,
+}
+
+/// A small file read and parsed, its changes waiting to be queued with its
+/// neighbours'.
+pub(super) struct Ready {
+    path: PathBuf,
+    name: String,
+    identity: Identity,
+    size: u64,
+    set: ChangeSet,
+}
+
+/// What reading a file gave.
+enum Prepared {
+    /// Done with it (rejected, gone, not yet, later).
+    Done(Taken),
+    Ready(Ready),
+    /// Over [`super::parts::PARTS_FROM_BYTES`]: taken in parts, on its own.
+    Large(String),
+}
+
+/// Files read, oldest first, to be queued together.
+#[derive(Default)]
+struct Window {
+    files: Vec<Ready>,
+    bytes: u64,
+}
+
+impl Window {
+    /// Most files queued in one write.
+    const MAX_FILES: usize = 512;
+    /// Most bytes of files held at once (memory stays bounded).
+    const MAX_BYTES: u64 = 8 << 20;
+
+    fn push(&mut self, ready: Ready) {
+        self.bytes += ready.size;
+        self.files.push(ready);
+    }
+
+    fn is_full(&self) -> bool {
+        self.files.len() >= Self::MAX_FILES || self.bytes >= Self::MAX_BYTES
+    }
 }
 
 impl DropDir {
@@ -128,8 +170,30 @@ impl DropDir {
             paths.sort_by_key(|p| (modified(p), p.clone()));
             passes.push(paths);
             'passes: for pass in passes {
+                // Small files are read and parsed one by one, then queued a window
+                // at a time: one commit, one fsync of the folder, for many files.
+                let mut window = Window::default();
                 for p in pass {
-                    match self.take(&p).await {
+                    let taken = match self.prepare(&p).await {
+                        Prepared::Ready(ready) => {
+                            window.push(ready);
+                            if !window.is_full() {
+                                continue;
+                            }
+                            self.queue_window(&mut window).await
+                        }
+                        Prepared::Large(name) => match self.queue_window(&mut window).await {
+                            Taken::Later => Taken::Later,
+                            _ => self.take_in_parts(&p, &name).await,
+                        },
+                        Prepared::Done(Taken::Later) => {
+                            // The files before it go first; it and newer ones wait.
+                            self.queue_window(&mut window).await;
+                            Taken::Later
+                        }
+                        Prepared::Done(taken) => taken,
+                    };
+                    match taken {
                         Taken::NotYet => unsettled = true,
                         // A file that must wait holds back every newer one, or a
                         // newer state could overtake it. The next scan, oldest
@@ -143,6 +207,10 @@ impl DropDir {
                     if *self.shutdown.borrow() {
                         return;
                     }
+                }
+                if self.queue_window(&mut window).await == Taken::Later {
+                    held_back = true;
+                    break 'passes;
                 }
             }
             if held_back {
@@ -203,38 +271,48 @@ impl DropDir {
         (files.into_iter().map(|(_, p)| p).collect(), unsettled)
     }
 
-    async fn take(&self, path: &Path) -> Taken {
+    /// Reads and parses one file: what became of it, or its changes ready to
+    /// be queued (a large file is taken in parts instead).
+    async fn prepare(&self, path: &Path) -> Prepared {
+        match self.read_and_parse(path).await {
+            Ok(ready) => ready,
+            Err(taken) => Prepared::Done(taken),
+        }
+    }
+
+    async fn read_and_parse(&self, path: &Path) -> Result<Prepared, Taken> {
         let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
-            return Taken::Gone;
+            return Err(Taken::Gone);
         };
         if ignored(&name) || path.parent() != Some(self.watch.dir.as_path()) {
-            return Taken::Gone;
+            return Err(Taken::Gone);
         }
         if self.watch.poll && modified(path).elapsed().unwrap_or_default() < SETTLE {
             // Polling sees a file as soon as it appears, maybe half-copied.
-            return Taken::NotYet;
+            return Err(Taken::NotYet);
         }
         if path
             .symlink_metadata()
             .is_ok_and(|m| m.is_file() && m.len() > super::parts::PARTS_FROM_BYTES)
         {
-            return self.take_in_parts(path, &name).await;
+            return Ok(Prepared::Large(name));
         }
         let (bytes, identity) = match read_limited(path, self.limits.max_file_bytes) {
             Ok(b) => b,
-            Err(ReadError::Gone) => return Taken::Gone,
-            Err(ReadError::Directory) => return Taken::Gone,
-            Err(ReadError::Bad(reason)) => return self.reject(path, &name, &reason),
+            Err(ReadError::Gone) => return Err(Taken::Gone),
+            Err(ReadError::Directory) => return Err(Taken::Gone),
+            Err(ReadError::Bad(reason)) => return Err(self.reject(path, &name, &reason)),
             // The file's own mode: waiting will not change it, and it must not
             // hold back every newer file.
             Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                return self.reject(path, &name, &format!("cannot read it: {e}"));
+                return Err(self.reject(path, &name, &format!("cannot read it: {e}")));
             }
             Err(ReadError::Io(e)) => {
                 tracing::warn!(file = %path.display(), error = %e, "cannot read a dropped file; will try again");
-                return Taken::Later;
+                return Err(Taken::Later);
             }
         };
+        let size = bytes.len() as u64;
         // Parsing a large file takes a while: keep it off the async threads.
         let (watch, limits, file_name) = (self.watch.clone(), self.limits, name.clone());
         let parsed =
@@ -246,15 +324,15 @@ impl DropDir {
             // every newer file with it.
             Err(e) if e.is_panic() => {
                 tracing::error!(file = %name, "the parser failed on this file (a bug in hms-sync)");
-                return self.reject(
+                return Err(self.reject(
                     path,
                     &name,
                     "hms-sync's parser failed on this file (a bug in hms-sync: please report it with the file)",
-                );
+                ));
             }
             Err(_) => {
                 tracing::error!(file = %name, "the parser stopped unexpectedly; will try again");
-                return Taken::Later;
+                return Err(Taken::Later);
             }
         };
         let set = match parsed {
@@ -262,9 +340,9 @@ impl DropDir {
             Err(e) => {
                 if path.symlink_metadata().ok().map(|m| Identity::of(&m)) != Some(identity) {
                     // A newer file took the name meanwhile: judge that one instead.
-                    return Taken::Gone;
+                    return Err(Taken::Gone);
                 }
-                return self.reject(path, &name, &e.to_string());
+                return Err(self.reject(path, &name, &e.to_string()));
             }
         };
         let unrouted = set
@@ -274,35 +352,70 @@ impl DropDir {
             .chain(set.full_collections.iter().map(String::as_str))
             .find_map(|c| self.routing.check(c).err());
         if let Some(reason) = unrouted {
-            return self.reject(path, &name, &reason);
+            return Err(self.reject(path, &name, &reason));
         }
-        let collections: Vec<String> = set
-            .changes
-            .iter()
-            .map(|c| c.record.collection.clone())
-            .collect();
-        let changes = set.changes.len() as u64;
-        match self.queue.ingest(set).await {
+        Ok(Prepared::Ready(Ready {
+            path: path.to_path_buf(),
+            name,
+            identity,
+            size,
+            set,
+        }))
+    }
+
+    /// Queues the window's files in one atomic write (all or none) and, once
+    /// that is durable, removes them from the inbox (one fsync of the folder
+    /// for all). Empty: nothing to do.
+    async fn queue_window(&self, window: &mut Window) -> Taken {
+        if window.files.is_empty() {
+            return Taken::Accepted;
+        }
+        let files = std::mem::take(&mut window.files);
+        window.bytes = 0;
+        let mut sets = Vec::with_capacity(files.len());
+        let mut taken = Vec::with_capacity(files.len());
+        for f in files {
+            let collections: Vec<String> = f
+                .set
+                .changes
+                .iter()
+                .map(|c| c.record.collection.clone())
+                .collect();
+            taken.push((
+                f.path,
+                f.name,
+                f.identity,
+                f.set.changes.len() as u64,
+                collections,
+            ));
+            sets.push(f.set);
+        }
+        match self.queue.ingest_all(sets).await {
             Ok(_) => {
-                self.routing
-                    .count_accepted(collections.iter().map(String::as_str));
-                IngestStats::add(&self.stats.changes, changes);
-                IngestStats::add(&self.stats.files_accepted, 1);
-                if let Err(e) = self.remove_or_archive(path, &name, identity) {
-                    // Accepted and durable; taking it again later changes nothing.
-                    tracing::error!(file = %path.display(), error = %e, "accepted, but cannot remove it from the inbox");
+                for (path, name, identity, changes, collections) in &taken {
+                    self.routing
+                        .count_accepted(collections.iter().map(String::as_str));
+                    IngestStats::add(&self.stats.changes, *changes);
+                    IngestStats::add(&self.stats.files_accepted, 1);
+                    if let Err(e) = self.remove_unsynced(path, name, *identity) {
+                        // Accepted and durable; taking it again later changes nothing.
+                        tracing::error!(file = %path.display(), error = %e, "accepted, but cannot remove it from the inbox");
+                    }
+                    self.stats.took_file(&self.watch.dir, name);
+                    tracing::info!(file = %name, changes, "file accepted");
                 }
-                self.stats.took_file(&self.watch.dir, &name);
-                tracing::info!(file = %name, changes, "file accepted");
+                if let Err(e) = fs::File::open(&self.watch.dir).and_then(|d| d.sync_all()) {
+                    tracing::error!(dir = %self.watch.dir.display(), error = %e, "accepted, but cannot make the removals from the inbox durable");
+                }
                 Taken::Accepted
             }
             Err(QueueError::Busy(reason)) => {
-                IngestStats::add(&self.stats.busy, 1);
-                tracing::debug!(file = %name, %reason, "ingestion paused; the file waits in the inbox");
+                IngestStats::add(&self.stats.busy, taken.len() as u64);
+                tracing::debug!(files = taken.len(), %reason, "ingestion paused; the files wait in the inbox");
                 Taken::Later
             }
             Err(e) => {
-                tracing::error!(file = %name, error = %e, "cannot queue a file; it stays in the inbox");
+                tracing::error!(files = taken.len(), error = %e, "cannot queue files; they stay in the inbox");
                 Taken::Later
             }
         }
@@ -314,12 +427,25 @@ impl DropDir {
         name: &str,
         identity: Identity,
     ) -> std::io::Result<()> {
+        if self.remove_unsynced(path, name, identity)? {
+            fs::File::open(&self.watch.dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// [`DropDir::remove_or_archive`] without the folder's fsync (the caller
+    /// does it once for many files); false if a newer file holds the name.
+    fn remove_unsynced(
+        &self,
+        path: &Path,
+        name: &str,
+        identity: Identity,
+    ) -> std::io::Result<bool> {
         let removed = remove_if_unchanged(path, name, identity, self.watch.archive_dir.as_deref())?;
         if !removed {
             tracing::info!(file = %name, "a newer file took this name meanwhile; it is taken next");
-            return Ok(());
         }
-        fs::File::open(&self.watch.dir)?.sync_all()
+        Ok(removed)
     }
 
     /// Moves the file whole to `.rejected/` and writes `<name>.error` beside it

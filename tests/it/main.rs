@@ -11,6 +11,7 @@ mod cobol;
 mod crash;
 mod durability;
 mod fixed;
+mod many_files;
 mod operator;
 mod page;
 mod pipeline;

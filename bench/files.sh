@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Many small files (issue 12, item 5): COUNT one-record JSON files renamed into a
+# drop folder as fast as one producer can, while a CSV file connector delivers.
+# Reports the files/s that leave the inbox durable (first rename to inbox empty)
+# and when the last change was delivered. See bench/README.md ("Many files").
+#
+# Knobs: COUNT (20000), BATCH_MAX (1000), KEEP_TMP=1, BENCH_TMPDIR, HMS_BIN.
+set -euo pipefail
+
+COUNT=${COUNT:-20000}
+BATCH_MAX=${BATCH_MAX:-1000}
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/daemon-config.sh
+. "$BENCH_DIR/daemon-config.sh"
+REPO=$(cd "$BENCH_DIR/.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+log() { printf '[files-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+get() { sed -n "s/^$2=//p" "$1" | head -n1; }
+
+(cd "$REPO" && cargo build --release --locked && cargo build --release --locked --example loadgen)
+BIN=${HMS_BIN:-$TARGET_DIR/release/hms-sync}
+LOADGEN=$TARGET_DIR/release/examples/loadgen
+
+TMP=$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/hms-files-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    local rc=$? p
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+dir=$TMP/d
+daemon_config "$dir"
+bench_csv_connector "$dir" "$BATCH_MAX"
+mkdir -p "$dir/outbox/bench"
+(cd "$dir" && exec "$BIN" run -c "$dir/hms-sync.toml" >>"$dir/daemon.log" 2>&1) &
+DAEMON_PID=$!
+PIDS+=("$DAEMON_PID")
+for ((i = 0; i < 600; i++)); do
+    grep -q ' ready' "$dir/daemon.log" 2>/dev/null && break
+    sleep 0.05
+done
+log "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+started_ns=$(date +%s%N)
+"$LOADGEN" burst "$dir/inbox/permits" --count "$COUNT" >"$TMP/burst.out"
+# Delivered: every change's row in the outbox (CSV rows minus headers).
+for ((i = 0; i < 6000; i++)); do
+    rows=$(cat "$dir"/outbox/bench/*.csv 2>/dev/null | grep -c '^bench:' || true)
+    [[ $rows -ge $COUNT ]] && break
+    sleep 0.05
+done
+delivered_ms=$((($(date +%s%N) - started_ns) / 1000000))
+rss_kib=$(awk '/VmHWM/ { print $2 }' "/proc/$DAEMON_PID/status")
+kill -TERM "$DAEMON_PID" 2>/dev/null || true
+wait "$DAEMON_PID" 2>/dev/null || true
+
+cat <<EOF
+
+Many small files: $COUNT one-record files, one producer, CSV connector delivering (batch_max $BATCH_MAX);
+$(nproc) CPUs, load average now $(cut -d' ' -f1-3 /proc/loadavg), commit $(cd "$REPO" && git rev-parse --short HEAD), binary $BIN
+| figure | measured | goal |
+|---|---|---|
+| producer (write + rename) | $(get "$TMP/burst.out" producer_files_per_s) files/s | - |
+| taken from the inbox, durable | $(get "$TMP/burst.out" files_per_s) files/s ($(get "$TMP/burst.out" drained_s) s, $(get "$TMP/burst.out" left) left) | >= 2,000 files/s |
+| last change delivered | $((delivered_ms / 1000)).$(printf '%03d' $((delivered_ms % 1000))) s after the first rename ($rows rows) | - |
+| peak RSS | $((rss_kib / 1024)) MiB | - |
+EOF

@@ -27,11 +27,11 @@
 //!     drop-to-delivered latency p50/p90/p99/max. `--dump` saves the first body
 //!     (the request wrk repeats).
 //!
-//! loadgen burst INBOX [--count 20000] [--timeout 300]
+//! loadgen burst INBOX [--count 20000] [--timeout 300] [--wait-only 1]
 //!     Writes COUNT one-record JSON files (temp name + rename) as fast as one
 //!     producer can, then waits until the inbox holds none of them. Prints the
 //!     producer's rate and the files/s taken from the inbox (first rename to the
-//!     inbox being empty).
+//!     inbox being empty). `--timeout 0` only writes; `--wait-only 1` only waits.
 //!
 //! loadgen drop INBOX [--rate 200] [--count 2000]
 //!     Writes one-record JSON files (temp name + rename) at a fixed rate, each with
@@ -63,7 +63,7 @@ fn usage() -> ! {
          \x20      loadgen restart BIN CONFIG OUTBOX LOG [--timeout S]\n\
          \x20      loadgen soap-server PORTFILE [--expect N] [--seconds S] [--dump FILE]\n\
          \x20      loadgen drop INBOX [--rate R] [--count N]\n\
-         \x20      loadgen burst INBOX [--count N] [--timeout S]"
+         \x20      loadgen burst INBOX [--count N] [--timeout S] [--wait-only 1]"
     );
     std::process::exit(2);
 }
@@ -691,8 +691,11 @@ fn burst(args: &Args) {
     let inbox = PathBuf::from(args.pos(0));
     let count: usize = args.get("count", 20_000);
     let timeout = Duration::from_secs_f64(args.get("timeout", 300.0));
+    // --wait-only 1: the files are there already (written with --timeout 0
+    // while the daemon was stopped); only wait for the inbox to empty.
+    let wait_only = args.get("wait-only", 0u8) == 1;
     let start = Instant::now();
-    for i in 0..count {
+    for i in (0..count).filter(|_| !wait_only) {
         let key = format!("burst-{i:07}");
         let tmp = inbox.join(format!(".{key}.json.part"));
         let body = format!("{{\"permit_number\":\"{key}\",\"status\":\"ISSUED\",\"fee\":{i}}}\n");

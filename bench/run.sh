@@ -146,6 +146,23 @@ count_rows() { # DIR: data rows in the delivered CSV files
         grep -vc '^delivery_id,' || true
 }
 
+writer_phases() { # DIR: seconds the queue writer has spent per phase: "ingest calls commit idle"
+    local addr
+    addr=$(grep -o 'address=[0-9.:]*' "$1/daemon.log" | tail -n1 | cut -d= -f2)
+    exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}"
+    printf 'GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
+    awk -F'[{}" ]+' '/^hms_sync_writer_seconds_total[{]/ { v[$3] = $NF }
+        END { printf "%s %s %s %s", v["ingest"], v["calls"], v["commit"], v["idle"] }' <&3
+    exec 3<&-
+}
+# phase_shares "BEFORE" "AFTER" SECONDS: the writer's time per phase, in % of SECONDS
+phase_shares() {
+    awk -v a="$1" -v b="$2" -v s="$3" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); split("ingest calls commit idle", n, " ")
+        for (i = 1; i <= 4; i++) printf "%s%s %.0f%%", (i > 1 ? ", " : ""), n[i], 100 * (y[i] - x[i]) / s
+    }'
+}
+
 LOADS=""
 note_load() { LOADS="$LOADS $1 [$(loadavg)];"; }
 
@@ -161,16 +178,18 @@ stop_daemon >/dev/null
 log "idle: VmRSS $(mib "$IDLE_RSS_KIB") MiB, VmHWM $(mib "$IDLE_HWM_KIB") MiB"
 
 # ---- 1: socket ingest -------------------------------------------------------------------
-UP_RSS_KIB=0 UP_DELIVERED_AT_END="-" UP_DRAIN_SECONDS="-" UP_CPU="-" NONE_CPU="-"
+UP_RSS_KIB=0 UP_DELIVERED_AT_END="-" UP_DRAIN_SECONDS="-" UP_CPU="-" UP_WRITER="-" NONE_CPU="-"
 if wanted ingest; then
     log "scenario 1a: socket ingest with a file connector (${INGEST_CLIENTS} clients, window ${INGEST_WINDOW}, ${INGEST_SECONDS} s)"
     note_load ingest-connector
     D=$(mkcase ingest-up up)
     start_daemon "$D"
     c0=$(cpu_ticks "$DAEMON_PID") w0=$(cpu_ticks "$DAEMON_PID" queue-writer)
+    p0=$(writer_phases "$D")
     "$LOADGEN" ingest "$D/hms.sock" --clients "$INGEST_CLIENTS" --seconds "$INGEST_SECONDS" \
         --window "$INGEST_WINDOW" --prefix up >"$TMP/ingest-up.out"
     s=$(get "$TMP/ingest-up.out" seconds)
+    UP_WRITER=$(phase_shares "$p0" "$(writer_phases "$D")" "$s")
     UP_CPU="daemon $(busy $(($(cpu_ticks "$DAEMON_PID") - c0)) "$s")% of one CPU, queue-writer thread $(busy $(($(cpu_ticks "$DAEMON_PID" queue-writer) - w0)) "$s")%, load generator $(busy "$(awk -v c="$(get "$TMP/ingest-up.out" loadgen_cpu_s)" -v hz="$CLK_TCK" 'BEGIN { printf "%d", c * hz }')" "$s")%"
     UP_RSS_KIB=$(vm_kib "$DAEMON_PID" VmHWM)
     UP_DELIVERED_AT_END=$(count_rows "$D/outbox/bench")
@@ -302,6 +321,7 @@ FSTYPE=$(findmnt -n -o FSTYPE --target "$TMP" 2>/dev/null || df -PT "$TMP" | awk
     echo "details:"
     echo "  1. with connector: $(get "$TMP/ingest-up.out" ok) ok / $(get "$TMP/ingest-up.out" sent) sent in $(get "$TMP/ingest-up.out" seconds) s, busy=$(get "$TMP/ingest-up.out" busy) err=$(get "$TMP/ingest-up.out" err); rows delivered by then: $UP_DELIVERED_AT_END; rest drained in ${UP_DRAIN_SECONDS} s; peak RSS $(mib "$UP_RSS_KIB") MiB"
     echo "     CPU: $UP_CPU"
+    echo "     queue writer thread's time (wall clock): $UP_WRITER"
     echo "     no connector:   $(get "$TMP/ingest-none.out" ok) ok / $(get "$TMP/ingest-none.out" sent) sent in $(get "$TMP/ingest-none.out" seconds) s, busy=$(get "$TMP/ingest-none.out" busy) err=$(get "$TMP/ingest-none.out" err)"
     echo "     CPU: $NONE_CPU"
     echo "  2. $(get "$TMP/latency.out" delivered)/$(get "$TMP/latency.out" sent) delivered (missing $LAT_MISSING) in $(get "$TMP/latency.out" outbox_files) outbox files; mean $(get "$TMP/latency.out" mean_ms) ms, p90 $(get "$TMP/latency.out" p90_ms) ms, max $(get "$TMP/latency.out" max_ms) ms; writer max lag $(get "$TMP/latency.out" writer_max_lag_ms) ms"

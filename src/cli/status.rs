@@ -152,6 +152,20 @@ pub fn table(cfg: &Config, report: &Value, colour: bool) -> String {
             ));
         }
     }
+    for f in report["files_in_progress"].as_array().into_iter().flatten() {
+        let of = match f["rows_total"].as_u64() {
+            Some(total) => format!(" of {total}"),
+            None => String::new(),
+        };
+        out.push_str(&format!(
+            "taking {}/{}: {} rows{of} queued, {} ({} s so far)\n",
+            f["dir"].as_str().unwrap_or(""),
+            f["file"].as_str().unwrap_or(""),
+            f["rows_done"],
+            f["phase"].as_str().unwrap_or(""),
+            f["running_s"],
+        ));
+    }
     for u in report["unrouted"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "unrouted: {} change(s) of collection `{}` kept for a later connector or resync (no connector receives it)\n",

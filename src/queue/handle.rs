@@ -27,8 +27,9 @@ enum Job {
 
 type IngestReply = oneshot::Sender<Result<Ingested, QueueError>>;
 
-/// Runs `jobs` in order, ingesting each run of consecutive change sets at once.
-fn run_jobs(queue: &mut Queue, jobs: Vec<Job>) -> Vec<Answer> {
+/// Runs `jobs` in order, ingesting each run of consecutive change sets at once;
+/// adds the time spent to `stats` by phase.
+fn run_jobs(queue: &mut Queue, jobs: Vec<Job>, stats: &CommitStats) -> Vec<Answer> {
     let mut answers: Vec<Answer> = Vec::with_capacity(jobs.len());
     let mut sets: Vec<ChangeSet> = Vec::new();
     let mut replies: Vec<IngestReply> = Vec::new();
@@ -39,12 +40,14 @@ fn run_jobs(queue: &mut Queue, jobs: Vec<Job>) -> Vec<Answer> {
                 replies.push(reply);
             }
             Job::Call(f) => {
-                ingest_together(queue, &mut sets, &mut replies, &mut answers);
+                ingest_together(queue, &mut sets, &mut replies, &mut answers, stats);
+                let started = Instant::now();
                 answers.push(f(queue));
+                CommitStats::add(&stats.call_micros_total, started);
             }
         }
     }
-    ingest_together(queue, &mut sets, &mut replies, &mut answers);
+    ingest_together(queue, &mut sets, &mut replies, &mut answers, stats);
     answers
 }
 
@@ -53,11 +56,14 @@ fn ingest_together(
     sets: &mut Vec<ChangeSet>,
     replies: &mut Vec<IngestReply>,
     answers: &mut Vec<Answer>,
+    stats: &CommitStats,
 ) {
     if sets.is_empty() {
         return;
     }
+    let started = Instant::now();
     let result = queue.ingest(sets);
+    CommitStats::add(&stats.ingest_micros_total, started);
     sets.clear();
     for (i, reply) in replies.drain(..).enumerate() {
         let r = match &result {
@@ -85,11 +91,26 @@ fn release_free_memory() {
     }
 }
 
-/// Commit statistics for `/metrics`.
+/// Commit statistics for `/metrics`, and where the writer thread's time goes:
+/// ingesting change sets (diff, encode, write into redb's memory), the other
+/// jobs (the workers' lease / ack, the operator's reads), the durable commit
+/// (pages and `fdatasync`), and waiting for work.
 #[derive(Default, Debug)]
 pub struct CommitStats {
     pub commits: std::sync::atomic::AtomicU64,
     pub commit_micros_total: std::sync::atomic::AtomicU64,
+    pub ingest_micros_total: std::sync::atomic::AtomicU64,
+    pub call_micros_total: std::sync::atomic::AtomicU64,
+    pub idle_micros_total: std::sync::atomic::AtomicU64,
+}
+
+impl CommitStats {
+    fn add(counter: &std::sync::atomic::AtomicU64, since: Instant) {
+        counter.fetch_add(
+            since.elapsed().as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
 }
 
 /// Cheap to clone; every clone talks to the same writer thread.
@@ -226,7 +247,12 @@ fn writer_loop(
     stats: &CommitStats,
 ) {
     let mut last_trim = Instant::now();
-    while let Some(job) = rx.blocking_recv() {
+    loop {
+        let waited = Instant::now();
+        let Some(job) = rx.blocking_recv() else {
+            break;
+        };
+        CommitStats::add(&stats.idle_micros_total, waited);
         let mut jobs = vec![job];
         while jobs.len() < 8192 {
             match rx.try_recv() {
@@ -234,7 +260,7 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let answers = run_jobs(queue, jobs);
+        let answers = run_jobs(queue, jobs, stats);
         let started = Instant::now();
         let was_dirty = queue.is_dirty();
         let result = queue.commit();

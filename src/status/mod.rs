@@ -99,6 +99,26 @@ pub fn live_report(counts: &[QueueCounts], live: &Live) -> Value {
         .unwrap_or_default()
         .into();
     v["keep_unrouted"] = json!(live.routing.as_ref().is_some_and(|r| r.keep_unrouted));
+    v["files_in_progress"] = live
+        .ingest
+        .as_ref()
+        .map(|i| {
+            i.files_in_progress()
+                .into_iter()
+                .map(|(dir, p)| {
+                    json!({
+                        "dir": dir.display().to_string(),
+                        "file": p.file,
+                        "phase": p.phase,
+                        "rows_done": p.rows_done,
+                        "rows_total": p.rows_total,
+                        "running_s": now_ms().saturating_sub(p.started_ms) / 1000,
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into();
     v["alerts"] = live
         .alerts
         .as_ref()
@@ -651,6 +671,26 @@ async fn metrics(State(s): State<Shared>) -> Response {
         "gauge",
         "Files in a watched folder's .rejected/.",
         per_watch(&|w| crate::alerts::rejected_list(&w.dir, 0).0 as f64),
+    );
+    let writer = &s.queue.stats;
+    family(
+        "hms_sync_writer_seconds_total",
+        "counter",
+        "Where the queue's writer thread spends its time: ingest (diff and write changes), calls (the workers' lease and ack, operator reads), commit (pages and fsync), idle (waiting for work).",
+        [
+            ("ingest", &writer.ingest_micros_total),
+            ("calls", &writer.call_micros_total),
+            ("commit", &writer.commit_micros_total),
+            ("idle", &writer.idle_micros_total),
+        ]
+        .into_iter()
+        .map(|(phase, c)| {
+            (
+                format!("{{phase=\"{phase}\"}}"),
+                c.load(Relaxed) as f64 / 1e6,
+            )
+        })
+        .collect(),
     );
     let st = &s.queue.stats;
     family(

@@ -296,6 +296,27 @@ pub fn render(data: &PageData, hours: &[Vec<u64>], dead_page: usize) -> String {
             ),
             None => "none since start".into(),
         };
+        let dir = w.dir.display().to_string();
+        let taking = data.report["files_in_progress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|f| f["dir"].as_str() == Some(dir.as_str()));
+        let last = match taking {
+            Some(f) => {
+                let of = f["rows_total"]
+                    .as_u64()
+                    .map(|t| format!(" of {t}"))
+                    .unwrap_or_default();
+                format!(
+                    "<p class=in-progress>taking <code>{}</code> now: {} rows{of} queued, {}</p>{last}",
+                    esc(f["file"].as_str().unwrap_or("")),
+                    f["rows_done"],
+                    esc(f["phase"].as_str().unwrap_or(""))
+                )
+            }
+            None => last,
+        };
         let waiting = files_waiting(&w.dir);
         let (count, newest) = rejected_list(&w.dir, REJECTED_SHOWN);
         let mut rejected = format!("<span class=rejected-count>{count}</span>");

@@ -22,6 +22,22 @@ pub struct IngestStats {
     pub socket_clients: AtomicU64,
     /// Per watched folder: the last file taken and when (ms since the epoch).
     pub last_taken: std::sync::Mutex<std::collections::BTreeMap<std::path::PathBuf, (String, u64)>>,
+    /// Per watched folder: the large file being taken in parts now.
+    pub in_progress: std::sync::Mutex<std::collections::BTreeMap<std::path::PathBuf, FileProgress>>,
+}
+
+/// How far a large file is (`status`, the page), updated as it goes.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FileProgress {
+    pub file: String,
+    /// "checking", "queuing", "deleting absent records", "clearing marks".
+    pub phase: &'static str,
+    /// Rows queued so far.
+    pub rows_done: u64,
+    /// Rows in the file, once the check has counted them.
+    pub rows_total: Option<u64>,
+    /// When it started (ms since the epoch).
+    pub started_ms: u64,
 }
 
 impl IngestStats {
@@ -40,6 +56,42 @@ impl IngestStats {
     pub fn last_taken(&self, dir: &std::path::Path) -> Option<(String, u64)> {
         let map = self.last_taken.lock().unwrap_or_else(|p| p.into_inner());
         map.get(dir).cloned()
+    }
+
+    /// Updates (or, with `None`, ends) the progress of `dir`'s large file.
+    pub fn progress(&self, dir: &std::path::Path, update: Option<&dyn Fn(&mut FileProgress)>) {
+        let mut map = self.in_progress.lock().unwrap_or_else(|p| p.into_inner());
+        match update {
+            Some(f) => {
+                if let Some(p) = map.get_mut(dir) {
+                    f(p)
+                }
+            }
+            None => {
+                map.remove(dir);
+            }
+        }
+    }
+
+    /// Starts showing `file` of `dir` as in progress.
+    pub fn begin_progress(&self, dir: &std::path::Path, file: &str, rows_done: u64) {
+        let mut map = self.in_progress.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(
+            dir.to_path_buf(),
+            FileProgress {
+                file: file.to_string(),
+                phase: "checking",
+                rows_done,
+                rows_total: None,
+                started_ms: crate::record::now_ms(),
+            },
+        );
+    }
+
+    /// Every large file in progress now, with its folder.
+    pub fn files_in_progress(&self) -> Vec<(std::path::PathBuf, FileProgress)> {
+        let map = self.in_progress.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(d, p)| (d.clone(), p.clone())).collect()
     }
 }
 

@@ -57,6 +57,22 @@ impl DropDir {
             name: name.to_string(),
             identity: identity.as_tuple(),
         };
+        self.stats.begin_progress(&self.watch.dir, name, 0);
+        let taken = self.take_in_parts_shown(path, name, identity, file).await;
+        self.stats.progress(&self.watch.dir, None);
+        taken
+    }
+
+    /// [`DropDir::take_in_parts`]' work, its progress shown in `stats`.
+    async fn take_in_parts_shown(
+        &self,
+        path: &Path,
+        name: &str,
+        identity: super::dropdir::Identity,
+        file: FileRef,
+    ) -> Taken {
+        let dir = self.watch.dir.clone();
+        let show = |f: &dyn Fn(&mut super::FileProgress)| self.stats.progress(&dir, Some(f));
         let known = {
             let file = file.clone();
             self.queue.call(move |q| q.file_progress(&file)).await
@@ -72,6 +88,7 @@ impl DropDir {
         let (mut phase, rows_done) = match progress {
             Some(p) => {
                 tracing::info!(file = %name, rows_done = p.rows_done, phase = ?p.phase, "resuming a large file where it stopped");
+                show(&|s| s.rows_done = p.rows_done);
                 (p.phase, p.rows_done)
             }
             None => {
@@ -81,6 +98,7 @@ impl DropDir {
                     Err(taken) => return taken,
                 };
                 tracing::info!(file = %name, rows, seconds = started.elapsed().as_secs_f32(), "large file checked whole; taking it in parts");
+                show(&|s| s.rows_total = Some(rows));
                 loop {
                     let (file, snapshot) = (file.clone(), snapshot.clone());
                     match self
@@ -101,6 +119,7 @@ impl DropDir {
         };
         let steps = async {
             if phase == FilePhase::Ingest {
+                show(&|s| s.phase = "queuing");
                 self.queue_parts(path, &file, rows_done, identity).await?;
                 phase = if snapshot.is_some() {
                     FilePhase::Delete
@@ -111,11 +130,13 @@ impl DropDir {
             if let Some(collection) = &snapshot {
                 if phase == FilePhase::Delete {
                     tracing::info!(file = %file.name, "snapshot: every part queued; deleting the records it lacks");
+                    show(&|s| s.phase = "deleting absent records");
                     self.sweep(&file, collection, true).await?;
                     phase = FilePhase::ClearMarks;
                 }
                 if phase == FilePhase::ClearMarks {
                     tracing::info!(file = %file.name, "snapshot: deletes queued; clearing its marks");
+                    show(&|s| s.phase = "clearing marks");
                     self.sweep(&file, collection, false).await?;
                 }
             }
@@ -229,6 +250,8 @@ impl DropDir {
                 .count_accepted(part.iter().map(|c| c.record.collection.as_str()));
             next_row += count;
             IngestStats::add(&self.stats.changes, count);
+            self.stats
+                .progress(&self.watch.dir, Some(&|s| s.rows_done = next_row));
             if last_log.elapsed() >= LOG_EVERY {
                 tracing::info!(file = %file.name, rows_done = next_row, "large file in progress");
                 last_log = Instant::now();

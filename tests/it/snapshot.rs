@@ -211,3 +211,55 @@ fn a_large_file_with_an_unrouted_change_is_rejected_whole() {
     });
     assert_eq!(d.outbox_rows("housing").len(), 1, "only the sentinel");
 }
+
+#[test]
+fn a_large_file_in_progress_shows_in_status_and_on_the_page() {
+    let d = TestDaemon::new()
+        .connector(
+            "housing",
+            &csv_connector(&["permit_number", "status"], "batch_max = 2000", ""),
+        )
+        .tables("[[watch]]\ndir = \"inbox/snap\"\ncollection = \"permits\"\nkey = \"permit_number\"\nsnapshot = true\n")
+        .start();
+    let inbox = d.path().join("inbox/snap");
+    drop_into(&inbox, "nightly.csv", &export());
+    // Seen while it is taken: the file, its phase, rows queued of the rows counted.
+    let mut seen = None;
+    d.wait_for(
+        Duration::from_secs(60),
+        "the file's progress in status",
+        |d| {
+            let st = d.status_json();
+            let f = &st["files_in_progress"][0];
+            if f["file"] == "nightly.csv" && f["phase"] == "queuing" && f["rows_total"] == ROWS {
+                seen = Some(st.clone());
+            }
+            seen.is_some()
+        },
+    );
+    let st = seen.unwrap();
+    let f = &st["files_in_progress"][0];
+    assert!(f["rows_done"].as_u64().unwrap() <= ROWS as u64, "{st}");
+    assert!(f["dir"].as_str().unwrap().ends_with("inbox/snap"), "{st}");
+    let table = String::from_utf8_lossy(&d.cli(&["status"]).stdout).to_string();
+    let (_, page) = d.http_get("/");
+    // Still in progress after both were read: then both were read during it.
+    let still = d.status_json()["files_in_progress"][0]["file"] == "nightly.csv";
+    if still {
+        assert!(
+            table.contains("taking") && table.contains("nightly.csv"),
+            "{table}"
+        );
+        assert!(page.contains("class=in-progress") && page.contains("nightly.csv"));
+    }
+    d.wait_for(Duration::from_secs(120), "the file taken whole", |d| {
+        !inbox.join("nightly.csv").exists()
+    });
+    d.wait_for(Duration::from_secs(10), "no file in progress", |d| {
+        d.status_json()["files_in_progress"] == serde_json::json!([])
+    });
+    assert!(
+        still,
+        "the file was taken too fast to see it in the table and on the page"
+    );
+}

@@ -179,8 +179,8 @@ pub fn check(folder: &Path, base: &Path) -> Result<Connector, Vec<Problem>> {
         crate::transport::KINDS,
         &mut problems,
     );
-    let one_change_per_file = matches!(format, Some(Format::Template { .. }))
-        || (format.is_none() && format_kind == Some("template"));
+    // An XML template's change is one document: one a file.
+    let one_change_per_file = format.as_ref().is_some_and(Format::one_change_per_file);
     let transport = transport_kind.and_then(|kind| {
         crate::transport::validate(kind, &text, base, one_change_per_file, &mut problems)
     });
@@ -379,10 +379,10 @@ mod tests {
         );
         assert_eq!(
             c.format,
-            Format::Csv {
-                columns: vec!["permit_number".into(), "status".into()],
-                key_column: "permit_number".into()
-            }
+            Format::Csv(crate::translator::csv::CsvFormat::new(
+                vec!["permit_number".into(), "status".into()],
+                "permit_number".into()
+            ))
         );
     }
 

@@ -114,6 +114,7 @@ pub const KEYS: &[&str] = &[
     "on_overflow",
     "header",
     "trailer",
+    "extension",
 ];
 
 /// Where an item's value comes from.
@@ -159,6 +160,8 @@ pub struct FixedSpec {
     pub blanks: Vec<Vec<u8>>,
     pub header: Option<ControlSpec>,
     pub trailer: Option<ControlSpec>,
+    /// The outbox files' extension, without the dot (default "dat").
+    pub extension: String,
 }
 
 /// Validates `[format] kind = "fixed"`: reads the copybook (its problems carry
@@ -474,6 +477,7 @@ pub fn validate(raw: &Raw, folder: &Path, problems: &mut Problems<'_>) -> Option
         blanks,
         header,
         trailer,
+        extension: "dat".into(),
     })))
 }
 

@@ -181,25 +181,13 @@ fn charset(content_type: Option<&str>, body: &[u8]) -> Charset {
     Charset::Utf8
 }
 
-/// windows-1252's characters for the bytes 0x80–0x9F (where it differs from
-/// ISO-8859-1); the five bytes it leaves undefined map to U+FFFD.
-const CP1252_80_9F: [char; 32] = [
-    '\u{20AC}', '\u{FFFD}', '\u{201A}', '\u{0192}', '\u{201E}', '\u{2026}', '\u{2020}', '\u{2021}',
-    '\u{02C6}', '\u{2030}', '\u{0160}', '\u{2039}', '\u{0152}', '\u{FFFD}', '\u{017D}', '\u{FFFD}',
-    '\u{FFFD}', '\u{2018}', '\u{2019}', '\u{201C}', '\u{201D}', '\u{2022}', '\u{2013}', '\u{2014}',
-    '\u{02DC}', '\u{2122}', '\u{0161}', '\u{203A}', '\u{0153}', '\u{FFFD}', '\u{017E}', '\u{0178}',
-];
-
 fn to_utf8(content_type: Option<&str>, body: &[u8]) -> String {
     match charset(content_type, body) {
         // Every ISO-8859-1 byte is the code point of the same number.
         Charset::Latin1 => body.iter().map(|&b| b as char).collect(),
         Charset::Windows1252 => body
             .iter()
-            .map(|&b| match b {
-                0x80..=0x9F => CP1252_80_9F[usize::from(b - 0x80)],
-                _ => b as char,
-            })
+            .map(|&b| crate::translator::codepage::cp1252_decode(b))
             .collect(),
         Charset::Utf8 => String::from_utf8_lossy(body).into_owned(),
     }

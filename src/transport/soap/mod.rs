@@ -109,6 +109,9 @@ pub struct SoapSpec {
     /// load balancer in front of the service may answer so without passing the
     /// request on, and a change counted as delivered is never sent again.
     pub accept_empty_2xx: bool,
+    /// `[transport.answer]`: where a 2xx envelope says whether the service
+    /// took the change (legacy services that answer 200 with `<Result>ERROR`).
+    pub answer: Option<answer::BusinessRule>,
 }
 
 /// The `[transport]` keys of kind "soap" (the loader refuses them for other kinds).
@@ -126,6 +129,7 @@ pub const KEYS: &[&str] = &[
     "max_in_flight",
     "dead_letter_on_client_fault",
     "accept_empty_2xx",
+    "answer",
 ];
 
 /// `[transport] kind = "soap"` as written.
@@ -159,6 +163,8 @@ pub struct Raw {
     /// answer so). Default false: it is an outage, like any 2xx that is not a
     /// SOAP envelope.
     pub accept_empty_2xx: Option<bool>,
+    /// `[transport.answer]`: `ok_path`, `ok_values`, `reason_path`.
+    pub answer: Option<answer::RawRule>,
 }
 
 /// Validates `[transport] kind = "soap"`; every problem goes to `problems`
@@ -332,6 +338,15 @@ pub fn validate(t: &Raw, base: &Path, problems: &mut Problems<'_>) -> Option<Tra
     if !(1..=64).contains(&max_in_flight) {
         problem("max_in_flight", "must be between 1 and 64".into());
     }
+    let rule = t.answer.as_ref().and_then(|raw| {
+        answer::validate_rule(raw, &mut |key, text| {
+            problems.at(
+                Some("transport.answer"),
+                key,
+                format!("[transport.answer] {key} {text}"),
+            )
+        })
+    });
     if problems.len() > before {
         return None;
     }
@@ -350,6 +365,7 @@ pub fn validate(t: &Raw, base: &Path, problems: &mut Problems<'_>) -> Option<Tra
         max_in_flight,
         dead_letter_on_client_fault: t.dead_letter_on_client_fault.unwrap_or(false),
         accept_empty_2xx: t.accept_empty_2xx.unwrap_or(false),
+        answer: rule,
     })))
 }
 
@@ -396,8 +412,12 @@ pub fn describe(s: &SoapSpec) -> String {
     } else {
         ""
     };
+    let rule = match &s.answer {
+        Some(rule) => format!(", delivered when {}", rule.explain()),
+        None => String::new(),
+    };
     format!(
-        "soap {version} -> {}{auth}{password}{ca}, timeout {}, {} in flight{empty}",
+        "soap {version} -> {}{auth}{password}{ca}, timeout {}, {} in flight{empty}{rule}",
         s.url,
         humantime::format_duration(s.timeout),
         s.max_in_flight
@@ -728,6 +748,7 @@ async fn send(
         &answer,
         truncated,
         spec.accept_empty_2xx,
+        spec.answer.as_ref(),
     ) {
         answer::Answer::Delivered => Outcome::Delivered,
         answer::Answer::Down(reason) => Outcome::Down { reason },

@@ -120,12 +120,11 @@ pub fn validate(
         _ => None,
     };
     let raw: ExtensionRaw = crate::problem::section(text, "format", problems)?;
-    if let Some(extension) = raw.extension {
-        let extension = extension
-            .strip_prefix('.')
-            .unwrap_or(&extension)
-            .to_string();
+    if let Some(written) = raw.extension {
+        // ".txt" means "txt": the dot is ours to write.
+        let extension = written.strip_prefix('.').unwrap_or(&written).to_string();
         if !valid_extension(&extension) {
+            let extension = written;
             problems.at(
                 Some("format"),
                 "extension",

@@ -216,6 +216,18 @@ fn remove_leftover_temps(dir: &Path, target: &str, extension: &str) {
     }
 }
 
+/// `<target>-<number, 12 digits>.<extension>`.
+fn file_name(target: &str, number: u64, extension: &str) -> String {
+    format!("{target}-{number:012}.{extension}")
+}
+
+/// The next batch file's number and name as the outbox stands now (number 1
+/// if it cannot be read), for `hms-sync translate --full`.
+pub fn next_file(dir: &Path, target: &str, extension: &str) -> (u64, String) {
+    let number = last_used(dir, target).map_or(1, |n| n + 1);
+    (number, file_name(target, number, extension))
+}
+
 fn marker_path(dir: &Path, target: &str) -> PathBuf {
     dir.join(format!(".{target}.last"))
 }
@@ -291,7 +303,7 @@ fn write_numbered(
         Ok(n) => n,
         Err(e) => return (None, Err(e)),
     };
-    let name = format!("{target}-{number:012}.{extension}");
+    let name = file_name(target, number, extension);
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(&name);
     let write_synced = |file: &Path, bytes: &[u8]| -> Result<(), String> {

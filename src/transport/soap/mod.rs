@@ -424,6 +424,39 @@ pub fn describe(s: &SoapSpec) -> String {
     )
 }
 
+/// The request line and headers a delivery sends (`translate --full`): the
+/// method and URL, Content-Type, SOAPAction, and how it logs in (never the
+/// password); then what counts as delivered.
+pub fn request_preview(s: &SoapSpec) -> String {
+    let mut out = format!("POST {}\n", s.url);
+    if let Ok(headers) = action_headers(s.version, &s.soap_action) {
+        for (name, value) in &headers {
+            out.push_str(&format!(
+                "{name}: {}\n",
+                String::from_utf8_lossy(value.as_bytes())
+            ));
+        }
+    }
+    match &s.auth {
+        Auth::Basic { username } => {
+            out.push_str(&format!(
+                "authorization: Basic ({username}:password from file)\n"
+            ));
+        }
+        Auth::UsernameToken { username, .. } => {
+            out.push_str(&format!(
+                "(WS-Security UsernameToken for {username} in the envelope's header)\n"
+            ));
+        }
+        Auth::None => {}
+    }
+    out.push_str(&format!(
+        "delivered when: {}\n",
+        answer::explain_success(s.answer.as_ref(), s.accept_empty_2xx)
+    ));
+    out
+}
+
 /// Why the password could not be had. It names the file, never the password.
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordError {

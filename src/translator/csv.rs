@@ -150,9 +150,7 @@ pub fn delimiter(text: &str, problems: &mut Problems<'_>) -> Option<u8> {
         None
     };
     match (chars.next(), chars.next()) {
-        (Some(c), None) if c == '"' => {
-            refuse(problems, "the quote character cannot be the delimiter")
-        }
+        (Some('"'), None) => refuse(problems, "the quote character cannot be the delimiter"),
         (Some('\r' | '\n'), None) => refuse(problems, "a line break cannot be the delimiter"),
         (Some(c), None) if c.is_ascii() && !c.is_ascii_alphanumeric() => Some(c as u8),
         (Some(c), None) if c.is_ascii() => {
@@ -536,14 +534,7 @@ mod tests {
         let text = format!("[format]\nkind = \"csv\"\ncolumns = [\"a\", \"b\"]\n{format}");
         let mut problems = Problems::new("c.toml", &text);
         let raw: Raw = crate::problem::section(&text, "format", &mut problems).unwrap();
-        validate(&raw, &mut problems).ok_or_else(|| {
-            problems
-                .into_vec()
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
+        validate(&raw, &mut problems).ok_or_else(|| problems.joined())
     }
 
     #[test]

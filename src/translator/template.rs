@@ -422,14 +422,7 @@ mod tests {
         let text = format!("[format]\nkind = \"template\"\ntemplate = \"{template}\"\n{extra}");
         let mut problems = Problems::new("c.toml", &text);
         let raw: Raw = crate::problem::section(&text, "format", &mut problems).unwrap();
-        validate(&raw, tmp.path(), &mut problems).ok_or_else(|| {
-            problems
-                .into_vec()
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
+        validate(&raw, tmp.path(), &mut problems).ok_or_else(|| problems.joined())
     }
 
     #[test]

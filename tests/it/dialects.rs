@@ -43,6 +43,18 @@ fn dead_letters(d: &TestDaemon) -> Vec<(String, String)> {
     all
 }
 
+/// Sends `(key, status)` records through the socket; each must be accepted.
+fn send_statuses(d: &TestDaemon, records: &[(&str, &str)]) {
+    let mut c = d.client();
+    for (key, status) in records {
+        let a = c.call(&envelope(
+            key,
+            json!({"permit_number": key, "status": status}),
+        ));
+        assert_eq!(a["ok"], true, "{a}");
+    }
+}
+
 /// All bytes delivered to `name`, file by file in delivery order.
 fn outbox_bytes(d: &TestDaemon, name: &str) -> Vec<(String, Vec<u8>)> {
     d.outbox_files(name)
@@ -99,19 +111,15 @@ fn dialects_a_text_template_writes_pipe_delimited_txt_files_many_changes_each() 
     );
 
     let d = d.start();
-    let mut c = d.client();
-    for (key, status) in [
-        ("123", "APPROVED"),
-        ("124", "PENDING"),
-        ("125", "OPEN|CLOSED"),
-        ("126", "NEW"),
-    ] {
-        let a = c.call(&envelope(
-            key,
-            json!({"permit_number": key, "status": status}),
-        ));
-        assert_eq!(a["ok"], true, "{a}");
-    }
+    send_statuses(
+        &d,
+        &[
+            ("123", "APPROVED"),
+            ("124", "PENDING"),
+            ("125", "OPEN|CLOSED"),
+            ("126", "NEW"),
+        ],
+    );
     d.wait_for(
         Duration::from_secs(20),
         "three deliveries and one dead letter",
@@ -160,14 +168,10 @@ fn dialects_csv_semicolons_latin1_lf_no_header_and_what_the_dialect_cannot_carry
              [transport]\nkind = \"file\"\ndir = \"outbox/NAME\"\nbatch_window = \"0s\"\n[retry]\nmax_attempts = 1\n",
         )
         .start();
-    let mut c = d.client();
-    for (key, status) in [("1", "Café"), ("2", "5 €"), ("3", "a;b"), ("4", "OK")] {
-        let a = c.call(&envelope(
-            key,
-            json!({"permit_number": key, "status": status}),
-        ));
-        assert_eq!(a["ok"], true, "{a}");
-    }
+    send_statuses(
+        &d,
+        &[("1", "Café"), ("2", "5 €"), ("3", "a;b"), ("4", "OK")],
+    );
     d.wait_for(
         Duration::from_secs(20),
         "two deliveries and two dead letters",
@@ -240,7 +244,7 @@ fn dialects_check_names_file_line_and_key_of_bad_dialect_template_and_extension_
         assert_eq!(out.status.code(), Some(2), "{format}: {}", text(&out));
         let t = text(&out).replace(&d.path().display().to_string(), "");
         assert!(t.contains("connectors/x/connector.toml: "), "{t}");
-        assert!(t.contains(&want), "{format}\nwant {want}\n{t}");
+        assert!(t.contains(want), "{format}\nwant {want}\n{t}");
     }
 }
 

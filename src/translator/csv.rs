@@ -260,6 +260,28 @@ impl CsvFormat {
         }
     }
 
+    /// The dialect in words, for `check`.
+    pub fn describe(&self) -> String {
+        let d = &self.dialect;
+        format!(
+            "csv of {} columns, delimiter {}, quote {}, {}, line end {}, {}",
+            self.columns.len(),
+            shown(d.delimiter),
+            match d.quote {
+                Quote::Minimal => "minimal",
+                Quote::Always => "always",
+                Quote::Never => "never",
+            },
+            if d.header {
+                "header line"
+            } else {
+                "no header line"
+            },
+            if d.crlf { "CRLF" } else { "LF" },
+            d.encoding.name()
+        )
+    }
+
     /// The header line, or nothing with `header = false`.
     pub fn header(&self) -> Result<Vec<u8>, TranslateError> {
         if !self.dialect.header {

@@ -58,6 +58,36 @@ impl Format {
         }
     }
 
+    /// One line for `check`: what is written and how; `files`: into outbox
+    /// files (which then get their extension).
+    pub fn describe(&self, files: bool) -> String {
+        let what = match self {
+            Format::Xml {
+                root, key_element, ..
+            } => format!("xml <{root}> with the key in <{key_element}>"),
+            Format::Csv(f) => f.describe(),
+            Format::Json { .. } => "json, one object a change".to_string(),
+            Format::Template(t) if t.is_xml() => format!(
+                "XML template {} (values escaped for XML; one change a file)",
+                t.name
+            ),
+            Format::Template(t) => format!(
+                "text template {} (values as they are; one holding a line break{} is refused)",
+                t.name,
+                match t.delimiter {
+                    Some(d) => format!(" or `{}`", char::from(d)),
+                    None => String::new(),
+                }
+            ),
+            Format::Fixed(f) => f.describe(),
+        };
+        if files {
+            format!("{what} -> .{} files", self.extension())
+        } else {
+            what
+        }
+    }
+
     /// Whether each change is a document of its own (an XML template), so that
     /// a batch file can hold only one.
     pub fn one_change_per_file(&self) -> bool {

@@ -89,6 +89,11 @@ fn dialects_a_text_template_writes_pipe_delimited_txt_files_many_changes_each() 
     d.write_config();
     let out = d.cli(&["check"]);
     assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("format: pipes: text template permit.txt.j2 (values as they are; one holding a line break or `|` is refused) -> .txt files"),
+        "{}",
+        text(&out)
+    );
     // What would be sent, and where, before anything ran.
     let change = d.path().join("change.json");
     std::fs::write(
@@ -168,6 +173,12 @@ fn dialects_csv_semicolons_latin1_lf_no_header_and_what_the_dialect_cannot_carry
              [transport]\nkind = \"file\"\ndir = \"outbox/NAME\"\nbatch_window = \"0s\"\n[retry]\nmax_attempts = 1\n",
         )
         .start();
+    let out = d.cli(&["check"]);
+    assert!(
+        text(&out).contains("format: csvd: csv of 2 columns, delimiter ;, quote never, no header line, line end LF, latin1 -> .txt files"),
+        "{}",
+        text(&out)
+    );
     send_statuses(
         &d,
         &[("1", "Café"), ("2", "5 €"), ("3", "a;b"), ("4", "OK")],

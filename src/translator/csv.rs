@@ -83,6 +83,9 @@ impl TextEncoding {
 
     /// The first character of `text` this set lacks.
     pub fn missing(self, text: &str) -> Option<char> {
+        if self == TextEncoding::Utf8 {
+            return None;
+        }
         text.chars().find(|&c| self.byte(c).is_none())
     }
 

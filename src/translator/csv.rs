@@ -166,6 +166,18 @@ pub fn delimiter(text: &str, problems: &mut Problems<'_>) -> Option<u8> {
     }
 }
 
+/// Reads `encoding` (of a CSV dialect or a text template); UTF-8 after a problem.
+pub fn encoding(name: &str, problems: &mut Problems<'_>) -> TextEncoding {
+    TextEncoding::from_name(name).unwrap_or_else(|| {
+        problems.at(
+            Some("format"),
+            "encoding",
+            format!("[format] encoding `{name}` is unknown; use \"utf-8\" (default), \"latin1\" or \"cp1252\""),
+        );
+        TextEncoding::Utf8
+    })
+}
+
 pub fn validate(raw: &Raw, problems: &mut Problems<'_>) -> Option<Format> {
     let before = problems.len();
     let columns = raw.columns.clone().unwrap_or_default();
@@ -211,14 +223,7 @@ pub fn validate(raw: &Raw, problems: &mut Problems<'_>) -> Option<Format> {
         ),
     }
     if let Some(name) = &raw.encoding {
-        match TextEncoding::from_name(name) {
-            Some(e) => dialect.encoding = e,
-            None => problems.at(
-                Some("format"),
-                "encoding",
-                format!("[format] encoding `{name}` is unknown; use \"utf-8\" (default), \"latin1\" or \"cp1252\""),
-            ),
-        }
+        dialect.encoding = encoding(name, problems);
     }
     if problems.len() > before {
         return None;

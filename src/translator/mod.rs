@@ -72,8 +72,9 @@ impl Format {
                 t.name
             ),
             Format::Template(t) => format!(
-                "text template {} (values as they are; one holding a line break{} is refused)",
+                "text template {} in {} (values as they are; one holding a line break{} is refused)",
                 t.name,
+                t.encoding.name(),
                 match t.delimiter {
                     Some(d) => format!(" or `{}`", char::from(d)),
                     None => String::new(),

@@ -21,6 +21,7 @@ use minijinja::value::Value;
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, Output, State};
 
 use super::Format;
+use super::csv::TextEncoding;
 use super::{Item, TranslateError};
 use crate::problem::{Problem, Problems};
 
@@ -34,6 +35,8 @@ pub struct TemplateSpec {
     pub extension: String,
     /// A text template's field separator: a value holding it is refused.
     pub delimiter: Option<u8>,
+    /// A text template's character set (`[format] encoding`, default UTF-8).
+    pub encoding: TextEncoding,
 }
 
 impl TemplateSpec {
@@ -48,6 +51,7 @@ pub struct TemplateFormat {
     env: Arc<Environment<'static>>,
     name: String,
     extension: String,
+    encoding: TextEncoding,
 }
 
 const XML: AutoEscape = AutoEscape::Custom("xml");
@@ -76,23 +80,40 @@ fn xml_value(out: &mut Output, state: &State, value: &Value) -> Result<(), Error
 }
 
 /// A value as a text template prints it: as it is, unless it would break the
-/// line (a line break, or the delimiter); `|safe` changes nothing here.
-fn text_value(out: &mut Output, value: &Value, delimiter: Option<u8>) -> Result<(), Error> {
+/// line (a line break, or the delimiter) or the encoding lacks one of its
+/// characters; `|safe` changes nothing here.
+fn text_value(
+    out: &mut Output,
+    value: &Value,
+    delimiter: Option<u8>,
+    encoding: TextEncoding,
+) -> Result<(), Error> {
     let text = value.to_string();
     let breaks = text.chars().find_map(|c| match c {
-        '\n' => Some("a line break (LF)".to_string()),
-        '\r' => Some("a line break (CR)".to_string()),
-        c if Some(c) == delimiter.map(char::from) => Some(format!("the delimiter `{c}`")),
+        '\n' => Some("a line break (LF), which would break the line".to_string()),
+        '\r' => Some("a line break (CR), which would break the line".to_string()),
+        c if Some(c) == delimiter.map(char::from) => {
+            Some(format!("the delimiter `{c}`, which would break the line"))
+        }
         _ => None,
     });
-    if let Some(what) = breaks {
+    let what = breaks.or_else(|| {
+        encoding.missing(&text).map(|c| {
+            format!(
+                "{c:?} (U+{:04X}), which {} cannot carry",
+                c as u32,
+                encoding.name()
+            )
+        })
+    });
+    if let Some(what) = what {
         let mut shown: String = text.chars().take(80).collect();
         if shown.len() < text.len() {
             shown.push('…');
         }
         return Err(Error::new(
             ErrorKind::InvalidOperation,
-            format!("the value {shown:?} holds {what}, which would break the line"),
+            format!("the value {shown:?} holds {what}"),
         ));
     }
     out.write_str(&text).map_err(Error::from)
@@ -100,7 +121,7 @@ fn text_value(out: &mut Output, value: &Value, delimiter: Option<u8>) -> Result<
 
 /// The environment every template runs in: XML escaping for `*.xml.j2`,
 /// line-safe text for every other name.
-fn environment(delimiter: Option<u8>) -> Environment<'static> {
+fn environment(delimiter: Option<u8>, encoding: TextEncoding) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_auto_escape_callback(|name| {
         if name.ends_with(".xml.j2") {
@@ -116,7 +137,7 @@ fn environment(delimiter: Option<u8>) -> Environment<'static> {
         if state.auto_escape() == XML {
             xml_value(out, state, value)
         } else {
-            text_value(out, value, delimiter)
+            text_value(out, value, delimiter, encoding)
         }
     });
     // A field the record lacks prints nothing, as a null one does.
@@ -133,10 +154,12 @@ pub struct Raw {
     /// For a text template: the field separator it writes (e.g. "|"); a value
     /// holding it is refused instead of splitting a field in two.
     pub delimiter: Option<String>,
+    /// For a text template: "utf-8" (default), "latin1" or "cp1252".
+    pub encoding: Option<String>,
 }
 
 /// The `[format]` keys of kind "template".
-pub const KEYS: &[&str] = &["template", "delimiter", "extension"];
+pub const KEYS: &[&str] = &["template", "delimiter", "encoding", "extension"];
 
 /// Extensions a text template cannot write safely: their formats need escaping
 /// that only a dedicated writer does.
@@ -201,6 +224,18 @@ pub fn validate(f: &Raw, folder: &Path, problems: &mut Problems<'_>) -> Option<F
         }
         Some(d) => super::csv::delimiter(d, problems),
     };
+    let encoding = match &f.encoding {
+        None => TextEncoding::Utf8,
+        Some(_) if xml => {
+            problems.at(
+                Some("format"),
+                "encoding",
+                "[format] encoding applies to text templates only (an XML template is written as UTF-8)",
+            );
+            TextEncoding::Utf8
+        }
+        Some(name) => super::csv::encoding(name, problems),
+    };
     let path = folder.join(name);
     let source = match std::fs::read_to_string(&path) {
         Ok(s) => s,
@@ -213,7 +248,7 @@ pub fn validate(f: &Raw, folder: &Path, problems: &mut Problems<'_>) -> Option<F
             return None;
         }
     };
-    let mut env = environment(delimiter);
+    let mut env = environment(delimiter, encoding);
     if let Err(e) = env.add_template_owned(file_name.clone(), source.clone()) {
         problems.push(Problem {
             file: path.display().to_string(),
@@ -233,12 +268,13 @@ pub fn validate(f: &Raw, folder: &Path, problems: &mut Problems<'_>) -> Option<F
         source,
         extension,
         delimiter,
+        encoding,
     }))
 }
 
 impl TemplateFormat {
     pub fn new(spec: &TemplateSpec) -> TemplateFormat {
-        let mut env = environment(spec.delimiter);
+        let mut env = environment(spec.delimiter, spec.encoding);
         // Compiled once at load already; an error here leaves the template
         // missing, and every render says so.
         let _ = env.add_template_owned(spec.name.clone(), spec.source.clone());
@@ -246,6 +282,7 @@ impl TemplateFormat {
             env: Arc::new(env),
             name: spec.name.clone(),
             extension: spec.extension.clone(),
+            encoding: spec.encoding,
         }
     }
 
@@ -290,7 +327,16 @@ impl TemplateFormat {
         if !out.ends_with('\n') {
             out.push('\n');
         }
-        Ok(out.into_bytes())
+        // Values were checked as they were printed; this is the template's own text.
+        if let Some(c) = self.encoding.missing(&out) {
+            return Err(TranslateError::Other(format!(
+                "template {} writes {c:?} (U+{:04X}), which {} cannot carry",
+                self.name,
+                c as u32,
+                self.encoding.name()
+            )));
+        }
+        Ok(self.encoding.encode(&out))
     }
 }
 
@@ -306,6 +352,7 @@ mod tests {
             source: source.into(),
             extension: "x".into(),
             delimiter,
+            encoding: TextEncoding::Utf8,
         }
     }
 
@@ -403,7 +450,7 @@ mod tests {
             let err = err.to_string();
             assert!(
                 err.contains(&format!(
-                    "the value {:?} holds {what}",
+                    "the value {:?} holds {what}, which would break the line",
                     value.as_str().unwrap()
                 )),
                 "{err}"
@@ -442,9 +489,68 @@ mod tests {
         assert!(err.contains("line 3: [format] template `p.j2` must be a file name in the connector's folder named NAME.EXT.j2"), "{err}");
         let err = check("p.json.j2", "").unwrap_err();
         assert!(err.contains("use `kind = \"json\"`"), "{err}");
+        let err = check("p.xml.j2", "encoding = \"latin1\"").unwrap_err();
+        assert!(
+            err.contains("line 4: [format] encoding applies to text templates only"),
+            "{err}"
+        );
+        let Format::Template(t) = check("p.txt.j2", "encoding = \"cp1252\"").unwrap() else {
+            panic!()
+        };
+        assert_eq!(t.encoding, TextEncoding::Cp1252);
         let err = check("p.xml.j2", "delimiter = \"|\"").unwrap_err();
         assert!(
             err.contains("line 4: [format] delimiter applies to text templates only"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_latin1_text_template_encodes_or_refuses_naming_the_value() {
+        let rid = RecordId::new("permits", "A");
+        let mut record = Flat::new();
+        let delta = Delta {
+            op: Op::Update,
+            set: Flat::new(),
+            unset: Default::default(),
+        };
+        let t = TemplateFormat::new(&TemplateSpec {
+            encoding: TextEncoding::Latin1,
+            ..spec("p.txt.j2", "{{ key }};{{ record.status }}", None)
+        });
+        let mut go = |status: &str| {
+            record.insert("status".into(), json!(status));
+            t.render(&Item {
+                id: "t:7",
+                attempt: 1,
+                record_id: &rid,
+                delta: &delta,
+                record: Some(&record),
+            })
+        };
+        assert_eq!(go("Café").unwrap(), b"A;Caf\xE9\n");
+        let err = go("5 €").unwrap_err().to_string();
+        assert!(
+            err.contains("the value \"5 €\" holds '€' (U+20AC), which latin1 cannot carry"),
+            "{err}"
+        );
+        // The template's own text is checked too.
+        let t = TemplateFormat::new(&TemplateSpec {
+            encoding: TextEncoding::Latin1,
+            ..spec("p.txt.j2", "€{{ key }}", None)
+        });
+        let err = t
+            .render(&Item {
+                id: "t:7",
+                attempt: 1,
+                record_id: &rid,
+                delta: &delta,
+                record: None,
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("template p.txt.j2 writes '€' (U+20AC), which latin1 cannot carry"),
             "{err}"
         );
     }

@@ -90,7 +90,7 @@ fn dialects_a_text_template_writes_pipe_delimited_txt_files_many_changes_each() 
     let out = d.cli(&["check"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("format: pipes: text template permit.txt.j2 (values as they are; one holding a line break or `|` is refused) -> .txt files"),
+        text(&out).contains("format: pipes: text template permit.txt.j2 in utf-8 (values as they are; one holding a line break or `|` is refused) -> .txt files"),
         "{}",
         text(&out)
     );

@@ -83,16 +83,16 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
-    let csv = Translator::new(&Format::Csv {
-        columns: vec![
+    let csv = Translator::new(&Format::Csv(hms_sync::translator::csv::CsvFormat::new(
+        vec![
             "permit_number".into(),
             "status".into(),
             "inspector.name".into(),
             "fee".into(),
             "units".into(),
         ],
-        key_column: "permit_number".into(),
-    });
+        "permit_number".into(),
+    )));
     let ascii = Translator::new(&fixed_format("ascii"));
     let ebcdic = Translator::new(&fixed_format("cp037"));
     // Warm up, then measure each twice and keep the better run.

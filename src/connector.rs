@@ -179,11 +179,25 @@ pub fn check(folder: &Path, base: &Path) -> Result<Connector, Vec<Problem>> {
         crate::transport::KINDS,
         &mut problems,
     );
-    let one_change_per_file = matches!(format, Some(Format::Template { .. }))
-        || (format.is_none() && format_kind == Some("template"));
+    // An XML template's change is one document: one a file.
+    let one_change_per_file = format.as_ref().is_some_and(Format::one_change_per_file);
     let transport = transport_kind.and_then(|kind| {
         crate::transport::validate(kind, &text, base, one_change_per_file, &mut problems)
     });
+
+    // A SOAP body is an XML element: a text template cannot be one.
+    if let (Some(Format::Template(t)), Some(TransportSpec::Soap(_))) = (&format, &transport)
+        && !t.is_xml()
+    {
+        problems.at(
+            Some("format"),
+            "template",
+            format!(
+                "[format] template `{}` writes text, but a SOAP body must be XML: name it NAME.xml.j2 (text templates are for file and serial connectors)",
+                t.name
+            ),
+        );
+    }
 
     let r = raw.retry.unwrap_or_default();
     let defaults = RetryPolicy::default();
@@ -379,10 +393,10 @@ mod tests {
         );
         assert_eq!(
             c.format,
-            Format::Csv {
-                columns: vec!["permit_number".into(), "status".into()],
-                key_column: "permit_number".into()
-            }
+            Format::Csv(crate::translator::csv::CsvFormat::new(
+                vec!["permit_number".into(), "status".into()],
+                "permit_number".into()
+            ))
         );
     }
 
@@ -484,6 +498,23 @@ mod soap_tests {
         let err = load(&folder, tmp.path()).unwrap_err().join("\n");
         assert!(
             err.contains("line 8: [transport] batch_max = 10") && err.contains("batch_max = 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_text_template_cannot_be_a_soap_body() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = tmp.path().join("x");
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("t.txt.j2"), "{{ key }}").unwrap();
+        let text = "collections = [\"p\"]\n[format]\nkind = \"template\"\ntemplate = \"t.txt.j2\"\n[transport]\nkind = \"soap\"\nurl = \"http://x/\"\n";
+        std::fs::write(folder.join("connector.toml"), text).unwrap();
+        let err = load(&folder, tmp.path()).unwrap_err().join("\n");
+        assert!(
+            err.contains(
+                "line 4: [format] template `t.txt.j2` writes text, but a SOAP body must be XML"
+            ),
             "{err}"
         );
     }

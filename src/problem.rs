@@ -87,6 +87,13 @@ impl<'a> Problems<'a> {
     pub fn into_vec(self) -> Vec<Problem> {
         self.list
     }
+
+    /// Every problem as `check` prints it, one a line (for tests).
+    #[cfg(test)]
+    pub fn joined(self) -> String {
+        let lines: Vec<String> = self.list.iter().map(ToString::to_string).collect();
+        lines.join("\n")
+    }
 }
 
 /// The line where `key = ...` is written (inside `[table]` if given), for messages

@@ -104,9 +104,8 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
             c.name,
             c.collections.join(", ")
         );
-        if let crate::translator::Format::Fixed(spec) = &c.format {
-            println!("format: {}: {}", c.name, spec.describe());
-        }
+        let files = matches!(c.transport, TransportSpec::File { .. });
+        println!("format: {}: {}", c.name, c.format.describe(files));
     }
     match crate::queue::probe(&cfg.state_dir, cfg.cache_mib) {
         Ok(description) => println!("queue:  {description}"),

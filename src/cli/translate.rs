@@ -1,5 +1,7 @@
-//! `hms-sync translate NAME CHANGE.json [--from OLD.json]`: what connector NAME
-//! would send for a change, against the record's last known state (or OLD.json).
+//! `hms-sync translate NAME CHANGE.json [--from OLD.json] [--full]`: what
+//! connector NAME would send for a change, against the record's last known
+//! state (or OLD.json); with `--full`, a create of the whole record and how it
+//! would travel (the HTTP request's headers, or the outbox file's name).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +12,7 @@ use serde_json::Value;
 
 use super::UsageError;
 use crate::config::Config;
+use crate::connector::TransportSpec;
 use crate::control::Request;
 use crate::record::{Change, Flat};
 use crate::translator::{Item, Translator};
@@ -22,8 +25,13 @@ pub struct TranslateArgs {
     /// A change: an envelope, or a bare record of the connector's first collection.
     change: PathBuf,
     /// Compare with this earlier state instead of the record's last known state.
-    #[arg(long, value_name = "OLD.json")]
+    #[arg(long, value_name = "OLD.json", conflicts_with = "full")]
     from: Option<PathBuf>,
+    /// Preview a create of the whole record (every field, not only what
+    /// changed) and show how it would travel: the HTTP method, URL and
+    /// headers (SOAP), or the outbox file's name (file).
+    #[arg(long)]
+    full: bool,
 }
 
 fn read_change(cfg: &Config, collection: &str, path: &PathBuf) -> anyhow::Result<Change> {
@@ -83,6 +91,7 @@ pub fn run(cfg: &Config, args: TranslateArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let old: Option<Flat> = match &args.from {
+        _ if args.full => None,
         Some(p) => read_change(cfg, &collection, p)?.doc,
         None => {
             let req = Request::Snapshot {
@@ -95,6 +104,13 @@ pub fn run(cfg: &Config, args: TranslateArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
+    if args.full && change.doc.is_none() {
+        return Err(UsageError(format!(
+            "{}: --full previews a create of the whole record, but this change is a delete",
+            args.change.display()
+        ))
+        .into());
+    }
     let Some(delta) = crate::diff::compute(old.as_ref(), change.doc.as_ref()) else {
         println!("no change against the record's last known state: nothing would be sent");
         return Ok(ExitCode::SUCCESS);
@@ -120,13 +136,60 @@ pub fn run(cfg: &Config, args: TranslateArgs) -> anyhow::Result<ExitCode> {
         &delta,
         change.doc.as_ref(),
     )?;
+    // The file this batch would be: its number frames fixed records too.
+    let next_file = match &connector.transport {
+        TransportSpec::File { dir, .. } => Some((
+            dir,
+            crate::transport::file::next_file(dir, &connector.name, translator.file_extension()),
+        )),
+        _ => None,
+    };
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if args.full {
+        match (&connector.transport, &next_file) {
+            (TransportSpec::Soap(spec), _) => {
+                write!(out, "{}", crate::transport::soap::request_preview(spec))?;
+            }
+            (TransportSpec::File { .. }, Some((dir, (_, name)))) => {
+                writeln!(out, "file: {}", dir.join(name).display())?;
+            }
+            (TransportSpec::Serial(spec), _) => {
+                writeln!(
+                    out,
+                    "serial: {}",
+                    crate::transport::serial::describe(spec).0
+                )?;
+            }
+            _ => {}
+        }
+        writeln!(out)?;
+    } else if let TransportSpec::Soap(spec) = &connector.transport {
+        // Not on stdout: that stays the exact envelope.
+        eprintln!(
+            "delivered when: {}",
+            crate::transport::soap::answer::explain_success(
+                spec.answer.as_ref(),
+                spec.accept_empty_2xx
+            )
+        );
+    }
     if let Translator::Fixed(spec) = &translator {
         // Fixed records are read by offset: show the ruler, not raw (maybe EBCDIC) bytes.
-        print!("{}", spec.ruler(&bytes));
+        let batch_seq = next_file.as_ref().map_or(1, |(_, (n, _))| *n);
+        let (header, trailer) = spec
+            .frame(&[&bytes], batch_seq)
+            .map_err(|e| anyhow::anyhow!("{} cannot frame this record: {e}", connector.name))?;
+        if let Some(control) = &spec.header {
+            write!(out, "{}", spec.control_ruler("header", control, &header))?;
+        }
+        write!(out, "{}", spec.ruler(&bytes))?;
+        if let Some(control) = &spec.trailer {
+            write!(out, "{}", spec.control_ruler("trailer", control, &trailer))?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    use std::io::Write;
-    std::io::stdout().write_all(&bytes)?;
+    out.write_all(&bytes)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -52,7 +52,9 @@ fn rig(retry: RetryPolicy, batch_max: usize, batch_window: Duration, script: Scr
     let worker = Worker {
         name: "t".into(),
         queue: queue.clone(),
-        translator: Translator::new(&Format::Json),
+        translator: Translator::new(&Format::Json {
+            extension: "ndjson".into(),
+        }),
         transport: Transport::Scripted(transport),
         retry,
         log: Arc::new(DeliveryLog::new(log.clone(), 1 << 20, 1)),

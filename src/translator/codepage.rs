@@ -76,6 +76,35 @@ impl Encoding {
     }
 }
 
+/// windows-1252's characters for the bytes 0x80–0x9F (where it differs from
+/// ISO-8859-1); the five bytes it leaves undefined map to U+FFFD.
+pub const CP1252_80_9F: [char; 32] = [
+    '\u{20AC}', '\u{FFFD}', '\u{201A}', '\u{0192}', '\u{201E}', '\u{2026}', '\u{2020}', '\u{2021}',
+    '\u{02C6}', '\u{2030}', '\u{0160}', '\u{2039}', '\u{0152}', '\u{FFFD}', '\u{017D}', '\u{FFFD}',
+    '\u{FFFD}', '\u{2018}', '\u{2019}', '\u{201C}', '\u{201D}', '\u{2022}', '\u{2013}', '\u{2014}',
+    '\u{02DC}', '\u{2122}', '\u{0161}', '\u{203A}', '\u{0153}', '\u{FFFD}', '\u{017E}', '\u{0178}',
+];
+
+/// The windows-1252 character of byte `b` (U+FFFD for its five undefined bytes).
+pub fn cp1252_decode(b: u8) -> char {
+    match b {
+        0x80..=0x9F => CP1252_80_9F[usize::from(b - 0x80)],
+        _ => b as char,
+    }
+}
+
+/// The windows-1252 byte for `c`, or `None` if it has none.
+pub fn cp1252_encode(c: char) -> Option<u8> {
+    let code = c as u32;
+    if code < 0x80 || (0xA0..0x100).contains(&code) {
+        return Some(code as u8);
+    }
+    CP1252_80_9F
+        .iter()
+        .position(|&x| x == c && x != '\u{FFFD}')
+        .map(|i| 0x80 + i as u8)
+}
+
 /// The inverse of a byte -> Latin-1 table (each is a permutation of 0..=255).
 const fn invert(table: &[u8; 256]) -> [u8; 256] {
     let mut out = [0u8; 256];

@@ -114,6 +114,7 @@ pub const KEYS: &[&str] = &[
     "on_overflow",
     "header",
     "trailer",
+    "extension",
 ];
 
 /// Where an item's value comes from.
@@ -159,6 +160,8 @@ pub struct FixedSpec {
     pub blanks: Vec<Vec<u8>>,
     pub header: Option<ControlSpec>,
     pub trailer: Option<ControlSpec>,
+    /// The outbox files' extension, without the dot (default "dat").
+    pub extension: String,
 }
 
 /// Validates `[format] kind = "fixed"`: reads the copybook (its problems carry
@@ -474,6 +477,7 @@ pub fn validate(raw: &Raw, folder: &Path, problems: &mut Problems<'_>) -> Option
         blanks,
         header,
         trailer,
+        extension: "dat".into(),
     })))
 }
 
@@ -830,14 +834,51 @@ impl FixedSpec {
     /// `translate`'s ruler: name, offset, length and PIC of each item, its
     /// text, and the hex of packed and binary items; then the record as text.
     pub fn ruler(&self, record: &[u8]) -> String {
+        let from =
+            self.sources
+                .iter()
+                .zip(&self.layout.fields)
+                .map(|(source, field)| match source {
+                    Source::Blank if field.fill.is_some() => "  (VALUE)".to_string(),
+                    Source::Blank => "  (not mapped)".to_string(),
+                    Source::Key => "  <- @key".to_string(),
+                    Source::Op => "  <- @op".to_string(),
+                    Source::DeliveryId => "  <- @delivery_id".to_string(),
+                    Source::Attempt => "  <- @attempt".to_string(),
+                    Source::Path(p) => format!("  <- {p}"),
+                });
+        self.table("record", &self.layout, from.collect(), record)
+    }
+
+    /// The ruler of the `[format.header]` or `[format.trailer]` record
+    /// (`which`) that frames a batch: `bytes` as [`FixedSpec::frame`] made it.
+    pub fn control_ruler(&self, which: &str, control: &ControlSpec, bytes: &[u8]) -> String {
+        let from = control
+            .sources
+            .iter()
+            .zip(&control.layout.fields)
+            .map(|(source, field)| match source {
+                ControlSource::Blank if field.fill.is_some() => "  (VALUE)".to_string(),
+                ControlSource::Blank => "  (not mapped)".to_string(),
+                ControlSource::RecordCount => "  <- @record_count".to_string(),
+                ControlSource::BatchSeq => "  <- @batch_seq".to_string(),
+                ControlSource::RunDate => format!("  <- @run_date ({})", control.date_format),
+                ControlSource::Sum(d) => format!("  <- @sum of {}", self.layout.fields[*d].name),
+            });
+        self.table(which, &control.layout, from.collect(), bytes)
+    }
+
+    /// One record's ruler: a title line, a line per item (`from[i]` says where
+    /// item i came from), the record as text.
+    fn table(&self, what: &str, layout: &Layout, from: Vec<String>, record: &[u8]) -> String {
         use std::fmt::Write;
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "record {} of {}: {} bytes, encoding {}, record_end {}",
-            self.layout.name,
+            "{what} {} of {}: {} bytes, encoding {}, record_end {}",
+            layout.name,
             self.copybook,
-            self.layout.length,
+            layout.length,
             self.encoding.name(),
             match self.record_end {
                 RecordEnd::None => "none",
@@ -845,8 +886,7 @@ impl FixedSpec {
                 RecordEnd::CrLf => "crlf",
             }
         );
-        let width = self
-            .layout
+        let width = layout
             .fields
             .iter()
             .map(|f| f.name.len())
@@ -858,7 +898,7 @@ impl FixedSpec {
             "{:>6} {:>4}  {:width$}  {:28}  value",
             "offset", "len", "item", "picture"
         );
-        for (field, source) in self.layout.fields.iter().zip(&self.sources) {
+        for (field, from) in layout.fields.iter().zip(&from) {
             let bytes = record
                 .get(field.offset..field.offset + field.length)
                 .unwrap_or(&[]);
@@ -868,15 +908,6 @@ impl FixedSpec {
                     format!("x'{hex}'")
                 }
                 Usage::Display(_) => format!("\"{}\"", self.text(bytes)),
-            };
-            let from = match source {
-                Source::Blank if field.fill.is_some() => "  (VALUE)".to_string(),
-                Source::Blank => "  (not mapped)".to_string(),
-                Source::Key => "  <- @key".to_string(),
-                Source::Op => "  <- @op".to_string(),
-                Source::DeliveryId => "  <- @delivery_id".to_string(),
-                Source::Attempt => "  <- @attempt".to_string(),
-                Source::Path(p) => format!("  <- {p}"),
             };
             let _ = writeln!(
                 out,
@@ -889,10 +920,10 @@ impl FixedSpec {
         }
         // Packed and binary bytes are not text: dots, whatever they decode to.
         let mut text: Vec<char> = self
-            .text(&record[..self.layout.length.min(record.len())])
+            .text(&record[..layout.length.min(record.len())])
             .chars()
             .collect();
-        for field in &self.layout.fields {
+        for field in &layout.fields {
             if matches!(field.usage, Usage::Packed | Usage::Binary) {
                 for c in text.iter_mut().skip(field.offset).take(field.length) {
                     *c = '.';

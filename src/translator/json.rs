@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 use super::{Item, TranslateError};
 
 /// The `[format]` keys of kind "json": none besides `kind`.
-pub const KEYS: &[&str] = &[];
+pub const KEYS: &[&str] = &["extension"];
 
 pub fn render(item: &Item<'_>) -> Result<Vec<u8>, TranslateError> {
     let delete = item.delta.op == crate::record::Op::Delete;

@@ -1,5 +1,5 @@
 //! Translator: a queued delta (and the record's latest state) in, the bytes a
-//! legacy system reads out — XML, CSV rows or JSON.
+//! legacy system reads out — XML, CSV rows, JSON, a template's text or fixed records.
 //!
 //! **Invariants:** no I/O; every format escapes or quotes by its own rules through
 //! a real writer (quick-xml, csv), never by string concatenation; a value the
@@ -19,25 +19,93 @@ use serde_json::Value;
 use crate::problem::Problems;
 use crate::record::{Delta, Flat, RecordId};
 
-/// A connector's `[format]`, validated: the closed set of formats.
+/// A connector's `[format]`, validated: the closed set of formats. Each one
+/// knows the extension of the outbox files it fills (`[format] extension`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Format {
     Xml {
         root: String,
         key_element: String,
+        extension: String,
     },
-    Csv {
-        columns: Vec<String>,
-        key_column: String,
+    Csv(csv::CsvFormat),
+    Json {
+        extension: String,
     },
-    Json,
     /// `name` is the file name in the connector folder, `source` its text.
-    Template {
-        name: String,
-        source: String,
-    },
+    Template(template::TemplateSpec),
     /// Fixed-width records laid out by a COBOL copybook.
     Fixed(std::sync::Arc<fixed::FixedSpec>),
+}
+
+impl Format {
+    /// The extension of the outbox files, without the dot.
+    pub fn extension(&self) -> &str {
+        match self {
+            Format::Xml { extension, .. } | Format::Json { extension } => extension,
+            Format::Csv(f) => &f.extension,
+            Format::Template(t) => &t.extension,
+            Format::Fixed(f) => &f.extension,
+        }
+    }
+
+    fn set_extension(&mut self, value: String) {
+        match self {
+            Format::Xml { extension, .. } | Format::Json { extension } => *extension = value,
+            Format::Csv(f) => f.extension = value,
+            Format::Template(t) => t.extension = value,
+            Format::Fixed(f) => std::sync::Arc::make_mut(f).extension = value,
+        }
+    }
+
+    /// One line for `check`: what is written and how; `files`: into outbox
+    /// files (which then get their extension).
+    pub fn describe(&self, files: bool) -> String {
+        let what = match self {
+            Format::Xml {
+                root, key_element, ..
+            } => format!("xml <{root}> with the key in <{key_element}>"),
+            Format::Csv(f) => f.describe(),
+            Format::Json { .. } => "json, one object a change".to_string(),
+            Format::Template(t) if t.is_xml() => format!(
+                "XML template {} (values escaped for XML; one change a file)",
+                t.name
+            ),
+            Format::Template(t) => format!(
+                "text template {} in {} (values as they are; one holding a line break{} is refused)",
+                t.name,
+                t.encoding.name(),
+                match t.delimiter {
+                    Some(d) => format!(" or `{}`", char::from(d)),
+                    None => String::new(),
+                }
+            ),
+            Format::Fixed(f) => f.describe(),
+        };
+        if files {
+            format!("{what} -> .{} files", self.extension())
+        } else {
+            what
+        }
+    }
+
+    /// Whether each change is a document of its own (an XML template), so that
+    /// a batch file can hold only one.
+    pub fn one_change_per_file(&self) -> bool {
+        matches!(self, Format::Template(t) if t.is_xml())
+    }
+}
+
+/// `[format] extension`, common to every kind.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ExtensionRaw {
+    /// The outbox files' extension, without the dot. Default: the format's own.
+    extension: Option<String>,
+}
+
+/// Letters and digits only: no dot, no slash, nothing a shell or share minds.
+fn valid_extension(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 16 && text.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
 /// The format kinds and the `[format]` keys each takes (besides `kind`). A key
@@ -58,7 +126,7 @@ pub fn validate(
     folder: &std::path::Path,
     problems: &mut Problems<'_>,
 ) -> Option<Format> {
-    match kind {
+    let mut format = match kind {
         "xml" => xml::validate(
             &crate::problem::section(text, "format", problems)?,
             problems,
@@ -67,7 +135,9 @@ pub fn validate(
             &crate::problem::section(text, "format", problems)?,
             problems,
         ),
-        "json" => Some(Format::Json),
+        "json" => Some(Format::Json {
+            extension: "ndjson".into(),
+        }),
         "template" => template::validate(
             &crate::problem::section(text, "format", problems)?,
             folder,
@@ -79,7 +149,27 @@ pub fn validate(
             problems,
         ),
         _ => None,
+    };
+    let raw: ExtensionRaw = crate::problem::section(text, "format", problems)?;
+    if let Some(written) = raw.extension {
+        // ".txt" means "txt": the dot is ours to write.
+        let extension = written.strip_prefix('.').unwrap_or(&written).to_string();
+        if !valid_extension(&extension) {
+            let extension = written;
+            problems.at(
+                Some("format"),
+                "extension",
+                format!(
+                    "[format] extension `{extension}`: letters and digits only (no dot or slash), such as \"txt\" or \"dat\""
+                ),
+            );
+            return None;
+        }
+        if let Some(f) = &mut format {
+            f.set_extension(extension);
+        }
     }
+    format
 }
 
 /// One delta as a translator sees it.
@@ -120,7 +210,7 @@ pub enum TranslateError {
 pub enum Translator {
     Xml(xml::XmlFormat),
     Csv(csv::CsvFormat),
-    Json,
+    Json { extension: String },
     Template(template::TemplateFormat),
     Fixed(std::sync::Arc<fixed::FixedSpec>),
 }
@@ -128,21 +218,20 @@ pub enum Translator {
 impl Translator {
     pub fn new(format: &Format) -> Translator {
         match format {
-            Format::Xml { root, key_element } => Translator::Xml(xml::XmlFormat {
+            Format::Xml {
+                root,
+                key_element,
+                extension,
+            } => Translator::Xml(xml::XmlFormat {
                 root: root.clone(),
                 key_element: key_element.clone(),
+                extension: extension.clone(),
             }),
-            Format::Csv {
-                columns,
-                key_column,
-            } => Translator::Csv(csv::CsvFormat {
-                columns: columns.clone(),
-                key_column: key_column.clone(),
-            }),
-            Format::Json => Translator::Json,
-            Format::Template { name, source } => {
-                Translator::Template(template::TemplateFormat::new(name, source))
-            }
+            Format::Csv(f) => Translator::Csv(f.clone()),
+            Format::Json { extension } => Translator::Json {
+                extension: extension.clone(),
+            },
+            Format::Template(spec) => Translator::Template(template::TemplateFormat::new(spec)),
             Format::Fixed(spec) => Translator::Fixed(spec.clone()),
         }
     }
@@ -152,7 +241,7 @@ impl Translator {
         match self {
             Translator::Xml(f) => f.render(item),
             Translator::Csv(f) => f.row(item),
-            Translator::Json => json::render(item),
+            Translator::Json { .. } => json::render(item),
             Translator::Template(f) => f.render(item),
             Translator::Fixed(f) => f.render(item),
         }
@@ -163,7 +252,7 @@ impl Translator {
         match self {
             Translator::Xml(f) => f.render_file_entry(item),
             Translator::Csv(f) => f.row(item),
-            Translator::Json => json::render(item).map(|mut v| {
+            Translator::Json { .. } => json::render(item).map(|mut v| {
                 v.push(b'\n');
                 v
             }),
@@ -177,8 +266,9 @@ impl Translator {
             Translator::Xml(_) => {
                 b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Deliveries>\n".to_vec()
             }
-            Translator::Csv(f) => f.header(),
-            Translator::Json | Translator::Template(_) | Translator::Fixed(_) => Vec::new(),
+            // Checked when the connector was loaded: it can be written.
+            Translator::Csv(f) => f.header().unwrap_or_default(),
+            Translator::Json { .. } | Translator::Template(_) | Translator::Fixed(_) => Vec::new(),
         }
     }
 
@@ -189,13 +279,14 @@ impl Translator {
         }
     }
 
-    pub fn file_extension(&self) -> &'static str {
+    /// The outbox files' extension (`[format] extension`, or the format's own).
+    pub fn file_extension(&self) -> &str {
         match self {
-            Translator::Xml(_) => "xml",
-            Translator::Csv(_) => "csv",
-            Translator::Json => "ndjson",
-            Translator::Template(_) => "xml",
-            Translator::Fixed(_) => "dat",
+            Translator::Xml(f) => &f.extension,
+            Translator::Csv(f) => &f.extension,
+            Translator::Json { extension } => extension,
+            Translator::Template(f) => f.extension(),
+            Translator::Fixed(f) => &f.extension,
         }
     }
 }

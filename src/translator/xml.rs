@@ -20,7 +20,7 @@ pub struct Raw {
 }
 
 /// The `[format]` keys of kind "xml".
-pub const KEYS: &[&str] = &["root", "key_element"];
+pub const KEYS: &[&str] = &["root", "key_element", "extension"];
 
 pub fn validate(raw: &Raw, problems: &mut Problems<'_>) -> Option<Format> {
     let root = raw.root.clone().unwrap_or_else(|| "RecordUpdate".into());
@@ -37,13 +37,19 @@ pub fn validate(raw: &Raw, problems: &mut Problems<'_>) -> Option<Format> {
             );
         }
     }
-    (problems.len() == before).then_some(Format::Xml { root, key_element })
+    (problems.len() == before).then_some(Format::Xml {
+        root,
+        key_element,
+        extension: "xml".into(),
+    })
 }
 
 #[derive(Clone, Debug)]
 pub struct XmlFormat {
     pub root: String,
     pub key_element: String,
+    /// The outbox files' extension, without the dot.
+    pub extension: String,
 }
 
 /// Is `name` a plain XML element name (letters, digits, `_`, `-`, `.`; not
@@ -175,6 +181,7 @@ mod tests {
         XmlFormat {
             root: "PermitUpdate".into(),
             key_element: "PermitNumber".into(),
+            extension: "xml".into(),
         }
     }
 

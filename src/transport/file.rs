@@ -22,7 +22,7 @@ use crate::translator::Translator;
 pub struct Raw {
     /// The outbox folder (relative paths resolve against the config file's folder).
     pub dir: Option<PathBuf>,
-    /// Most deltas written in one file. Default 1000 (1 for a template).
+    /// Most deltas written in one file. Default 1000 (1 for an XML template).
     pub batch_max: Option<usize>,
     /// How long to gather deltas for one file. Default "0s".
     pub batch_window: Option<String>,
@@ -36,7 +36,7 @@ pub struct Raw {
 pub const KEYS: &[&str] = &["dir", "batch_max", "batch_window", "create_dir"];
 
 /// Validates `[transport] kind = "file"`. `one_change_per_file`: the format
-/// renders one document per change (a template), so a file holds one.
+/// renders one document per change (an XML template), so a file holds one.
 pub fn validate(
     t: &Raw,
     base: &Path,
@@ -67,7 +67,7 @@ pub fn validate(
             Some("transport"),
             "batch_max",
             format!(
-                "[transport] batch_max = {batch_max} with [format] kind \"template\": a template renders one XML document, so each file can hold only one change; set `batch_max = 1` (the default for templates)"
+                "[transport] batch_max = {batch_max} with an XML template: it renders one XML document, so each file can hold only one change; set `batch_max = 1` (the default for XML templates), or write a text template (NAME.txt.j2) for many changes a file"
             ),
         );
     }
@@ -103,7 +103,7 @@ pub struct FileTransport {
     /// Fixed records with `[format.header]`/`[format.trailer]`: control records
     /// that depend on the batch (count, hash total, file number), made per file.
     control: Option<std::sync::Arc<crate::translator::fixed::FixedSpec>>,
-    extension: &'static str,
+    extension: String,
     /// The number of the last file written; `None` until read from disk.
     last_number: Option<u64>,
 }
@@ -130,7 +130,7 @@ impl FileTransport {
                 }
                 _ => None,
             },
-            extension: translator.file_extension(),
+            extension: translator.file_extension().to_string(),
             last_number: None,
         }
     }
@@ -138,7 +138,7 @@ impl FileTransport {
     pub async fn deliver(&mut self, batch: &[Payload]) -> Outcome {
         let dir = self.dir.clone();
         let target = self.target.clone();
-        let extension = self.extension;
+        let extension = self.extension.clone();
         let last = self.last_number;
         let (header, footer, control) = (
             self.header.clone(),
@@ -163,7 +163,7 @@ impl FileTransport {
             Ok(body)
         };
         let result =
-            tokio::task::spawn_blocking(move || write_batch(&dir, &target, extension, last, body))
+            tokio::task::spawn_blocking(move || write_batch(&dir, &target, &extension, last, body))
                 .await;
         match result {
             Ok((used, outcome)) => {
@@ -214,6 +214,18 @@ fn remove_leftover_temps(dir: &Path, target: &str, extension: &str) {
             }
         }
     }
+}
+
+/// `<target>-<number, 12 digits>.<extension>`.
+fn file_name(target: &str, number: u64, extension: &str) -> String {
+    format!("{target}-{number:012}.{extension}")
+}
+
+/// The next batch file's number and name as the outbox stands now (number 1
+/// if it cannot be read), for `hms-sync translate --full`.
+pub fn next_file(dir: &Path, target: &str, extension: &str) -> (u64, String) {
+    let number = last_used(dir, target).map_or(1, |n| n + 1);
+    (number, file_name(target, number, extension))
 }
 
 fn marker_path(dir: &Path, target: &str) -> PathBuf {
@@ -291,7 +303,7 @@ fn write_numbered(
         Ok(n) => n,
         Err(e) => return (None, Err(e)),
     };
-    let name = format!("{target}-{number:012}.{extension}");
+    let name = file_name(target, number, extension);
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(&name);
     let write_synced = |file: &Path, bytes: &[u8]| -> Result<(), String> {
@@ -350,10 +362,10 @@ mod tests {
     use crate::translator::Format;
 
     fn transport(dir: &Path) -> FileTransport {
-        let t = Translator::new(&Format::Csv {
-            columns: vec!["k".into()],
-            key_column: "k".into(),
-        });
+        let t = Translator::new(&Format::Csv(crate::translator::csv::CsvFormat::new(
+            vec!["k".into()],
+            "k".into(),
+        )));
         FileTransport::new("out", dir.to_path_buf(), 10, Duration::ZERO, &t)
     }
 

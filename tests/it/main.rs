@@ -9,6 +9,7 @@ mod bad_input;
 mod cli;
 mod cobol;
 mod crash;
+mod dialects;
 mod durability;
 mod fixed;
 mod many_files;

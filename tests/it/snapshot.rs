@@ -252,7 +252,7 @@ fn a_large_file_in_progress_shows_in_status_and_on_the_page() {
         );
         assert!(page.contains("class=in-progress") && page.contains("nightly.csv"));
     }
-    d.wait_for(Duration::from_secs(120), "the file taken whole", |d| {
+    d.wait_for(Duration::from_secs(120), "the file taken whole", |_| {
         !inbox.join("nightly.csv").exists()
     });
     d.wait_for(Duration::from_secs(10), "no file in progress", |d| {

@@ -52,13 +52,15 @@ impl Fault {
 
 /// Classifies one answer. `truncated` says the body was longer than the limit
 /// (and only its start is in `body`); `accept_empty_2xx` is the connector's
-/// word that this service answers a delivery with an empty 2xx.
+/// word that this service answers a delivery with an empty 2xx; `rule` its
+/// `[transport.answer]`: where a 2xx envelope says yes or no.
 pub fn classify(
     status: u16,
     content_type: Option<&str>,
     body: &[u8],
     truncated: bool,
     accept_empty_2xx: bool,
+    rule: Option<&BusinessRule>,
 ) -> Answer {
     let text = to_utf8(content_type, body);
     // A byte-order mark (some .NET services send one) is not content.
@@ -95,7 +97,10 @@ pub fn classify(
             }
         }
         200..=299 => match read {
-            Ok(Soap { envelope: true, .. }) => Answer::Delivered,
+            Ok(Soap { envelope: true, .. }) => match rule {
+                None => Answer::Delivered,
+                Some(rule) => rule.judge(status, text),
+            },
             Ok(_) => Answer::Down(format!(
                 "HTTP {status} with an answer that is not a SOAP envelope (a proxy's page?): {}",
                 snippet(text)
@@ -113,6 +118,248 @@ pub fn classify(
             client: false,
         },
     }
+}
+
+/// The longest business reason kept (an answer's message may be a stack trace).
+const MAX_REASON_CHARS: usize = 500;
+
+/// `[transport.answer]` as written.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// The element under the SOAP Body that holds the result, by local names:
+    /// `"UpdateResponse/Result"`.
+    pub ok_path: Option<String>,
+    /// The results that mean "taken", e.g. `["OK", "0"]` (compared after
+    /// trimming spaces, case as written).
+    pub ok_values: Option<Vec<String>>,
+    /// The element whose text says why not, e.g. `"UpdateResponse/Message"`.
+    pub reason_path: Option<String>,
+}
+
+/// A checked `[transport.answer]`: a 2xx SOAP envelope is delivered only if
+/// the text at `ok_path` is one of `ok_values`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BusinessRule {
+    pub ok_path: Vec<String>,
+    pub ok_values: Vec<String>,
+    pub reason_path: Option<Vec<String>>,
+}
+
+/// Checks `[transport.answer]`; `problem(key, message)` reports with its line.
+pub fn validate_rule(raw: &RawRule, problem: &mut dyn FnMut(&str, String)) -> Option<BusinessRule> {
+    let mut ok = true;
+    let path = |key: &str, text: &str, problem: &mut dyn FnMut(&str, String)| {
+        let parts: Vec<String> = text
+            .trim()
+            .trim_matches('/')
+            .split('/')
+            .map(|p| p.trim().to_string())
+            .collect();
+        let bad = parts
+            .iter()
+            .find(|p| !crate::translator::xml::valid_element_name(p));
+        match bad {
+            None => Some(parts),
+            Some(p) if p.contains(':') => {
+                problem(
+                    key,
+                    format!(
+                        "`{text}`: write local names without a prefix (`{}`); namespaces are ignored",
+                        p.rsplit(':').next().unwrap_or(p)
+                    ),
+                );
+                None
+            }
+            Some(p) => {
+                problem(
+                    key,
+                    format!(
+                        "`{text}`: `{p}` is not an element name; write element names under the SOAP Body separated by `/`, such as \"UpdateResponse/Result\""
+                    ),
+                );
+                None
+            }
+        }
+    };
+    let ok_path = match &raw.ok_path {
+        Some(text) => path("ok_path", text, problem),
+        None => {
+            problem("ok_path", "is missing: name the element that holds the result, such as ok_path = \"UpdateResponse/Result\"".into());
+            None
+        }
+    };
+    let reason_path = raw.reason_path.as_deref().map(|text| {
+        let parts = path("reason_path", text, problem);
+        ok &= parts.is_some();
+        parts
+    });
+    let ok_values = raw.ok_values.clone().unwrap_or_default();
+    if ok_values.is_empty() {
+        problem("ok_values", "is missing or empty: list the results that mean the change was taken, such as ok_values = [\"OK\", \"0\"]".into());
+        ok = false;
+    }
+    let ok_values: Vec<String> = ok_values.iter().map(|v| v.trim().to_string()).collect();
+    match (ok_path, reason_path) {
+        (Some(ok_path), reason_path) if ok => Some(BusinessRule {
+            ok_path,
+            ok_values,
+            reason_path: reason_path.flatten(),
+        }),
+        _ => None,
+    }
+}
+
+impl BusinessRule {
+    /// What counts as success, in words (`check`, `translate`).
+    pub fn explain(&self) -> String {
+        let values: Vec<String> = self.ok_values.iter().map(|v| format!("{v:?}")).collect();
+        let mut text = format!(
+            "the text of Body/{} is {}",
+            self.ok_path.join("/"),
+            values.join(" or ")
+        );
+        if let Some(reason) = &self.reason_path {
+            text.push_str(&format!(
+                " (otherwise a rejection, its reason from Body/{})",
+                reason.join("/")
+            ));
+        }
+        text
+    }
+
+    /// A 2xx SOAP envelope (no Fault) read for its business result.
+    fn judge(&self, status: u16, text: &str) -> Answer {
+        let ok_path = self.ok_path.join("/");
+        let mut paths = vec![self.ok_path.as_slice()];
+        if let Some(r) = &self.reason_path {
+            paths.push(r);
+        }
+        let found = match texts_under_body(text, &paths) {
+            Ok(found) => found,
+            // Read once already: cannot fail here, but never take it as a yes.
+            Err(e) => {
+                return Answer::Down(format!("HTTP {status}: the answer cannot be read: {e}"));
+            }
+        };
+        let reason = match (&self.reason_path, found.get(1)) {
+            (Some(path), Some(Some(r))) if !r.trim().is_empty() => bounded(r.trim()),
+            (Some(path), _) => format!("(the answer has no text at {})", path.join("/")),
+            (None, _) => "(no reason_path configured)".to_string(),
+        };
+        match &found[0] {
+            None => Answer::Rejected {
+                reason: format!(
+                    "HTTP {status}: the answer has no {ok_path} element (ok_path), so it does not say the change was taken: {reason}"
+                ),
+                client: false,
+            },
+            Some(value) if self.ok_values.iter().any(|v| v == value.trim()) => Answer::Delivered,
+            Some(value) => Answer::Rejected {
+                reason: format!(
+                    "the service answered {ok_path} = {:?} (HTTP {status}): {reason}",
+                    bounded(value.trim())
+                ),
+                client: false,
+            },
+        }
+    }
+}
+
+/// `text` cut to [`MAX_REASON_CHARS`] characters, on one line.
+fn bounded(text: &str) -> String {
+    let one_line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if one_line.chars().count() > MAX_REASON_CHARS {
+        let mut cut: String = one_line.chars().take(MAX_REASON_CHARS).collect();
+        cut.push('…');
+        cut
+    } else {
+        one_line
+    }
+}
+
+/// The text of the first element at each of `paths` (local names, from the
+/// child of the envelope's `Body` down; namespaces ignored); `None` where there
+/// is none. The text of an element's descendants counts too.
+fn texts_under_body(text: &str, paths: &[&[String]]) -> Result<Vec<Option<String>>, String> {
+    let mut reader = quick_xml::Reader::from_str(text);
+    let mut stack: Vec<String> = Vec::new();
+    let mut found: Vec<Option<String>> = vec![None; paths.len()];
+    // Per path, the depth of the element being read while inside it.
+    let mut open: Vec<Option<usize>> = vec![None; paths.len()];
+    let below_body = |stack: &[String]| -> Option<usize> {
+        (stack.len() >= 2 && stack[0] == "Envelope" && stack[1] == "Body").then_some(2)
+    };
+    let push_text = |open: &[Option<usize>], found: &mut [Option<String>], s: &str| {
+        for (i, o) in open.iter().enumerate() {
+            if o.is_some()
+                && let Some(f) = &mut found[i]
+            {
+                f.push_str(s);
+            }
+        }
+    };
+    loop {
+        match reader.read_event() {
+            Err(e) => return Err(format!("at byte {}: {e}", reader.error_position())),
+            Ok(Event::Eof) => break,
+            Ok(Event::Start(s)) => {
+                stack.push(s.local_name().as_ref().to_string());
+                if let Some(from) = below_body(&stack) {
+                    for (i, path) in paths.iter().enumerate() {
+                        if found[i].is_none() && stack[from..] == path[..] {
+                            found[i] = Some(String::new());
+                            open[i] = Some(stack.len());
+                        }
+                    }
+                }
+            }
+            Ok(Event::Empty(s)) => {
+                let mut here = stack.clone();
+                here.push(s.local_name().as_ref().to_string());
+                if let Some(from) = below_body(&here) {
+                    for (i, path) in paths.iter().enumerate() {
+                        if found[i].is_none() && here[from..] == path[..] {
+                            found[i] = Some(String::new());
+                        }
+                    }
+                }
+            }
+            Ok(Event::End(_)) => {
+                for o in open.iter_mut() {
+                    if *o == Some(stack.len()) {
+                        *o = None;
+                    }
+                }
+                stack.pop();
+            }
+            Ok(Event::Text(t)) => push_text(&open, &mut found, &t.xml10_content()),
+            Ok(Event::CData(c)) => {
+                let s: &str = &c;
+                push_text(&open, &mut found, s);
+            }
+            Ok(Event::GeneralRef(r)) => {
+                push_text(&open, &mut found, &resolve_ref(&r));
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(found)
+}
+
+/// What counts as a delivery for a SOAP connector, in words.
+pub fn explain_success(rule: Option<&BusinessRule>, accept_empty_2xx: bool) -> String {
+    let mut text = "an HTTP 2xx answer carrying a SOAP envelope without a Fault".to_string();
+    if let Some(rule) = rule {
+        text.push_str(&format!(" in which {}", rule.explain()));
+    }
+    if accept_empty_2xx {
+        text.push_str("; or a 2xx with an empty body (accept_empty_2xx)");
+    }
+    text
 }
 
 /// The start of a non-SOAP answer, on one line, for the error message.
@@ -181,25 +428,13 @@ fn charset(content_type: Option<&str>, body: &[u8]) -> Charset {
     Charset::Utf8
 }
 
-/// windows-1252's characters for the bytes 0x80–0x9F (where it differs from
-/// ISO-8859-1); the five bytes it leaves undefined map to U+FFFD.
-const CP1252_80_9F: [char; 32] = [
-    '\u{20AC}', '\u{FFFD}', '\u{201A}', '\u{0192}', '\u{201E}', '\u{2026}', '\u{2020}', '\u{2021}',
-    '\u{02C6}', '\u{2030}', '\u{0160}', '\u{2039}', '\u{0152}', '\u{FFFD}', '\u{017D}', '\u{FFFD}',
-    '\u{FFFD}', '\u{2018}', '\u{2019}', '\u{201C}', '\u{201D}', '\u{2022}', '\u{2013}', '\u{2014}',
-    '\u{02DC}', '\u{2122}', '\u{0161}', '\u{203A}', '\u{0153}', '\u{FFFD}', '\u{017E}', '\u{0178}',
-];
-
 fn to_utf8(content_type: Option<&str>, body: &[u8]) -> String {
     match charset(content_type, body) {
         // Every ISO-8859-1 byte is the code point of the same number.
         Charset::Latin1 => body.iter().map(|&b| b as char).collect(),
         Charset::Windows1252 => body
             .iter()
-            .map(|&b| match b {
-                0x80..=0x9F => CP1252_80_9F[usize::from(b - 0x80)],
-                _ => b as char,
-            })
+            .map(|&b| crate::translator::codepage::cp1252_decode(b))
             .collect(),
         Charset::Utf8 => String::from_utf8_lossy(body).into_owned(),
     }
@@ -306,14 +541,7 @@ fn read_answer(text: &str) -> Result<Soap, String> {
                 push_text(&mut fault, &path, s);
             }
             Event::GeneralRef(r) if in_fault.is_some() => {
-                let name = r.xml10_content();
-                let resolved = match r.resolve_char_ref() {
-                    Ok(Some(c)) => c.to_string(),
-                    _ => quick_xml::escape::resolve_predefined_entity(&name)
-                        .map(str::to_string)
-                        .unwrap_or_else(|| format!("&{name};")),
-                };
-                push_text(&mut fault, &path, &resolved);
+                push_text(&mut fault, &path, &resolve_ref(&r));
             }
             _ => {}
         }
@@ -331,6 +559,18 @@ fn read_answer(text: &str) -> Result<Soap, String> {
         envelope,
         fault: Some(fault),
     })
+}
+
+/// An entity or character reference as the text it stands for (an unknown
+/// entity as written).
+fn resolve_ref(r: &quick_xml::events::BytesRef<'_>) -> String {
+    let name = r.xml10_content();
+    match r.resolve_char_ref() {
+        Ok(Some(c)) => c.to_string(),
+        _ => quick_xml::escape::resolve_predefined_entity(&name)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("&{name};")),
+    }
 }
 
 fn push_text(fault: &mut Fault, path: &[String], s: &str) {
@@ -361,27 +601,30 @@ mod tests {
     fn a_2xx_is_delivered_only_with_a_soap_envelope_or_empty_if_the_connector_says() {
         let ok = format!("{ENV11}<Ack>got it</Ack>{END}");
         assert_eq!(
-            classify(200, Some("text/xml"), ok.as_bytes(), false, false),
+            classify(200, Some("text/xml"), ok.as_bytes(), false, false, None),
             Answer::Delivered
         );
         let ok12 = r#"<e:Envelope xmlns:e="http://www.w3.org/2003/05/soap-envelope"><e:Header/><e:Body/></e:Envelope>"#;
         assert_eq!(
-            classify(202, None, ok12.as_bytes(), false, false),
+            classify(202, None, ok12.as_bytes(), false, false, None),
             Answer::Delivered
         );
         // A byte-order mark in front is no reason to doubt it.
         let bom = format!("\u{feff}<?xml version=\"1.0\"?>\n{ok}");
         assert_eq!(
-            classify(200, None, bom.as_bytes(), false, false),
+            classify(200, None, bom.as_bytes(), false, false, None),
             Answer::Delivered
         );
         // An empty 2xx: only where the connector says the service answers so.
         for (status, body) in [(200, &b""[..]), (204, b"  \n")] {
             assert!(
-                matches!(classify(status, None, body, false, false), Answer::Down(ref r) if r.contains("accept_empty_2xx")),
+                matches!(classify(status, None, body, false, false, None), Answer::Down(ref r) if r.contains("accept_empty_2xx")),
                 "{status}"
             );
-            assert_eq!(classify(status, None, body, false, true), Answer::Delivered);
+            assert_eq!(
+                classify(status, None, body, false, true, None),
+                Answer::Delivered
+            );
         }
     }
 
@@ -403,7 +646,7 @@ mod tests {
         ];
         for body in cases {
             for accept_empty in [false, true] {
-                let got = classify(200, Some("text/html"), body, false, accept_empty);
+                let got = classify(200, Some("text/html"), body, false, accept_empty, None);
                 assert!(
                     matches!(&got, Answer::Down(r) if r.contains("not a SOAP envelope")),
                     "{}: {got:?}",
@@ -412,7 +655,7 @@ mod tests {
             }
         }
         // The start of the page says what answered.
-        let Answer::Down(reason) = classify(200, None, html, false, false) else {
+        let Answer::Down(reason) = classify(200, None, html, false, false, None) else {
             panic!()
         };
         assert!(reason.contains("502 Proxy Error"), "{reason}");
@@ -421,7 +664,7 @@ mod tests {
     #[test]
     fn a_fault_inside_a_200_is_a_rejection_with_code_and_text() {
         let body = fault11("soap:Client", "Permit 123 &amp; 124 are locked");
-        match classify(200, None, body.as_bytes(), false, false) {
+        match classify(200, None, body.as_bytes(), false, false, None) {
             Answer::Rejected { reason, client } => {
                 assert!(client);
                 assert!(
@@ -434,7 +677,7 @@ mod tests {
         }
         let body = fault11("soap:Server", "database busy");
         assert!(matches!(
-            classify(500, None, body.as_bytes(), false, false),
+            classify(500, None, body.as_bytes(), false, false, None),
             Answer::Rejected { client: false, .. }
         ));
     }
@@ -459,7 +702,7 @@ mod tests {
         ] {
             let body = format!("{ENV11}{payload}{END}");
             assert_eq!(
-                classify(200, None, body.as_bytes(), false, false),
+                classify(200, None, body.as_bytes(), false, false, None),
                 Answer::Delivered,
                 "{payload}"
             );
@@ -468,7 +711,7 @@ mod tests {
         let body =
             format!(r#"{ENV11}<e:Fault xmlns:e="http://www.w3.org/2003/05/soap-envelope"/>{END}"#);
         assert_eq!(
-            classify(200, None, body.as_bytes(), false, false),
+            classify(200, None, body.as_bytes(), false, false, None),
             Answer::Delivered
         );
         // Not an envelope at all: no Fault, and not delivered either.
@@ -478,7 +721,8 @@ mod tests {
                 None,
                 b"<Fault><faultcode>Client</faultcode></Fault>",
                 false,
-                false
+                false,
+                None
             ),
             Answer::Down(_)
         ));
@@ -505,7 +749,7 @@ mod tests {
             "<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?>{}",
             fault11("Server", "Pe\u{f1}a &#233;t&lt;e")
         ));
-        match classify(500, Some("text/xml"), &body, false, false) {
+        match classify(500, Some("text/xml"), &body, false, false, None) {
             Answer::Rejected { reason, .. } => {
                 assert!(reason.contains("Pe\u{f1}a \u{e9}t<e"), "{reason}")
             }
@@ -519,6 +763,7 @@ mod tests {
             &body,
             false,
             false,
+            None,
         ) {
             Answer::Rejected { reason, .. } => assert!(reason.contains("caf\u{e9}"), "{reason}"),
             other => panic!("{other:?}"),
@@ -541,7 +786,7 @@ mod tests {
             ),
             &[0x93, b'5', 0x80, 0x94],
         );
-        match classify(500, None, &body, false, false) {
+        match classify(500, None, &body, false, false, None) {
             Answer::Rejected { reason, .. } => {
                 assert!(reason.contains("\u{201C}5\u{20AC}\u{201D}"), "{reason}")
             }
@@ -552,7 +797,7 @@ mod tests {
             "text/xml; Charset=ISO-8859-1",
             "text/xml;CHARSET=\"latin1\"",
         ] {
-            match classify(500, Some(ct), &body, false, false) {
+            match classify(500, Some(ct), &body, false, false, None) {
                 Answer::Rejected { reason, .. } => {
                     assert!(reason.contains("caf\u{e9}"), "{ct}: {reason}")
                 }
@@ -575,19 +820,19 @@ mod tests {
     #[test]
     fn http_errors_malformed_and_oversized_answers() {
         assert!(matches!(
-            classify(500, None, b"", false, false),
+            classify(500, None, b"", false, false, None),
             Answer::Rejected { ref reason, client: false } if reason.contains("500")
         ));
         assert!(matches!(
-            classify(503, None, b"maintenance", false, false),
+            classify(503, None, b"maintenance", false, false, None),
             Answer::Down(_)
         ));
         assert!(matches!(
-            classify(200, None, b"<a><b></a>", false, false),
+            classify(200, None, b"<a><b></a>", false, false, None),
             Answer::Down(ref reason) if reason.contains("not well-formed")
         ));
         assert!(matches!(
-            classify(200, None, b"<a>", true, false),
+            classify(200, None, b"<a>", true, false, None),
             Answer::Rejected { ref reason, .. } if reason.contains("larger than")
         ));
         assert!(
@@ -603,6 +848,136 @@ mod tests {
                 reason: String::new()
             }
             .is_client()
+        );
+    }
+
+    fn rule(reason: Option<&str>) -> BusinessRule {
+        BusinessRule {
+            ok_path: vec!["UpdateResponse".into(), "Result".into()],
+            ok_values: vec!["OK".into(), "0".into()],
+            reason_path: reason.map(|r| r.split('/').map(str::to_string).collect()),
+        }
+    }
+
+    fn judge(body: &str, rule: &BusinessRule) -> Answer {
+        let body = format!(
+            r#"<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Header/><s:Body>{body}</s:Body></s:Envelope>"#
+        );
+        classify(
+            200,
+            Some("text/xml"),
+            body.as_bytes(),
+            false,
+            false,
+            Some(rule),
+        )
+    }
+
+    #[test]
+    fn a_business_answer_is_delivered_only_with_an_ok_value_at_ok_path() {
+        let r = rule(Some("UpdateResponse/Message"));
+        for ok in [
+            r#"<UpdateResponse><Result>OK</Result></UpdateResponse>"#,
+            r#"<p:UpdateResponse xmlns:p="urn:permits"><p:Result> 0 </p:Result><p:Message>fine</p:Message></p:UpdateResponse>"#,
+        ] {
+            assert_eq!(judge(ok, &r), Answer::Delivered, "{ok}");
+        }
+        assert_eq!(
+            judge(
+                r#"<UpdateResponse><Result>ERROR</Result><Message>Permit 123 is locked &amp; closed</Message></UpdateResponse>"#,
+                &r
+            ),
+            Answer::Rejected {
+                reason: "the service answered UpdateResponse/Result = \"ERROR\" (HTTP 200): Permit 123 is locked & closed".into(),
+                client: false
+            }
+        );
+        // Case as written: "ok" is not "OK".
+        assert!(matches!(
+            judge("<UpdateResponse><Result>ok</Result></UpdateResponse>", &r),
+            Answer::Rejected { reason, .. } if reason.ends_with("(the answer has no text at UpdateResponse/Message)")
+        ));
+        // Only the path under Body counts: a Result elsewhere does not.
+        let Answer::Rejected { reason, client } = judge(
+            "<Other><Result>OK</Result></Other><UpdateResponse><Status>OK</Status></UpdateResponse>",
+            &r,
+        ) else {
+            panic!()
+        };
+        assert!(!client);
+        assert!(
+            reason
+                .starts_with("HTTP 200: the answer has no UpdateResponse/Result element (ok_path)"),
+            "{reason}"
+        );
+        // An empty element is an empty result, not OK.
+        assert!(matches!(
+            judge("<UpdateResponse><Result/></UpdateResponse>", &r),
+            Answer::Rejected { reason, .. } if reason.contains("= \"\"")
+        ));
+    }
+
+    #[test]
+    fn a_long_business_reason_is_cut_and_a_fault_still_wins() {
+        let r = rule(Some("UpdateResponse/Message"));
+        let long = "x".repeat(5000);
+        let Answer::Rejected { reason, .. } = judge(
+            &format!(
+                "<UpdateResponse><Result>ERROR</Result><Message>{long}</Message></UpdateResponse>"
+            ),
+            &r,
+        ) else {
+            panic!()
+        };
+        assert!(
+            reason.chars().count() < 600 && reason.ends_with('…'),
+            "{}",
+            reason.len()
+        );
+        let fault = fault11("soap:Server", "down for backup");
+        assert!(matches!(
+            classify(500, None, fault.as_bytes(), false, false, Some(&r)),
+            Answer::Rejected { reason, client: false } if reason.contains("down for backup")
+        ));
+        // Not a SOAP envelope stays an outage whatever the rule says.
+        assert!(matches!(
+            classify(200, None, b"<html>proxy</html>", false, false, Some(&r)),
+            Answer::Down(_)
+        ));
+    }
+
+    #[test]
+    fn the_rule_is_checked_and_explained() {
+        let mut problems = Vec::new();
+        let mut report = |key: &str, text: String| problems.push(format!("{key} {text}"));
+        let raw = RawRule {
+            ok_path: Some("s:UpdateResponse/Result".into()),
+            ok_values: Some(vec![]),
+            reason_path: Some("Update Response".into()),
+        };
+        assert!(validate_rule(&raw, &mut report).is_none());
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("ok_path `s:UpdateResponse/Result`: write local names without a prefix (`UpdateResponse`)"), "{problems:?}");
+        assert!(
+            problems[1].starts_with(
+                "reason_path `Update Response`: `Update Response` is not an element name"
+            ),
+            "{problems:?}"
+        );
+        assert!(
+            problems[2].starts_with("ok_values is missing or empty"),
+            "{problems:?}"
+        );
+        let raw = RawRule {
+            ok_path: Some("/UpdateResponse/Result".into()),
+            ok_values: Some(vec!["OK".into(), "0".into()]),
+            reason_path: Some("UpdateResponse/Message".into()),
+        };
+        let got = validate_rule(&raw, &mut |_, t| panic!("{t}")).unwrap();
+        assert_eq!(got, rule(Some("UpdateResponse/Message")));
+        assert_eq!(
+            explain_success(Some(&got), false),
+            "an HTTP 2xx answer carrying a SOAP envelope without a Fault in which the text of Body/UpdateResponse/Result is \"OK\" or \"0\" (otherwise a rejection, its reason from Body/UpdateResponse/Message)"
         );
     }
 }

@@ -113,6 +113,9 @@ pub struct SoapSpec {
     /// load balancer in front of the service may answer so without passing the
     /// request on, and a change counted as delivered is never sent again.
     pub accept_empty_2xx: bool,
+    /// `[transport.answer]`: where a 2xx envelope says whether the service
+    /// took the change (legacy services that answer 200 with `<Result>ERROR`).
+    pub answer: Option<answer::BusinessRule>,
 }
 
 /// The `[transport]` keys of kind "soap" (the loader refuses them for other kinds).
@@ -131,6 +134,7 @@ pub const KEYS: &[&str] = &[
     "max_in_flight_limit",
     "dead_letter_on_client_fault",
     "accept_empty_2xx",
+    "answer",
 ];
 
 /// `[transport] kind = "soap"` as written.
@@ -167,6 +171,8 @@ pub struct Raw {
     /// answer so). Default false: it is an outage, like any 2xx that is not a
     /// SOAP envelope.
     pub accept_empty_2xx: Option<bool>,
+    /// `[transport.answer]`: `ok_path`, `ok_values`, `reason_path`.
+    pub answer: Option<answer::RawRule>,
 }
 
 /// Validates `[transport] kind = "soap"`; every problem goes to `problems`
@@ -366,6 +372,15 @@ pub fn validate(t: &Raw, base: &Path, problems: &mut Problems<'_>) -> Option<Tra
             max_in_flight
         }
     };
+    let rule = t.answer.as_ref().and_then(|raw| {
+        answer::validate_rule(raw, &mut |key, text| {
+            problems.at(
+                Some("transport.answer"),
+                key,
+                format!("[transport.answer] {key} {text}"),
+            )
+        })
+    });
     if problems.len() > before {
         return None;
     }
@@ -385,6 +400,7 @@ pub fn validate(t: &Raw, base: &Path, problems: &mut Problems<'_>) -> Option<Tra
         adaptive,
         dead_letter_on_client_fault: t.dead_letter_on_client_fault.unwrap_or(false),
         accept_empty_2xx: t.accept_empty_2xx.unwrap_or(false),
+        answer: rule,
     })))
 }
 
@@ -436,11 +452,48 @@ pub fn describe(s: &SoapSpec) -> String {
     } else {
         format!("{} in flight", s.max_in_flight)
     };
+    let rule = match &s.answer {
+        Some(rule) => format!(", delivered when {}", rule.explain()),
+        None => String::new(),
+    };
     format!(
-        "soap {version} -> {}{auth}{password}{ca}, timeout {}, {in_flight}{empty}",
+        "soap {version} -> {}{auth}{password}{ca}, timeout {}, {in_flight}{empty}{rule}",
         s.url,
         humantime::format_duration(s.timeout),
     )
+}
+
+/// The request line and headers a delivery sends (`translate --full`): the
+/// method and URL, Content-Type, SOAPAction, and how it logs in (never the
+/// password); then what counts as delivered.
+pub fn request_preview(s: &SoapSpec) -> String {
+    let mut out = format!("POST {}\n", s.url);
+    if let Ok(headers) = action_headers(s.version, &s.soap_action) {
+        for (name, value) in &headers {
+            out.push_str(&format!(
+                "{name}: {}\n",
+                String::from_utf8_lossy(value.as_bytes())
+            ));
+        }
+    }
+    match &s.auth {
+        Auth::Basic { username } => {
+            out.push_str(&format!(
+                "authorization: Basic ({username}:password from file)\n"
+            ));
+        }
+        Auth::UsernameToken { username, .. } => {
+            out.push_str(&format!(
+                "(WS-Security UsernameToken for {username} in the envelope's header)\n"
+            ));
+        }
+        Auth::None => {}
+    }
+    out.push_str(&format!(
+        "delivered when: {}\n",
+        answer::explain_success(s.answer.as_ref(), s.accept_empty_2xx)
+    ));
+    out
 }
 
 /// Why the password could not be had. It names the file, never the password.
@@ -798,6 +851,7 @@ async fn send(
         &answer,
         truncated,
         spec.accept_empty_2xx,
+        spec.answer.as_ref(),
     ) {
         answer::Answer::Delivered => Outcome::Delivered,
         answer::Answer::Down(reason) => Outcome::Down { reason },

@@ -36,7 +36,9 @@ pub fn report(counts: &[QueueCounts], health: Option<&Health>) -> Value {
             let (state, last_error, paused, down_for) = match health {
                 Some(h) => {
                     let th = h.get(&c.name);
-                    let state = if th.paused {
+                    let state = if c.orphaned {
+                        "orphaned"
+                    } else if th.paused {
                         "paused"
                     } else if th.down {
                         "down"
@@ -57,9 +59,11 @@ pub fn report(counts: &[QueueCounts], health: Option<&Health>) -> Value {
                 .oldest_queued_at_ms
                 .map(|t| now.saturating_sub(t) as f64 / 1000.0)
                 .unwrap_or(0.0);
+            let state = if c.orphaned { "orphaned" } else { state };
             json!({
                 "name": c.name,
                 "state": state,
+                "orphaned": c.orphaned,
                 "pending": c.pending,
                 "in_flight": c.in_flight,
                 "dead": c.dead,
@@ -97,6 +101,12 @@ pub fn live_report(counts: &[QueueCounts], live: &Live) -> Value {
         .unwrap_or_default()
         .into();
     v["keep_unrouted"] = json!(live.routing.as_ref().is_some_and(|r| r.keep_unrouted));
+    let reload = live.reload_state();
+    v["reload"] = if reload.at.is_some() {
+        serde_json::to_value(&reload).unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
     v["alerts"] = live
         .alerts
         .as_ref()
@@ -638,17 +648,69 @@ async fn metrics(State(s): State<Shared>) -> Response {
         "Files in a watched folder's .rejected/.",
         per_watch(&|w| crate::alerts::rejected_list(&w.dir, 0).0 as f64),
     );
+    family(
+        "hms_sync_deliveries_total",
+        "counter",
+        "Delivery outcomes since start: delivered, rejected (will retry), dead (dead-lettered), down (one per probe of a down target).",
+        health
+            .iter()
+            .flat_map(|(n, h)| {
+                [
+                    ("delivered", h.delivered),
+                    ("rejected", h.rejected.saturating_sub(h.dead_lettered)),
+                    ("dead", h.dead_lettered),
+                    ("down", h.down_probes),
+                ]
+                .map(|(outcome, v)| {
+                    (
+                        format!("{{target=\"{}\",outcome=\"{outcome}\"}}", label(n)),
+                        v as f64,
+                    )
+                })
+            })
+            .collect(),
+    );
+    family(
+        "hms_sync_orphaned",
+        "gauge",
+        "1 for a target whose connector was removed while deltas or dead letters were left (`hms-sync forget TARGET` drops them).",
+        counts
+            .iter()
+            .filter(|c| c.orphaned)
+            .map(|c| (format!("{{target=\"{}\"}}", label(&c.name)), 1.0))
+            .collect(),
+    );
+    let reload = s.live.reload_state();
+    family(
+        "hms_sync_reload_failed",
+        "gauge",
+        "1 if the last reload (SIGHUP, `hms-sync reload`) was refused; the running config stays.",
+        vec![(
+            String::new(),
+            if reload.error.is_some() { 1.0 } else { 0.0 },
+        )],
+    );
     let st = &s.queue.stats;
     family(
         "hms_sync_commit_seconds",
-        "summary",
-        "Queue commits (flush + fsync).",
+        "histogram",
+        "Durable queue commits (redb commit + fdatasync).",
         Vec::new(),
     );
+    let mut cumulative = 0;
+    for (bound, n) in crate::queue::handle::COMMIT_BUCKETS_S
+        .iter()
+        .zip(&st.commit_buckets)
+    {
+        cumulative += n.load(Relaxed);
+        out.push_str(&format!(
+            "hms_sync_commit_seconds_bucket{{le=\"{bound}\"}} {cumulative}\n"
+        ));
+    }
+    let commits = st.commits.load(Relaxed);
     out.push_str(&format!(
-        "hms_sync_commit_seconds_sum {}\nhms_sync_commit_seconds_count {}\n",
+        "hms_sync_commit_seconds_bucket{{le=\"+Inf\"}} {commits}\nhms_sync_commit_seconds_sum {}\nhms_sync_commit_seconds_count {commits}\n",
         st.commit_micros_total.load(Relaxed) as f64 / 1e6,
-        st.commits.load(Relaxed)
     ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -96,6 +96,14 @@ fn target_state(t: &Value, held: u64) -> (String, &'static str) {
     let dead = t["dead"].as_u64().unwrap_or(0);
     match state {
         "paused" => ("paused".into(), "paused"),
+        "orphaned" => (
+            format!(
+                "orphaned: its connector was removed; {} change(s) and {dead} dead letter(s) kept until it comes back or `hms-sync forget {}`",
+                t["pending"],
+                t["name"].as_str().unwrap_or("")
+            ),
+            "attention",
+        ),
         "down" => {
             let since = t["down_for_s"]
                 .as_f64()
@@ -148,6 +156,18 @@ pub fn attention(data: &PageData) -> Vec<String> {
         out.push(format!(
             "alert_command failing: {}",
             f["error"].as_str().unwrap_or("")
+        ));
+    }
+    let reload = &data.report["reload"];
+    if let Some(e) = reload["error"].as_str() {
+        out.push(format!(
+            "the last reload was refused (the running config stays): {e}"
+        ));
+    }
+    for k in reload["needs_restart"].as_array().into_iter().flatten() {
+        out.push(format!(
+            "changed in the config, applies after a restart: {}",
+            k.as_str().unwrap_or("")
         ));
     }
     out

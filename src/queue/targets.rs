@@ -1,0 +1,174 @@
+//! The set of targets, as the config says now: a reload adds, changes and
+//! removes targets; a removed target's queue is kept (**orphaned**) until its
+//! connector comes back or an operator forgets it.
+//!
+//! **Invariants:** an orphaned target receives no new deltas (it receives no
+//! collection) and has no worker; a target leaves the set only when its worker
+//! has stopped (the caller's duty: nothing of it is in flight); `forget` keeps the
+//! target's counters with its last seq, so that delivery ids are never reused if
+//! a connector of that name comes back.
+
+use std::collections::{HashMap, HashSet};
+
+use super::keys::{counters_key, key_of, seq_of_key, strings_of_key};
+use super::txn::{Txn, decode_err};
+use super::{Counters, Queue, QueueError, Target, TargetSpec, codec};
+
+/// What [`Queue::set_targets`] did, by target name.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct TargetChanges {
+    pub added: Vec<String>,
+    /// Orphaned targets whose connector came back: their queue goes out again.
+    pub returned: Vec<String>,
+    /// Removed with deltas or dead letters left: kept as orphaned.
+    pub orphaned: Vec<String>,
+    /// Removed with nothing left.
+    pub removed: Vec<String>,
+}
+
+/// A target with something queued, without a connector.
+fn orphan(name: String, counters: Counters) -> Target {
+    Target {
+        spec: TargetSpec {
+            name,
+            collections: Vec::new(),
+            fields: None,
+        },
+        counters,
+        in_flight: HashMap::new(),
+        in_flight_records: HashSet::new(),
+        orphaned: true,
+    }
+}
+
+fn has_work(c: &Counters) -> bool {
+    c.pending > 0 || c.dead > 0
+}
+
+impl Queue {
+    /// Targets with deltas or dead letters in the store that no spec names:
+    /// added as orphaned (at open).
+    pub(super) fn find_orphans(&mut self) -> Result<(), QueueError> {
+        let reader = self.store.reader()?;
+        for kv in reader.scan_prefix(&[b'c'])? {
+            let (k, v) = kv?;
+            let Some(parts) = strings_of_key(&k) else {
+                continue;
+            };
+            let [name] = parts.as_slice() else {
+                continue;
+            };
+            let name = name.clone();
+            if self.targets.contains_key(&name) {
+                continue;
+            }
+            let counters = codec::decode_counters(&v).map_err(decode_err(&k))?;
+            if has_work(&counters) {
+                self.targets.insert(name.clone(), orphan(name, counters));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adopts the connectors of a reloaded config. Targets not in `specs` must
+    /// have no worker any more (nothing in flight).
+    pub fn set_targets(&mut self, specs: Vec<TargetSpec>) -> Result<TargetChanges, QueueError> {
+        let mut changes = TargetChanges::default();
+        let wanted: HashSet<String> = specs.iter().map(|s| s.name.clone()).collect();
+        let names: Vec<String> = self.targets.keys().cloned().collect();
+        for name in names {
+            if wanted.contains(&name) || self.targets[&name].orphaned {
+                continue;
+            }
+            let mut t = self.targets.remove(&name).expect("listed above");
+            // The worker has stopped; anything it still held goes back.
+            t.in_flight.clear();
+            t.in_flight_records.clear();
+            if has_work(&t.counters) {
+                self.targets
+                    .insert(name.clone(), orphan(name.clone(), t.counters));
+                changes.orphaned.push(name);
+            } else {
+                changes.removed.push(name);
+            }
+        }
+        let reader = self.store.reader()?;
+        for spec in specs {
+            match self.targets.get_mut(&spec.name) {
+                Some(t) => {
+                    if t.orphaned {
+                        changes.returned.push(spec.name.clone());
+                        t.orphaned = false;
+                        self.touched.insert(spec.name.clone());
+                    }
+                    t.spec = spec;
+                }
+                None => {
+                    let key = counters_key(&spec.name);
+                    let counters = match reader.get(&key)? {
+                        Some(v) => codec::decode_counters(&v).map_err(decode_err(&key))?,
+                        None => Counters::default(),
+                    };
+                    changes.added.push(spec.name.clone());
+                    self.touched.insert(spec.name.clone());
+                    self.targets.insert(
+                        spec.name.clone(),
+                        Target {
+                            spec,
+                            counters,
+                            in_flight: HashMap::new(),
+                            in_flight_records: HashSet::new(),
+                            orphaned: false,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(changes)
+    }
+
+    pub fn is_orphaned(&self, name: &str) -> bool {
+        self.targets.get(name).is_some_and(|t| t.orphaned)
+    }
+
+    /// Drops the queue and dead letters of an orphaned target (its connector was
+    /// removed). Returns (deltas, dead letters) dropped. Reads the target's own
+    /// deltas only (to clear the records' pointers at them), never every record.
+    pub fn forget(&mut self, name: &str) -> Result<(u64, u64), QueueError> {
+        let t = self.target(name)?;
+        if !t.orphaned {
+            return Err(QueueError::HasConnector(name.to_string()));
+        }
+        let mut c = t.counters;
+        let dropped = (c.pending, c.dead);
+        let mut txn = Txn::new(&self.store)?;
+        let reader = self.store.reader()?;
+        for kv in reader.scan_prefix(&key_of(b'p', &[name], None))? {
+            let (k, v) = kv?;
+            let entries = codec::chunk_entries(seq_of_key(&k), &v).map_err(decode_err(&k))?;
+            for (seq, bytes) in entries {
+                let q = codec::decode_queued(seq, bytes).map_err(decode_err(&k))?;
+                let mut entry = txn.record(&q.record)?;
+                if entry.waiting_for(name) == Some(seq) {
+                    entry.set_waiting(name, None);
+                    txn.put_record(&q.record, &entry);
+                }
+            }
+            txn.remove(k.to_vec());
+        }
+        for tag in [b'd', b'h'] {
+            for kv in reader.scan_prefix(&key_of(tag, &[name], None))? {
+                let (k, _) = kv?;
+                txn.remove(k.to_vec());
+            }
+        }
+        drop(reader);
+        c.pending = 0;
+        c.pending_bytes = 0;
+        c.dead = 0;
+        txn.insert(counters_key(name), codec::encode_counters(&c));
+        self.apply(txn)?;
+        self.targets.remove(name);
+        Ok(dropped)
+    }
+}

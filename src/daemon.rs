@@ -325,6 +325,24 @@ impl Pieces {
     }
 }
 
+/// What makes a connector "changed" at reload: every setting, the template and
+/// copybook texts (held in the connector), and the SOAP password file's content
+/// (read when the worker starts; a new password applies at the next reload).
+fn fingerprint(c: &Connector) -> String {
+    let mut f = format!("{c:?}");
+    if let crate::connector::TransportSpec::Soap(spec) = &c.transport
+        && let Some(path) = &spec.password_file
+    {
+        let secret = std::fs::read(path).unwrap_or_default();
+        // Compared only, never shown; a hash keeps it out of this string's text.
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        secret.hash(&mut h);
+        f.push_str(&format!(" password {:x}", h.finish()));
+    }
+    f
+}
+
 /// Settings that a reload cannot apply to the running daemon (they name what
 /// is open: the state, the sockets, the listener, the watched folders...).
 fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
@@ -462,7 +480,7 @@ async fn apply(
     for (name, w) in workers.iter() {
         match new.connector(name) {
             None => stopping.push(name.clone()),
-            Some(c) if format!("{c:?}") != format!("{:?}", w.connector) => {
+            Some(c) if fingerprint(c) != fingerprint(&w.connector) => {
                 st.changed.push(name.clone());
                 stopping.push(name.clone());
             }

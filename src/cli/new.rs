@@ -28,8 +28,9 @@ pub enum FormatKind {
 pub struct NewArgs {
     /// The target's name (letters, digits, `-`, `_`, `.`).
     name: String,
-    /// Default with `--format fixed`: file.
-    #[arg(long, value_enum, required_unless_present = "format")]
+    /// How it delivers: batch files into a folder (default), a SOAP web
+    /// service, or a serial line.
+    #[arg(long, value_enum)]
     transport: Option<TransportKind>,
     /// `fixed`: fixed-width records laid out by the COBOL copybook given with `--copybook`.
     #[arg(long, value_enum, requires = "copybook")]

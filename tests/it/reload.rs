@@ -481,3 +481,69 @@ fn forget_works_while_the_daemon_is_stopped_too() {
     let st = d.status_json();
     assert_eq!(st["targets"].as_array().unwrap().len(), 1, "{st}");
 }
+
+#[test]
+fn new_from_a_sample_record_then_reload_delivers_that_collection_without_a_restart() {
+    let d = TestDaemon::new()
+        .connector("housing", &csv_connector(&["permit_number"], "", FAST))
+        .start();
+    let mut c = d.client();
+    let parcel = json!({"parcel_no": "0042", "owner": {"name": "Ann <Lee>"}, "acres": 2.5});
+    // Before: no connector receives parcels, so the change is refused (not lost).
+    let refused = c.call(
+        &serde_json::to_string(&json!({"collection": "parcels", "key": "0042", "doc": parcel}))
+            .unwrap(),
+    );
+    assert_eq!(refused["ok"], false, "{refused}");
+    std::fs::write(d.path().join("parcel.json"), parcel.to_string()).unwrap();
+    let out = d.cli(&[
+        "new",
+        "assessor",
+        "--collection",
+        "parcels",
+        "--sample",
+        "parcel.json",
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("key `parcel_no` (guessed"),
+        "{}",
+        text(&out)
+    );
+    let toml =
+        std::fs::read_to_string(d.path().join("connectors/assessor/connector.toml")).unwrap();
+    assert!(
+        toml.contains("columns = [\"parcel_no\", \"acres\", \"owner.name\"]"),
+        "{toml}"
+    );
+    std::fs::create_dir_all(d.path().join("var/outbox/assessor")).unwrap();
+    let out = d.cli(&["check"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = d.cli(&["reload"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("assessor: new connector"),
+        "{}",
+        text(&out)
+    );
+    let ok = c.call(
+        &serde_json::to_string(&json!({"collection": "parcels", "key": "0042", "doc": parcel}))
+            .unwrap(),
+    );
+    assert_eq!(ok["ok"], true, "{ok}");
+    d.wait_for(Duration::from_secs(20), "the parcel delivered", |d| {
+        d.target_status("assessor")["delivered"] == 1
+    });
+    let out = std::fs::read_dir(d.path().join("var/outbox/assessor"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .unwrap();
+    let csv = std::fs::read_to_string(out).unwrap();
+    assert!(
+        csv.starts_with("delivery_id,op,parcel_no,acres,owner.name"),
+        "{csv}"
+    );
+    assert!(csv.contains(",0042,2.5,Ann <Lee>"), "{csv}");
+}

@@ -1,7 +1,7 @@
 //! A read-only view: the status report (`hms-sync status --json`, `GET /status`),
 //! Prometheus metrics (`GET /metrics`), the page for people (`GET /`, [`page`]),
-//! the record lookup (`GET /lookup`, `GET /records/<collection>/<key>`) and the
-//! widget (`GET /widget`).
+//! the record lookup (`GET /lookup`, `GET /records/<collection>/<key>`), the
+//! widget (`GET /widget`) and the page's live updates (`GET /events`, SSE).
 //!
 //! **Invariants:** nothing here changes state; the listener serves GET only; no
 //! secret is ever part of a report.
@@ -123,6 +123,8 @@ struct Shared {
     /// The delivery log, read backwards for `/records/...`.
     log_path: std::path::PathBuf,
     view: Arc<PageConfig>,
+    /// Ends `/events` requests waiting for a change at shutdown.
+    stop: watch::Receiver<bool>,
 }
 
 /// Who may read the listener: loopback always; `allow_from` networks; anyone
@@ -285,12 +287,14 @@ pub async fn serve(
         .route("/records/{collection}/{key}", get(record_json))
         .route("/lookup", get(lookup))
         .route("/widget", get(widget))
+        .route("/events", get(events))
         .with_state(Shared {
             queue,
             live,
             ingest,
             log_path: view.delivery_log.clone(),
             view: Arc::new(view),
+            stop: shutdown.clone(),
         })
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(access),
@@ -385,6 +389,54 @@ async fn page(
     match s.page_data().await {
         Ok((data, hours)) => Html(page::render(&data, &hours, dead_page)).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+    }
+}
+
+/// How long `/events` holds a request open waiting for a change.
+const EVENTS_HOLD: std::time::Duration = std::time::Duration::from_secs(25);
+
+/// `GET /events`: Server-Sent Events for the page. One event a request, sent as
+/// soon as the page's live parts differ from the ones the client has (its
+/// `Last-Event-ID`, or `?since=` from the page), else after [`EVENTS_HOLD`];
+/// `retry: 1000` makes the browser ask again a second later. A request at a
+/// time per open page; nothing is kept per client.
+async fn events(
+    State(mut s): State<Shared>,
+    headers: axum::http::HeaderMap,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Response {
+    let since = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+        .or_else(|| query_param(q.as_deref(), "since"));
+    let deadline = tokio::time::Instant::now() + EVENTS_HOLD;
+    loop {
+        let (data, hours) = match s.page_data().await {
+            Ok(d) => d,
+            Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+        };
+        let parts = page::live_parts(&data, &hours);
+        let id = page::parts_id(&parts);
+        if since.as_deref() != Some(id.as_str()) || tokio::time::Instant::now() >= deadline {
+            let body = format!(
+                "retry: 1000\nid: {id}\nevent: status\ndata: {}\n\n",
+                Value::Object(parts)
+            );
+            return (
+                [
+                    (header::CONTENT_TYPE, "text/event-stream"),
+                    (header::CACHE_CONTROL, "no-cache"),
+                ],
+                body,
+            )
+                .into_response();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            // 204 tells the browser not to reconnect: the daemon is stopping.
+            _ = s.stop.changed() => return StatusCode::NO_CONTENT.into_response(),
+        }
     }
 }
 

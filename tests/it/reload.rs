@@ -547,3 +547,67 @@ fn new_from_a_sample_record_then_reload_delivers_that_collection_without_a_resta
     );
     assert!(csv.contains(",0042,2.5,Ann <Lee>"), "{csv}");
 }
+
+#[test]
+fn a_reload_never_cancels_the_soap_delivery_in_hand_and_the_next_one_uses_the_new_settings() {
+    let server = crate::soap::LegacyBox::start();
+    server.set_delay(Duration::from_secs(2));
+    let d = TestDaemon::new()
+        .connector(
+            "cobol",
+            &crate::soap::soap_connector(&server.url(), "", FAST),
+        )
+        .start();
+    let mut c = d.client();
+    assert_eq!(
+        c.call(&envelope(
+            "1",
+            json!({"permit_number": "1", "status": "open"})
+        ))["ok"],
+        true
+    );
+    d.wait_for(Duration::from_secs(20), "the delivery in hand", |_| {
+        server.max_in_flight() == 1
+    });
+    let path = d.path().join("connectors/cobol/connector.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("root = \"PermitUpdate\"", "root = \"PermitChange\""),
+    )
+    .unwrap();
+    let r = sighup(&d);
+    assert_eq!(r["changed"], json!(["cobol"]), "{r}");
+    // The reload waited for the answer: delivered once, in the old format.
+    let st = d.target_status("cobol");
+    assert_eq!(
+        (st["delivered"].as_u64(), st["pending"].as_u64()),
+        (Some(1), Some(0)),
+        "{st}"
+    );
+    server.set_delay(Duration::ZERO);
+    assert_eq!(
+        c.call(&envelope(
+            "2",
+            json!({"permit_number": "2", "status": "open"})
+        ))["ok"],
+        true
+    );
+    d.wait_for(Duration::from_secs(20), "the second delivery", |d| {
+        d.target_status("cobol")["delivered"] == 2
+    });
+    let got = server.received();
+    let seen: Vec<(&str, &str, &str)> = got
+        .iter()
+        .map(|r| (r.id.as_str(), r.key.as_str(), r.root.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("cobol:1", "1", "PermitUpdate"),
+            ("cobol:2", "2", "PermitChange")
+        ],
+        "{seen:?}"
+    );
+    assert!(server.errors().is_empty(), "{:?}", server.errors());
+}

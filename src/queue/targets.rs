@@ -50,7 +50,7 @@ impl Queue {
     /// added as orphaned (at open).
     pub(super) fn find_orphans(&mut self) -> Result<(), QueueError> {
         let reader = self.store.reader()?;
-        for kv in reader.scan_prefix(&[b'c'])? {
+        for kv in reader.scan_prefix(b"c")? {
             let (k, v) = kv?;
             let Some(parts) = strings_of_key(&k) else {
                 continue;
@@ -170,5 +170,96 @@ impl Queue {
         self.apply(txn)?;
         self.targets.remove(name);
         Ok(dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Change, ChangeSet, RecordId, now_ms};
+
+    fn spec(name: &str) -> TargetSpec {
+        TargetSpec {
+            name: name.into(),
+            collections: vec!["permits".into()],
+            fields: None,
+        }
+    }
+
+    fn change(key: &str, v: i64) -> ChangeSet {
+        let doc = serde_json::json!({ "v": v });
+        ChangeSet {
+            changes: vec![Change {
+                record: RecordId::new("permits", key),
+                doc: Some(crate::diff::flatten(doc.as_object().unwrap(), 8).unwrap()),
+            }],
+            full_collections: vec![],
+        }
+    }
+
+    fn count(q: &Queue, name: &str) -> Option<crate::queue::QueueCounts> {
+        q.counts().unwrap().into_iter().find(|c| c.name == name)
+    }
+
+    #[test]
+    fn a_removed_target_is_orphaned_across_reopen_takes_nothing_new_and_comes_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut q = Queue::open(dir.path(), 8, vec![spec("a"), spec("b")]).unwrap();
+            q.ingest(&[change("1", 1), change("2", 1)]).unwrap();
+            let changes = q.set_targets(vec![spec("a")]).unwrap();
+            assert_eq!(changes.orphaned, ["b"]);
+            q.ingest(&[change("3", 1), change("1", 2)]).unwrap();
+            let b = count(&q, "b").unwrap();
+            assert!(b.orphaned && b.pending == 2, "{b:?}");
+            assert_eq!(count(&q, "a").unwrap().pending, 3);
+            q.commit().unwrap();
+        }
+        let mut q = Queue::open(dir.path(), 8, vec![spec("a")]).unwrap();
+        assert!(q.is_orphaned("b"));
+        let changes = q.set_targets(vec![spec("a"), spec("b")]).unwrap();
+        assert_eq!(changes.returned, ["b"]);
+        assert!(changes.added.is_empty());
+        let lease = q.lease("b", 10, now_ms()).unwrap();
+        let keys: Vec<&str> = lease
+            .items
+            .iter()
+            .map(|l| l.queued.record.key.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            ["1", "2"],
+            "what was kept, in order; nothing of the orphaned time"
+        );
+        // A record's waiting delta still absorbs its newer changes after the return.
+        q.ack("b", &[1, 2]).unwrap();
+        q.ingest(&[change("2", 5)]).unwrap();
+        assert_eq!(count(&q, "b").unwrap().pending, 1);
+    }
+
+    #[test]
+    fn forget_drops_the_queue_clears_the_records_pointers_and_never_reuses_a_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Queue::open(dir.path(), 8, vec![spec("a"), spec("b")]).unwrap();
+        q.ingest(&[change("1", 1), change("2", 1)]).unwrap();
+        let lease = q.lease("b", 1, now_ms()).unwrap();
+        q.dead_letter("b", lease.items[0].queued.seq, "refused")
+            .unwrap();
+        q.ingest(&[change("1", 2)]).unwrap(); // held behind the dead letter
+        assert!(matches!(q.forget("b"), Err(QueueError::HasConnector(_))));
+        assert!(matches!(q.forget("zz"), Err(QueueError::UnknownTarget(_))));
+        q.set_targets(vec![spec("a")]).unwrap();
+        assert_eq!(q.forget("b").unwrap(), (1, 1));
+        assert!(count(&q, "b").is_none());
+        q.commit().unwrap();
+        drop(q);
+        let mut q = Queue::open(dir.path(), 8, vec![spec("a")]).unwrap();
+        assert!(count(&q, "b").is_none(), "nothing left to orphan");
+        q.set_targets(vec![spec("a"), spec("b")]).unwrap();
+        q.ingest(&[change("2", 9)]).unwrap();
+        let lease = q.lease("b", 10, now_ms()).unwrap();
+        assert_eq!(lease.items.len(), 1);
+        assert_eq!(lease.items[0].queued.seq, 3, "after the forgotten 1 and 2");
+        assert_eq!(lease.items[0].queued.record.key, "2");
     }
 }

@@ -237,16 +237,7 @@ impl Queue {
                 Some(v) => codec::decode_counters(&v).map_err(decode_err(&key))?,
                 None => Counters::default(),
             };
-            targets.insert(
-                spec.name.clone(),
-                Target {
-                    spec,
-                    counters,
-                    in_flight: HashMap::new(),
-                    in_flight_records: HashSet::new(),
-                    orphaned: false,
-                },
-            );
+            targets.insert(spec.name.clone(), Target::new(spec, counters));
         }
         drop(reader);
         let mut queue = Queue {

@@ -26,18 +26,28 @@ pub struct TargetChanges {
     pub removed: Vec<String>,
 }
 
+impl Target {
+    pub(super) fn new(spec: TargetSpec, counters: Counters) -> Target {
+        Target {
+            spec,
+            counters,
+            in_flight: HashMap::new(),
+            in_flight_records: HashSet::new(),
+            orphaned: false,
+        }
+    }
+}
+
 /// A target with something queued, without a connector.
 fn orphan(name: String, counters: Counters) -> Target {
+    let spec = TargetSpec {
+        name,
+        collections: Vec::new(),
+        fields: None,
+    };
     Target {
-        spec: TargetSpec {
-            name,
-            collections: Vec::new(),
-            fields: None,
-        },
-        counters,
-        in_flight: HashMap::new(),
-        in_flight_records: HashSet::new(),
         orphaned: true,
+        ..Target::new(spec, counters)
     }
 }
 
@@ -111,16 +121,8 @@ impl Queue {
                     };
                     changes.added.push(spec.name.clone());
                     self.touched.insert(spec.name.clone());
-                    self.targets.insert(
-                        spec.name.clone(),
-                        Target {
-                            spec,
-                            counters,
-                            in_flight: HashMap::new(),
-                            in_flight_records: HashSet::new(),
-                            orphaned: false,
-                        },
-                    );
+                    self.targets
+                        .insert(spec.name.clone(), Target::new(spec, counters));
                 }
             }
         }

@@ -13,22 +13,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{TestDaemon, csv_connector, envelope};
+use crate::harness::{Client, TestDaemon, csv_connector, envelope};
+use crate::operator::{code, text};
 
 const FAST: &str = "max_attempts = 3\nbackoff = \"50ms\"\nmax_backoff = \"200ms\"";
 const RECORD: &str = "alert_command = \"echo \\\"$HMS_ALERT $HMS_ALERT_STATE\\\" >> alerts.txt\"";
-
-fn code(out: &std::process::Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// SIGHUP to the running daemon; waits until `status --json` shows a reload
 /// newer than `before` (the previous reload's `at`, or null).
@@ -81,6 +70,18 @@ fn keys_once(d: &TestDaemon, target: &str) -> BTreeSet<String> {
         assert_eq!(*n, 1, "{target}: key {k} delivered {n} times");
     }
     seen.into_keys().collect()
+}
+
+/// Sends creates of keys `prefix{from..to}` with `status` and waits for each answer.
+fn creates(c: &mut Client, prefix: &str, keys: std::ops::Range<u32>, status: &str) {
+    for i in keys {
+        let key = format!("{prefix}{i}");
+        let a = c.call(&envelope(
+            &key,
+            json!({"permit_number": key, "status": status}),
+        ));
+        assert_eq!(a["ok"], true, "{a}");
+    }
 }
 
 /// Sends `count` creates (keys `prefix0..`) from a thread, one at a time, and
@@ -224,16 +225,7 @@ fn a_removed_connector_is_orphaned_kept_across_kill_9_and_delivers_all_when_it_c
         .start();
     assert_eq!(code(&d.cli(&["pause", "cobol"])), 0);
     let mut c = d.client();
-    for i in 0..20 {
-        let key = format!("a{i}");
-        assert_eq!(
-            c.call(&envelope(
-                &key,
-                json!({"permit_number": key, "status": "s"})
-            ))["ok"],
-            true
-        );
-    }
+    creates(&mut c, "a", 0..20, "s");
     d.wait_for(Duration::from_secs(20), "20 pending for cobol", |d| {
         d.target_status("cobol")["pending"] == 20 && d.target_status("housing")["delivered"] == 20
     });
@@ -270,16 +262,7 @@ fn a_removed_connector_is_orphaned_kept_across_kill_9_and_delivers_all_when_it_c
     let out = d.cli(&["status", "--check"]);
     assert_eq!(code(&out), 1, "{}", text(&out));
     // An orphaned target takes no new deltas; housing (sentinel) gets them.
-    for i in 0..10 {
-        let key = format!("b{i}");
-        assert_eq!(
-            c.call(&envelope(
-                &key,
-                json!({"permit_number": key, "status": "s"})
-            ))["ok"],
-            true
-        );
-    }
+    creates(&mut c, "b", 0..10, "s");
     d.wait_for(Duration::from_secs(20), "housing got the new ones", |d| {
         d.target_status("housing")["delivered"] == 30
     });
@@ -399,13 +382,7 @@ fn forget_drops_an_orphaned_queue_refuses_a_configured_or_unknown_target_and_ids
         d.target_status("cobol")["delivered"] == 1
     });
     assert_eq!(code(&d.cli(&["pause", "cobol"])), 0);
-    for i in 1..=5 {
-        let key = i.to_string();
-        assert_eq!(
-            c.call(&envelope(&key, json!({"permit_number": key})))["ok"],
-            true
-        );
-    }
+    creates(&mut c, "", 1..6, "s");
     d.wait_for(Duration::from_secs(20), "5 pending for cobol", |d| {
         d.target_status("cobol")["pending"] == 5
     });

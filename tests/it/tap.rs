@@ -8,12 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::harness::{BIN, TestDaemon, csv_connector, envelope};
+use crate::operator::code;
 
 const FAST: &str = "max_attempts = 3\nbackoff = \"50ms\"\nmax_backoff = \"200ms\"";
-
-fn code(out: &std::process::Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
 
 #[test]
 fn tap_prints_each_payload_as_it_is_sent_and_a_reader_that_never_reads_does_not_slow_delivery() {

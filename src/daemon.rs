@@ -437,7 +437,10 @@ async fn reload(
     routing: &crate::watcher::Routing,
     live: &crate::control::Live,
 ) -> ReloadState {
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+    // systemd 253+ ends a service that says RELOADING=1 without MONOTONIC_USEC.
+    if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading, now]);
+    }
     let mut st = ReloadState {
         at: Some(crate::record::format_ms(crate::record::now_ms())),
         ..ReloadState::default()

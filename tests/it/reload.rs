@@ -588,3 +588,41 @@ fn a_reload_never_cancels_the_soap_delivery_in_hand_and_the_next_one_uses_the_ne
     );
     assert!(server.errors().is_empty(), "{:?}", server.errors());
 }
+
+#[test]
+fn systemd_is_told_reloading_with_a_monotonic_time_then_ready_again() {
+    use std::os::unix::net::UnixDatagram;
+    let mut d =
+        TestDaemon::new().connector("housing", &csv_connector(&["permit_number"], "", FAST));
+    d.write_config();
+    let notify_path = d.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let log = std::fs::File::create(d.path().join("daemon.log")).unwrap();
+    d.child = Some(
+        std::process::Command::new(crate::harness::BIN)
+            .args(["run", "-c"])
+            .arg(d.config_path())
+            .current_dir(d.path())
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let mut buf = [0u8; 512];
+    let mut next = || {
+        let n = notify.recv(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next(), "READY=1\n");
+    sighup(&d);
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert_eq!(next(), "READY=1\n");
+}

@@ -243,7 +243,9 @@ pub fn check_level(cfg: &Config, report: &Value) -> (u8, String) {
             ));
         }
         let oldest = t["oldest_pending_age_s"].as_f64().unwrap_or(0.0);
-        if t["state"] != "paused" && oldest >= stale_after && t["pending"].as_u64() > Some(0) {
+        // A paused or orphaned target's backlog waits on purpose (warned above).
+        let parked = t["state"] == "paused" || t["state"] == "orphaned";
+        if !parked && oldest >= stale_after && t["pending"].as_u64() > Some(0) {
             critical.push(format!(
                 "{name}: oldest pending change is {} old",
                 age(oldest)

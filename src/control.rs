@@ -358,6 +358,11 @@ pub fn execute(q: &mut Queue, req: Request, log: &DeliveryLog) -> Result<Value, 
         }
         Request::Forget { target } => {
             let (deltas, dead) = q.forget(&target)?;
+            // A pause of the forgotten target must not hold back a new connector
+            // of that name.
+            if let Err(e) = crate::paused::set(q.state_dir(), &target, false) {
+                tracing::warn!(target_name = %target, error = %format!("{e:#}"), "cannot clear the forgotten target's pause");
+            }
             // Not a delivery outcome (SPEC §7 lists those): the daemon's log says it.
             tracing::warn!(target_name = %target, deltas, dead, "operator forgot the queue of a removed connector");
             json!({ "forgotten": target, "deltas": deltas, "dead": dead })

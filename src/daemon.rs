@@ -57,6 +57,10 @@ pub fn delivery_log(cfg: &Config) -> DeliveryLog {
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    // First: SIGHUP's default action ends the process, and a reload may come as
+    // soon as systemd has READY=1 (it waits in the stream until the main loop).
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     // Before anything opens files: pooled socket clients, drop folders, the store.
     let open_files = socket::raise_open_file_limit();
     tracing::debug!(open_files, "open file limit");
@@ -210,8 +214,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let watchdog = sd_notify::watchdog_enabled();
     let mut ping_every =
         tokio::time::interval(watchdog.map(|d| d / 2).unwrap_or(Duration::from_secs(3600)));
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut cfg = cfg;
     loop {
         tokio::select! {
@@ -535,9 +537,8 @@ async fn apply(
     let paused = crate::paused::load(&new.state_dir).unwrap_or_default();
     for c in &new.connectors {
         if !workers.contains_key(&c.name) {
-            if paused.contains(&c.name) {
-                p.health.set_paused(&c.name, true);
-            }
+            // paused.json is the truth (`forget` clears a forgotten target's pause).
+            p.health.set_paused(&c.name, paused.contains(&c.name));
             workers.insert(c.name.clone(), p.start(c));
         }
     }

@@ -129,6 +129,11 @@ impl Queue {
         Ok(changes)
     }
 
+    /// The state folder (where `paused.json` lives beside the queue).
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
+    }
+
     pub fn is_orphaned(&self, name: &str) -> bool {
         self.targets.get(name).is_some_and(|t| t.orphaned)
     }

@@ -277,7 +277,8 @@ pub fn tap(cfg: &Config, target: &str, json: bool, count: Option<u64>) -> anyhow
                         ""
                     }
                 )?;
-                writeln!(out, "{}", v["payload"].as_str().unwrap_or(""))?;
+                let payload = v["payload"].as_str().unwrap_or("");
+                writeln!(out, "{}", payload.strip_suffix('\n').unwrap_or(payload))?;
             }
             out.flush()?;
             seen += 1;

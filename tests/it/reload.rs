@@ -626,3 +626,44 @@ fn systemd_is_told_reloading_with_a_monotonic_time_then_ready_again() {
     );
     assert_eq!(next(), "READY=1\n");
 }
+
+#[test]
+fn removing_and_restoring_a_connector_under_load_loses_nothing_and_sends_nothing_twice() {
+    let d = TestDaemon::new()
+        .connector(
+            "housing",
+            &csv_connector(&["permit_number", "status"], "", FAST),
+        )
+        .connector(
+            "cobol",
+            &csv_connector(&["permit_number", "status"], "", FAST),
+        )
+        .start();
+    let (feeder, sent) = feed(&d, "k", 900);
+    d.wait_for(Duration::from_secs(30), "a third sent", |_| {
+        sent.load(Ordering::SeqCst) >= 300
+    });
+    let folder = d.path().join("connectors/cobol");
+    let aside = d.path().join("cobol-aside");
+    std::fs::rename(&folder, &aside).unwrap();
+    let before_removal = sent.load(Ordering::SeqCst);
+    sighup(&d);
+    d.wait_for(Duration::from_secs(30), "two thirds sent", |_| {
+        sent.load(Ordering::SeqCst) >= 600
+    });
+    std::fs::rename(&aside, &folder).unwrap();
+    sighup(&d);
+    let after_return = sent.load(Ordering::SeqCst) + 1;
+    feeder.join().unwrap();
+    d.wait_for(Duration::from_secs(30), "everything settled", |d| {
+        let h = d.target_status("housing");
+        let c = d.target_status("cobol");
+        h["delivered"] == 900 && c["pending"] == 0 && c["in_flight"] == 0
+    });
+    assert_eq!(keys_once(&d, "housing").len(), 900);
+    let cobol = keys_once(&d, "cobol");
+    for i in (0..before_removal).chain(after_return..900) {
+        assert!(cobol.contains(&format!("k{i}")), "cobol lost k{i}");
+    }
+    assert_eq!(d.target_status("cobol")["state"], "up");
+}

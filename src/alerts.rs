@@ -10,6 +10,7 @@
 //! | `backlog_stale` | oldest pending change older than `oldest_pending_after` | target |
 //! | `file_rejected` | a watch's `.rejected/` holds files (`file_rejected = true`) | watch folder |
 //! | `alert_failed` | the last `alert_command` run failed or ran over 10 s | — |
+//! | `reload_failed` | the last reload (SIGHUP, `hms-sync reload`) was refused (`HMS_ERROR`) | — |
 //!
 //! **Invariants:** commands run one at a time on their own task, in the order
 //! the conditions changed, and a command running over [`COMMAND_TIMEOUT`] is
@@ -42,6 +43,7 @@ pub enum Kind {
     BacklogStale,
     FileRejected,
     AlertFailed,
+    ReloadFailed,
 }
 
 impl Kind {
@@ -52,6 +54,7 @@ impl Kind {
             Kind::BacklogStale => "backlog_stale",
             Kind::FileRejected => "file_rejected",
             Kind::AlertFailed => "alert_failed",
+            Kind::ReloadFailed => "reload_failed",
         }
     }
 }
@@ -124,6 +127,15 @@ impl Alerts {
         entry.0 += 1;
     }
 
+    /// A reload was refused (`Some(why)`) or applied (`None`): fires
+    /// `reload_failed` at once, resolves it at the next good reload.
+    pub fn reload(&self, error: Option<String>) {
+        self.set(
+            (Kind::ReloadFailed, String::new()),
+            error.map(|e| vec![("HMS_ERROR", e)]),
+        );
+    }
+
     /// For `status`: what fires now and whether the command fails.
     pub fn report(&self) -> Value {
         let s = self.state();
@@ -186,7 +198,8 @@ impl Alerts {
             for c in &counts {
                 let h = health.get(&c.name);
                 let down_for = h.down_since.map(|t| t.elapsed()).unwrap_or_default();
-                let down = !h.paused && h.down && down_for >= self.cfg.target_down_after;
+                let down =
+                    !c.orphaned && !h.paused && h.down && down_for >= self.cfg.target_down_after;
                 want.push((
                     (Kind::TargetDown, c.name.clone()),
                     down.then(|| {
@@ -201,7 +214,10 @@ impl Alerts {
                     .oldest_queued_at_ms
                     .map(|t| Duration::from_millis(now.saturating_sub(t)))
                     .unwrap_or_default();
-                let stale = !h.paused && c.pending > 0 && age >= self.cfg.oldest_pending_after;
+                let stale = !c.orphaned
+                    && !h.paused
+                    && c.pending > 0
+                    && age >= self.cfg.oldest_pending_after;
                 want.push((
                     (Kind::BacklogStale, c.name.clone()),
                     stale.then(|| {

@@ -370,6 +370,17 @@ pub fn discover(flag: Option<&Path>) -> Option<PathBuf> {
 
 /// Loads and validates the config (and every connector). `path == None`: embedded default.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
+    load_with(path, true)
+}
+
+/// The config file alone, its connectors left out (empty), for commands that
+/// only talk to a running daemon (`status`, `reload`) while a connector on disk
+/// is broken: the daemon still runs with the config it had.
+pub fn load_without_connectors(path: Option<&Path>) -> Result<Config, ConfigErrors> {
+    load_with(path, false)
+}
+
+fn load_with(path: Option<&Path>, with_connectors: bool) -> Result<Config, ConfigErrors> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let (source, text, base) = match path {
         Some(p) => {
@@ -391,7 +402,7 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
     };
     let file: ConfigFile = toml::from_str(&text)
         .map_err(|e| ConfigErrors(vec![toml_error(&source.to_string(), &text, &e)]))?;
-    build(source, &text, &base, file)
+    build(source, &text, &base, file, with_connectors)
 }
 
 /// A toml error as "file: line L, column C: message" (toml lists the known keys).
@@ -419,6 +430,7 @@ fn build(
     text: &str,
     base: &Path,
     file: ConfigFile,
+    with_connectors: bool,
 ) -> Result<Config, ConfigErrors> {
     let mut problems = Vec::new();
     let name = source.to_string();
@@ -596,6 +608,7 @@ fn build(
 
     let connectors = match connector::load_all(&connectors_dir, base) {
         Ok(c) => c,
+        Err(_) if !with_connectors => Vec::new(),
         Err(mut errs) => {
             problems.append(&mut errs);
             Vec::new()

@@ -73,7 +73,41 @@ pub enum Request {
         collection: String,
         key: String,
     },
+    /// `forget TARGET`: drop the queue of a target whose connector was removed.
+    Forget {
+        target: String,
+    },
+    /// `reload`: re-read the config and connectors (as SIGHUP does); answers
+    /// what changed or why the reload was refused.
+    Reload,
+    /// `tap TARGET`: one answer line, then one line per payload sent, until the
+    /// client goes away.
+    Tap {
+        target: String,
+    },
 }
+
+/// What the last reload did, for `status`, the page and `reload`'s answer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ReloadState {
+    /// When it ran (None: never since start).
+    pub at: Option<String>,
+    /// Why it was refused (the running config stays); None: it applied.
+    pub error: Option<String>,
+    /// Settings that changed in the file but apply only after a restart.
+    pub needs_restart: Vec<String>,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    /// Removed connectors whose queue is kept (`forget` drops it).
+    pub orphaned: Vec<String>,
+    /// Removed connectors with nothing queued.
+    pub removed: Vec<String>,
+    /// Orphaned targets whose connector came back.
+    pub returned: Vec<String>,
+}
+
+/// A `reload` request for the daemon's main loop, with where to send the result.
+pub type ReloadAsk = tokio::sync::oneshot::Sender<ReloadState>;
 
 /// What the daemon knows beside the queue, for the control path and the page.
 pub struct Live {
@@ -82,6 +116,21 @@ pub struct Live {
     pub alerts: Option<Arc<crate::alerts::Alerts>>,
     pub routing: Option<Arc<crate::watcher::Routing>>,
     pub ingest: Option<Arc<crate::watcher::IngestStats>>,
+    /// Where `tap` subscribers listen.
+    pub taps: Arc<crate::tap::Taps>,
+    /// The last reload's result.
+    pub reload: std::sync::Mutex<ReloadState>,
+    /// The daemon's main loop takes `reload` requests here.
+    pub reload_requests: Option<tokio::sync::mpsc::Sender<ReloadAsk>>,
+}
+
+impl Live {
+    pub fn reload_state(&self) -> ReloadState {
+        self.reload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// Most delivery-log lines `where` shows, and most bytes it reads backwards.
@@ -307,8 +356,19 @@ pub fn execute(q: &mut Queue, req: Request, log: &DeliveryLog) -> Result<Value, 
             let (queued, _) = q.resync(&target, Some(&record.collection), before.as_ref(), 1)?;
             json!({ "queued": queued, "known": true })
         }
+        Request::Forget { target } => {
+            let (deltas, dead) = q.forget(&target)?;
+            // A pause of the forgotten target must not hold back a new connector
+            // of that name.
+            if let Err(e) = crate::paused::set(q.state_dir(), &target, false) {
+                tracing::warn!(target_name = %target, error = %format!("{e:#}"), "cannot clear the forgotten target's pause");
+            }
+            // Not a delivery outcome (SPEC §7 lists those): the daemon's log says it.
+            tracing::warn!(target_name = %target, deltas, dead, "operator forgot the queue of a removed connector");
+            json!({ "forgotten": target, "deltas": deltas, "dead": dead })
+        }
         // Only a running daemon can apply these (the CLI handles "not running").
-        Request::Pause { .. } | Request::Probe { .. } => {
+        Request::Pause { .. } | Request::Probe { .. } | Request::Reload | Request::Tap { .. } => {
             json!({ "running": false })
         }
         Request::Snapshot { collection, key } => q
@@ -364,6 +424,10 @@ pub async fn serve(
             while let Ok(Some(line)) = lines.next_line().await {
                 let answer = match serde_json::from_str::<Request>(&line) {
                     Err(e) => json!({"ok": false, "error": format!("bad control request: {e}")}),
+                    Ok(Request::Tap { target }) => {
+                        tap(&target, &queue, &live, &mut lines, &mut write).await;
+                        break;
+                    }
                     Ok(req) => answer(req, &queue, &live, &log).await,
                 };
                 if write
@@ -386,10 +450,33 @@ async fn answer(req: Request, queue: &QueueHandle, live: &Live, log: &Arc<Delive
                 Err(e) => json!({"ok": false, "error": e}),
             };
         }
+        Request::Reload => {
+            let Some(tx) = &live.reload_requests else {
+                return json!({"ok": false, "error": "this process cannot reload"});
+            };
+            let (ask, answer) = tokio::sync::oneshot::channel();
+            if tx.send(ask).await.is_err() {
+                return json!({"ok": false, "error": "hms-sync is stopping"});
+            }
+            return match answer.await {
+                Ok(state) => json!({"ok": true, "result": state}),
+                Err(_) => json!({"ok": false, "error": "hms-sync is stopping"}),
+            };
+        }
         Request::Probe { target } => {
             let known = queue.call(|q| Ok(q.target_names())).await;
             if !known.is_ok_and(|k| k.contains(target)) {
                 return json!({"ok": false, "error": QueueError::UnknownTarget(target.clone()).to_string()});
+            }
+            if queue
+                .call({
+                    let t = target.clone();
+                    move |q| Ok(q.is_orphaned(&t))
+                })
+                .await
+                .unwrap_or(false)
+            {
+                return json!({"ok": false, "error": format!("{target} has no connector any more (orphaned); nothing to probe")});
             }
             let h = live.health.get(target);
             if h.paused {
@@ -414,6 +501,61 @@ async fn answer(req: Request, queue: &QueueHandle, live: &Live, log: &Arc<Delive
         }
         Ok(v) => json!({"ok": true, "result": v}),
         Err(e) => json!({"ok": false, "error": e.to_string()}),
+    }
+}
+
+/// Streams `target`'s payloads to one `tap` client until it goes away or the
+/// daemon stops: first `{"ok":true,...}`, then one JSON line per payload, and
+/// `{"lagged":N}` when the client fell behind and lost N.
+async fn tap<R: tokio::io::AsyncBufRead + Unpin>(
+    target: &str,
+    queue: &QueueHandle,
+    live: &Live,
+    client: &mut tokio::io::Lines<R>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) {
+    let t = target.to_string();
+    let known = queue
+        .call(move |q| Ok(q.target_names().contains(&t) && !q.is_orphaned(&t)))
+        .await
+        .unwrap_or(false);
+    if !known {
+        let e = QueueError::UnknownTarget(target.to_string()).to_string();
+        let _ = write
+            .write_all(format!("{}\n", json!({"ok": false, "error": e})).as_bytes())
+            .await;
+        return;
+    }
+    let mut sub = live.taps.subscribe(target);
+    let hello = json!({"ok": true, "result": {"tapping": target}});
+    if write
+        .write_all(format!("{hello}\n").as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = tokio::select! {
+            e = sub.events.recv() => e,
+            // The client hung up (or sent something): stop listening.
+            _ = client.next_line() => return,
+        };
+        let line = match event {
+            Ok(e) => serde_json::to_string(&e).unwrap_or_default(),
+            Err(RecvError::Lagged(n)) => json!({ "lagged": n }).to_string(),
+            Err(RecvError::Closed) => return,
+        };
+        // A client that stops reading fills its socket: this task waits, the
+        // channel drops its oldest payloads; delivery never waits.
+        if write
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
     }
 }
 

@@ -13,7 +13,8 @@
 //! (wires the pieces, owns shutdown), [`control`] (the CLI's local path to the
 //! daemon), [`status`] (read-only HTTP view), [`delivery_log`], [`cli`],
 //! [`alerts`] (`alert_command` on conditions that start and clear), [`paused`]
-//! (targets an operator paused, kept across restarts).
+//! (targets an operator paused, kept across restarts), [`tap`] (payloads as they
+//! go on the wire, for `hms-sync tap`).
 
 pub mod alerts;
 pub mod cli;
@@ -29,6 +30,7 @@ pub mod queue;
 pub mod record;
 pub mod replay;
 pub mod status;
+pub mod tap;
 pub mod translator;
 pub mod transport;
 pub mod watcher;

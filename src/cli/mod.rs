@@ -98,6 +98,33 @@ pub enum Command {
         /// The target (connector name).
         target: String,
     },
+    /// Print TARGET's payloads as they go on the wire, live (Ctrl-C to stop).
+    /// Costs nothing while nobody taps; a reader that falls behind skips
+    /// payloads (it is told how many), delivery never waits for it.
+    Tap {
+        /// The target (connector name).
+        target: String,
+        /// One JSON object a line: ts, target, id, attempt, encoding (text or
+        /// hex), payload.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many payloads.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Re-read the config and connectors in the running daemon (what
+    /// `systemctl reload hms-sync`, i.e. SIGHUP, does) and say what changed.
+    /// Exit 2 if the new config is refused (the running one stays).
+    Reload,
+    /// Drop the kept queue of TARGET, a connector removed while changes or dead
+    /// letters were left for it (shown as orphaned). Asks first on a terminal.
+    Forget {
+        /// The orphaned target (`hms-sync status` lists them).
+        target: String,
+        /// Do not ask (scripts; without a terminal nothing is asked anyway).
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// Where is this record? Its last known state and, per target, the last
     /// delivery, the pending change, in flight, held or dead (with the reason).
     Where {
@@ -207,13 +234,26 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         command => {
-            let cfg = load_config(path.as_deref())?;
+            let cfg = match load_config(path.as_deref()) {
+                Ok(cfg) => cfg,
+                Err(e) if matches!(command, Command::Status { .. } | Command::Reload) => {
+                    running_daemon_config(path.as_deref()).ok_or(e)?
+                }
+                Err(e) => return Err(e),
+            };
             match command {
                 Command::Run => run::run(cfg),
                 Command::Status { json, watch, check } => status::run(&cfg, json, watch, check),
                 Command::Pause { target } => operate::pause(&cfg, &target, true),
                 Command::Resume { target } => operate::pause(&cfg, &target, false),
                 Command::Probe { target } => operate::probe(&cfg, &target),
+                Command::Tap {
+                    target,
+                    json,
+                    count,
+                } => operate::tap(&cfg, &target, json, count),
+                Command::Reload => operate::reload(&cfg),
+                Command::Forget { target, yes } => operate::forget(&cfg, &target, yes),
                 Command::Where {
                     collection,
                     key,
@@ -243,6 +283,18 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
             "the configuration is not valid:\n{e}\n(run `hms-sync check` for the full list)"
         )))
     })
+}
+
+/// While the config on disk is broken, `status` and `reload` still reach a
+/// running daemon (which keeps the config it had): the config file without its
+/// connectors, if the daemon answers on its control socket.
+fn running_daemon_config(path: Option<&Path>) -> Option<Config> {
+    let cfg = config::load_without_connectors(path).ok()?;
+    std::os::unix::net::UnixStream::connect(cfg.control_socket()).ok()?;
+    eprintln!(
+        "hms-sync: warning: the config or a connector on disk is not valid (`hms-sync check` lists why); asking the running daemon, which keeps the config it had"
+    );
+    Some(cfg)
 }
 
 /// A small runtime for the commands that talk over sockets.

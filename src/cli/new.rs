@@ -28,8 +28,9 @@ pub enum FormatKind {
 pub struct NewArgs {
     /// The target's name (letters, digits, `-`, `_`, `.`).
     name: String,
-    /// Default with `--format fixed`: file.
-    #[arg(long, value_enum, required_unless_present = "format")]
+    /// How it delivers: batch files into a folder (default), a SOAP web
+    /// service, or a serial line.
+    #[arg(long, value_enum)]
     transport: Option<TransportKind>,
     /// `fixed`: fixed-width records laid out by the COBOL copybook given with `--copybook`.
     #[arg(long, value_enum, requires = "copybook")]
@@ -41,6 +42,116 @@ pub struct NewArgs {
     /// The collection it receives.
     #[arg(long, default_value = "permits")]
     collection: String,
+    /// A sample record (a JSON object, as a producer sends it): its fields become
+    /// the columns / fields of the scaffold (nested objects as dotted paths,
+    /// e.g. "address.city") instead of the permit example.
+    #[arg(long, value_name = "RECORD.json", conflicts_with = "format")]
+    sample: Option<PathBuf>,
+    /// With --sample: the field that holds the record's key (default: `id`, or
+    /// the first field named like `*_id`, `*_number`, `*_no` or `key`, else the
+    /// first field).
+    #[arg(long, value_name = "FIELD", requires = "sample")]
+    key: Option<String>,
+}
+
+/// The dotted paths of a sample record and the one holding its key.
+fn sample_fields(path: &Path, key: Option<&str>) -> anyhow::Result<(Vec<String>, String)> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("--sample {}: cannot read it: {e}", path.display())))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        UsageError(format!(
+            "--sample {}: line {}, column {}: not JSON: {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let serde_json::Value::Object(doc) = value else {
+        return Err(UsageError(format!(
+            "--sample {}: give one record, a JSON object like {{\"id\": \"1\", \"status\": \"open\"}}",
+            path.display()
+        ))
+        .into());
+    };
+    let flat = crate::diff::flatten(&doc, 32)
+        .map_err(|e| UsageError(format!("--sample {}: {e}", path.display())))?;
+    let mut paths: Vec<String> = flat.into_keys().collect();
+    if paths.is_empty() {
+        return Err(UsageError(format!(
+            "--sample {}: the record has no fields",
+            path.display()
+        ))
+        .into());
+    }
+    let key = match key {
+        Some(k) if paths.iter().any(|p| p == k) => k.to_string(),
+        Some(k) => {
+            return Err(UsageError(format!(
+                "--key {k}: the sample has no such field; its fields: {}",
+                paths.join(", ")
+            ))
+            .into());
+        }
+        None => paths
+            .iter()
+            .find(|p| *p == "id")
+            .or_else(|| {
+                paths.iter().find(|p| {
+                    ["_id", "_number", "_no", "key"]
+                        .iter()
+                        .any(|end| p.to_ascii_lowercase().ends_with(end))
+                })
+            })
+            .unwrap_or(&paths[0])
+            .clone(),
+    };
+    paths.retain(|p| *p != key);
+    paths.insert(0, key.clone());
+    Ok((paths, key))
+}
+
+/// `snake_case.path` -> `SnakeCasePath` (an XML element name).
+fn camel(path: &str) -> String {
+    path.split(['_', '.', '-', ' '])
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_uppercase().chain(c).collect::<String>())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The scaffold with the sample's fields in place of the permit example.
+fn with_sample(text: &str, collection: &str, paths: &[String], key: &str) -> String {
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|p| format!("\"{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let singular = collection.strip_suffix('s').unwrap_or(collection);
+    text.replace(
+        "columns = [\"permit_number\", \"status\"]",
+        &format!("columns = [{}]", list(paths)),
+    )
+    .replace(
+        "# key_column = \"permit_number\"",
+        &format!("key_column = \"{key}\""),
+    )
+    .replace(
+        "# fields = [\"status\", \"inspector.name\"]",
+        &format!("# fields = [{}]", list(&paths[1..])),
+    )
+    .replace(
+        "root = \"PermitUpdate\"",
+        &format!("root = \"{}Update\"", camel(singular)),
+    )
+    .replace(
+        "key_element = \"PermitNumber\"",
+        &format!("key_element = \"{}\"", camel(key)),
+    )
 }
 
 fn connectors_dir(config: Option<&Path>) -> PathBuf {
@@ -81,6 +192,21 @@ pub fn run(config: Option<&Path>, args: NewArgs) -> anyhow::Result<ExitCode> {
     }
     let transport = args.transport.unwrap_or(TransportKind::File);
     let mut text = scaffold(transport, &args.name, &args.collection);
+    if let Some(sample) = &args.sample {
+        let (paths, key) = sample_fields(sample, args.key.as_deref())?;
+        text = with_sample(&text, &args.collection, &paths, &key);
+        println!(
+            "from {}: key `{key}`{}, {} field(s): {}",
+            sample.display(),
+            if args.key.is_some() {
+                ""
+            } else {
+                " (guessed; --key FIELD to choose)"
+            },
+            paths.len(),
+            paths.join(", ")
+        );
+    }
     let folder = connectors_dir(config).join(&args.name);
     let mut copy = None;
     if let (Some(FormatKind::Fixed), Some(copybook)) = (args.format, &args.copybook) {
@@ -112,7 +238,9 @@ pub fn run(config: Option<&Path>, args: NewArgs) -> anyhow::Result<ExitCode> {
     }
     std::fs::write(folder.join("connector.toml"), text)?;
     println!("created {}", folder.join("connector.toml").display());
-    println!("edit it, then run `hms-sync check` and restart hms-sync");
+    println!(
+        "edit it, then run `hms-sync check` and `hms-sync reload` (or `systemctl reload hms-sync`)"
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -418,6 +546,57 @@ mod tests {
         std::fs::write(folder.join("connector.toml"), filled).unwrap();
         let c = crate::connector::load(&folder, tmp.path()).unwrap();
         assert!(matches!(c.format, crate::connector::Format::Fixed(_)));
+    }
+
+    #[test]
+    fn a_sample_record_becomes_the_columns_with_its_key_first_and_the_connector_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sample = tmp.path().join("parcel.json");
+        std::fs::write(
+            &sample,
+            r#"{"owner": "Ann", "parcel_no": "0042", "address": {"city": "Ely", "zip": "89301"}}"#,
+        )
+        .unwrap();
+        let (paths, key) = super::sample_fields(&sample, None).unwrap();
+        assert_eq!(key, "parcel_no");
+        assert_eq!(paths, ["parcel_no", "address.city", "address.zip", "owner"]);
+        use super::TransportKind::*;
+        for kind in [File, Serial, Soap] {
+            let folder = tmp.path().join(format!("{kind:?}"));
+            std::fs::create_dir_all(&folder).unwrap();
+            let text = super::with_sample(
+                &super::scaffold(kind, "x", "parcels"),
+                "parcels",
+                &paths,
+                &key,
+            );
+            assert!(!text.contains("permit_number"), "{text}");
+            match kind {
+                Soap => {
+                    assert!(text.contains("root = \"ParcelUpdate\""), "{text}");
+                    assert!(text.contains("key_element = \"ParcelNo\""), "{text}");
+                }
+                _ => assert!(
+                    text.contains(
+                        "columns = [\"parcel_no\", \"address.city\", \"address.zip\", \"owner\"]"
+                    ) && text.contains("key_column = \"parcel_no\""),
+                    "{text}"
+                ),
+            }
+            std::fs::write(folder.join("connector.toml"), &text).unwrap();
+            crate::connector::load(&folder, tmp.path())
+                .unwrap_or_else(|e| panic!("{kind:?}: {e:?}\n{text}"));
+        }
+        let err = super::sample_fields(&sample, Some("nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no such field; its fields: address.city"),
+            "{err}"
+        );
+        std::fs::write(&sample, "[1, 2]").unwrap();
+        let err = super::sample_fields(&sample, None).unwrap_err().to_string();
+        assert!(err.contains("give one record, a JSON object"), "{err}");
     }
 
     #[test]

@@ -84,7 +84,7 @@ fn paint(text: &str, state: &str, colour: bool) -> String {
     let code = match state {
         "up" => "32",
         "down" => "31",
-        "paused" => "33",
+        "paused" | "orphaned" => "33",
         _ => return text.to_string(),
     };
     format!("\x1b[{code}m{text}\x1b[0m")
@@ -117,7 +117,7 @@ pub fn table(cfg: &Config, report: &Value, colour: bool) -> String {
         return out;
     }
     out.push_str(&format!(
-        "{:<20} {:<6} {:>8} {:>9} {:>6} {:>10} {:>8}  LAST ERROR\n",
+        "{:<20} {:<8} {:>8} {:>9} {:>6} {:>10} {:>8}  LAST ERROR\n",
         "TARGET", "STATE", "PENDING", "IN FLIGHT", "DEAD", "DELIVERED", "OLDEST"
     ));
     for t in &targets {
@@ -135,7 +135,7 @@ pub fn table(cfg: &Config, report: &Value, colour: bool) -> String {
         out.push_str(&format!(
             "{:<20} {} {:>8} {:>9} {:>6} {:>10} {:>8}  {}\n",
             t["name"].as_str().unwrap_or(""),
-            paint(&format!("{state:<6}"), state, colour),
+            paint(&format!("{state:<8}"), state, colour),
             t["pending"].to_string(),
             t["in_flight"].to_string(),
             t["dead"].to_string(),
@@ -164,6 +164,31 @@ pub fn table(cfg: &Config, report: &Value, colour: bool) -> String {
             f["rows_done"],
             f["phase"].as_str().unwrap_or(""),
             f["running_s"],
+        ));
+    }
+    for t in report["targets"].as_array().into_iter().flatten() {
+        if t["orphaned"] == true {
+            let name = t["name"].as_str().unwrap_or("");
+            out.push_str(&format!(
+                "orphaned: {name} has no connector any more; its {} change(s) and {} dead letter(s) are kept until its connector comes back or `hms-sync forget {name}`\n",
+                t["pending"], t["dead"]
+            ));
+        }
+    }
+    if let Some(e) = report["reload"]["error"].as_str() {
+        out.push_str(&format!(
+            "reload refused at {} (the running config stays): {e}\n",
+            report["reload"]["at"].as_str().unwrap_or("")
+        ));
+    }
+    for k in report["reload"]["needs_restart"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        out.push_str(&format!(
+            "needs restart: `{}` changed in the config; it applies when hms-sync restarts\n",
+            k.as_str().unwrap_or("")
         ));
     }
     for u in report["unrouted"].as_array().into_iter().flatten() {
@@ -228,6 +253,9 @@ pub fn check_level(cfg: &Config, report: &Value) -> (u8, String) {
                 }
             }
             Some("paused") => warning.push(format!("{name} paused by an operator")),
+            Some("orphaned") => warning.push(format!(
+                "{name} is orphaned (connector removed, its queue kept; hms-sync forget {name})"
+            )),
             _ => {}
         }
         let dead = t["dead"].as_u64().unwrap_or(0);
@@ -237,7 +265,9 @@ pub fn check_level(cfg: &Config, report: &Value) -> (u8, String) {
             ));
         }
         let oldest = t["oldest_pending_age_s"].as_f64().unwrap_or(0.0);
-        if t["state"] != "paused" && oldest >= stale_after && t["pending"].as_u64() > Some(0) {
+        // A paused or orphaned target's backlog waits on purpose (warned above).
+        let parked = t["state"] == "paused" || t["state"] == "orphaned";
+        if !parked && oldest >= stale_after && t["pending"].as_u64() > Some(0) {
             critical.push(format!(
                 "{name}: oldest pending change is {} old",
                 age(oldest)
@@ -249,6 +279,9 @@ pub fn check_level(cfg: &Config, report: &Value) -> (u8, String) {
             "alert_command is failing: {}",
             f["error"].as_str().unwrap_or("")
         ));
+    }
+    if let Some(e) = report["reload"]["error"].as_str() {
+        warning.push(format!("the last reload was refused: {e}"));
     }
     for u in report["unrouted"].as_array().into_iter().flatten() {
         warning.push(format!(

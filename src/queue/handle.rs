@@ -91,6 +91,8 @@ fn release_free_memory() {
     }
 }
 
+type Wakers = Arc<std::sync::RwLock<HashMap<String, Arc<Notify>>>>;
+
 /// Commit statistics for `/metrics`, and where the writer thread's time goes:
 /// ingesting change sets (diff, encode, write into redb's memory), the other
 /// jobs (the workers' lease / ack, the operator's reads), the durable commit
@@ -102,7 +104,15 @@ pub struct CommitStats {
     pub ingest_micros_total: std::sync::atomic::AtomicU64,
     pub call_micros_total: std::sync::atomic::AtomicU64,
     pub idle_micros_total: std::sync::atomic::AtomicU64,
+    /// Commits that took at most [`COMMIT_BUCKETS_S`]`[i]` seconds (not
+    /// cumulative; `/metrics` sums them into Prometheus buckets).
+    pub commit_buckets: [std::sync::atomic::AtomicU64; COMMIT_BUCKETS_S.len()],
 }
+
+/// Upper bounds of the commit latency histogram, in seconds.
+pub const COMMIT_BUCKETS_S: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 impl CommitStats {
     fn add(counter: &std::sync::atomic::AtomicU64, since: Instant) {
@@ -111,13 +121,25 @@ impl CommitStats {
             std::sync::atomic::Ordering::Relaxed,
         );
     }
+
+    fn record(&self, took: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.commits.fetch_add(1, Relaxed);
+        self.commit_micros_total
+            .fetch_add(took.as_micros() as u64, Relaxed);
+        let s = took.as_secs_f64();
+        if let Some(i) = COMMIT_BUCKETS_S.iter().position(|&b| s <= b) {
+            self.commit_buckets[i].fetch_add(1, Relaxed);
+        }
+    }
 }
 
 /// Cheap to clone; every clone talks to the same writer thread.
 #[derive(Clone)]
 pub struct QueueHandle {
     jobs: mpsc::Sender<Job>,
-    wake: Arc<HashMap<String, Arc<Notify>>>,
+    /// Per target, its worker's notifier; a reload adds targets.
+    wake: Wakers,
     pub stats: Arc<CommitStats>,
     /// Becomes true if the writer thread panicked.
     panicked: tokio::sync::watch::Receiver<bool>,
@@ -127,13 +149,13 @@ impl QueueHandle {
     /// Starts the writer thread. It ends when every handle is dropped.
     pub fn spawn(mut queue: Queue) -> (QueueHandle, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel::<Job>(4096);
-        let wake: Arc<HashMap<String, Arc<Notify>>> = Arc::new(
+        let wake: Wakers = Arc::new(std::sync::RwLock::new(
             queue
                 .target_names()
                 .into_iter()
                 .map(|n| (n, Arc::new(Notify::new())))
                 .collect(),
-        );
+        ));
         let stats = Arc::new(CommitStats::default());
         let (panicked_tx, panicked) = tokio::sync::watch::channel(false);
         let handle = QueueHandle {
@@ -226,7 +248,16 @@ impl QueueHandle {
 
     /// The notifier that wakes `target`'s worker when it has new work.
     pub fn waker(&self, target: &str) -> Arc<Notify> {
-        self.wake.get(target).cloned().unwrap_or_default()
+        if let Some(n) = self
+            .wake
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(target)
+        {
+            return n.clone();
+        }
+        let mut map = self.wake.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(target.to_string()).or_default().clone()
     }
 
     /// Round trip through the writer thread, for the watchdog.
@@ -240,12 +271,7 @@ impl QueueHandle {
 
 /// Gathers jobs, runs them, commits once, answers them all; ends when every
 /// handle is dropped.
-fn writer_loop(
-    queue: &mut Queue,
-    mut rx: mpsc::Receiver<Job>,
-    wake: &HashMap<String, Arc<Notify>>,
-    stats: &CommitStats,
-) {
+fn writer_loop(queue: &mut Queue, mut rx: mpsc::Receiver<Job>, wake: &Wakers, stats: &CommitStats) {
     let mut last_trim = Instant::now();
     loop {
         let waited = Instant::now();
@@ -265,11 +291,7 @@ fn writer_loop(
         let was_dirty = queue.is_dirty();
         let result = queue.commit();
         if was_dirty {
-            use std::sync::atomic::Ordering::Relaxed;
-            stats.commits.fetch_add(1, Relaxed);
-            stats
-                .commit_micros_total
-                .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+            stats.record(started.elapsed());
         }
         if let Err(e) = &result {
             tracing::error!(error = %e, "queue commit failed; answering every waiting change with an error");
@@ -289,6 +311,7 @@ fn writer_loop(
             last_trim = Instant::now();
         }
         if result.is_ok() {
+            let wake = wake.read().unwrap_or_else(|p| p.into_inner());
             for name in queue.take_touched() {
                 if let Some(n) = wake.get(&name) {
                     n.notify_one();

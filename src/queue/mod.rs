@@ -46,6 +46,7 @@ pub mod migrate;
 mod operator;
 pub mod recover;
 pub mod store;
+mod targets;
 mod txn;
 mod worker;
 
@@ -56,6 +57,7 @@ pub use codec::{Counters, DeadLetter, QueuedDelta, RecordEntry};
 pub use keys::{delivery_id, parse_delivery_id};
 pub use operator::{RecordView, TargetView};
 pub use store::StoreError;
+pub use targets::TargetChanges;
 
 use crate::record::{Flat, RecordId};
 use keys::counters_key;
@@ -80,6 +82,11 @@ pub enum QueueError {
     },
     #[error("unknown target `{0}`")]
     UnknownTarget(String),
+    /// `forget` of a target whose connector is still configured.
+    #[error(
+        "`{0}` still has a connector; remove its folder from the connectors folder and reload before forgetting its queue"
+    )]
+    HasConnector(String),
     #[error("no dead letter {0}")]
     NoDeadLetter(String),
     /// A large file's part does not fit its recorded progress (a bug, or two
@@ -122,6 +129,9 @@ struct Target {
     /// yet answered. A handed-out delta never changes, so its size stays true.
     in_flight: HashMap<u64, (RecordId, u64)>,
     in_flight_records: HashSet<RecordId>,
+    /// No connector any more (removed by a reload, or absent at start) but
+    /// deltas or dead letters left: kept, not delivered (targets.rs).
+    orphaned: bool,
 }
 
 /// A delta handed to a worker, with the record's latest known state (read after
@@ -148,6 +158,9 @@ pub struct QueueCounts {
     pub dead: u64,
     pub delivered: u64,
     pub oldest_queued_at_ms: Option<u64>,
+    /// Its connector was removed; its queue is kept (see `forget`).
+    #[serde(default)]
+    pub orphaned: bool,
 }
 
 /// What one change set did, for the source's answer and the ingest metrics.
@@ -224,15 +237,7 @@ impl Queue {
                 Some(v) => codec::decode_counters(&v).map_err(decode_err(&key))?,
                 None => Counters::default(),
             };
-            targets.insert(
-                spec.name.clone(),
-                Target {
-                    spec,
-                    counters,
-                    in_flight: HashMap::new(),
-                    in_flight_records: HashSet::new(),
-                },
-            );
+            targets.insert(spec.name.clone(), Target::new(spec, counters));
         }
         drop(reader);
         let mut queue = Queue {
@@ -245,6 +250,7 @@ impl Queue {
             min_free_bytes: 0,
             disk_checked: None,
         };
+        queue.find_orphans()?;
         queue.commit()?;
         Ok(queue)
     }

@@ -42,6 +42,7 @@ impl Queue {
                 dead: t.counters.dead,
                 delivered: t.counters.delivered,
                 oldest_queued_at_ms: oldest,
+                orphaned: t.orphaned,
             });
         }
         Ok(out)

@@ -13,7 +13,13 @@ pub struct TargetHealth {
     /// Outage seconds before the current outage.
     pub outage_seconds_closed: f64,
     pub delivered: u64,
+    /// Refusals since start (those that dead-lettered included).
     pub rejected: u64,
+    /// Deltas dead-lettered since start.
+    pub dead_lettered: u64,
+    /// Probes that found the target down, since start (one per try, however
+    /// many deltas went back).
+    pub down_probes: u64,
     pub last_beat: Option<Instant>,
     /// Paused by an operator: nothing is sent, nothing counted.
     pub paused: bool,
@@ -116,6 +122,15 @@ impl Health {
             h.rejected += 1;
             h.last_error = Some(error.to_string());
         });
+    }
+
+    pub fn dead_lettered(&self, name: &str) {
+        self.with(name, |h| h.dead_lettered += 1);
+    }
+
+    /// One try found the target down (counted once per probe).
+    pub fn probe_failed(&self, name: &str) {
+        self.with(name, |h| h.down_probes += 1);
     }
 
     pub fn down(&self, name: &str, error: &str) {

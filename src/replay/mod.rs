@@ -97,6 +97,8 @@ pub struct Worker {
     pub health: Arc<Health>,
     /// Where dead letters are reported for `alert_command` (None in unit tests).
     pub alerts: Option<Arc<crate::alerts::Alerts>>,
+    /// Where `hms-sync tap` listens (None: nobody can).
+    pub tap: Option<Arc<crate::tap::Taps>>,
     pub shutdown: watch::Receiver<bool>,
     /// Delivered, with the ack still to be recorded: it rides with the next lease,
     /// so that one commit (one fsync) covers a delivery's ack and the next lease.
@@ -135,9 +137,16 @@ impl Worker {
             log,
             health,
             alerts: Some(alerts),
+            tap: None,
             shutdown,
             unacked: Vec::new(),
         }
+    }
+
+    /// Publishes every payload to `hms-sync tap` subscribers of this target.
+    pub fn with_tap(mut self, taps: Arc<crate::tap::Taps>) -> Worker {
+        self.tap = Some(taps);
+        self
     }
 
     pub async fn run(mut self) {
@@ -294,6 +303,9 @@ impl Worker {
         if payloads.is_empty() {
             return None;
         }
+        if let Some(tap) = &self.tap {
+            tap.publish(&self.name, &payloads);
+        }
         let started = Instant::now();
         let outcomes = one_per_payload(
             &self.name,
@@ -338,14 +350,17 @@ impl Worker {
             match outcome {
                 Outcome::Delivered => {}
                 Outcome::Down { reason } => {
-                    self.health.down(&self.name, &reason);
                     let (name, seq) = (self.name.clone(), l.queued.seq);
                     if let Err(e) = self.queue.call(move |q| q.release(&name, seq)).await {
                         tracing::error!(target_name = %self.name, error = %e, "cannot return a delta to the queue");
                     }
-                    let mut e = self.entry(l, "down");
-                    e.error = Some(reason.clone());
-                    self.log.append(&e);
+                    // One `down` line per probe (the first delta that found the
+                    // target down), not one per delta that went back.
+                    if down.is_none() {
+                        let mut e = self.entry(l, "down");
+                        e.error = Some(reason.clone());
+                        self.log.append(&e);
+                    }
                     down = Some(Outcome::Down { reason });
                 }
                 Outcome::Rejected { reason } => {
@@ -364,6 +379,7 @@ impl Worker {
         // Any outage backs the whole target off.
         if let Some(Outcome::Down { reason }) = &down {
             self.health.down(&self.name, reason);
+            self.health.probe_failed(&self.name);
         }
         Some(down.or(answered).unwrap_or(Outcome::Delivered))
     }
@@ -394,6 +410,7 @@ impl Worker {
                 .await
             {
                 Ok(Some(dead)) => {
+                    self.health.dead_lettered(&self.name);
                     let mut e = self.entry(l, "dead");
                     e.error = Some(reason.to_string());
                     e.latency_ms = latency_ms;

@@ -60,6 +60,7 @@ fn rig(retry: RetryPolicy, batch_max: usize, batch_window: Duration, script: Scr
         log: Arc::new(DeliveryLog::new(log.clone(), 1 << 20, 1)),
         health: Arc::default(),
         alerts: None,
+        tap: None,
         shutdown,
         unacked: Vec::new(),
     };

@@ -1,7 +1,7 @@
 //! A read-only view: the status report (`hms-sync status --json`, `GET /status`),
 //! Prometheus metrics (`GET /metrics`), the page for people (`GET /`, [`page`]),
-//! the record lookup (`GET /lookup`, `GET /records/<collection>/<key>`) and the
-//! widget (`GET /widget`).
+//! the record lookup (`GET /lookup`, `GET /records/<collection>/<key>`), the
+//! widget (`GET /widget`) and the page's live updates (`GET /events`, SSE).
 //!
 //! **Invariants:** nothing here changes state; the listener serves GET only; no
 //! secret is ever part of a report.
@@ -36,7 +36,9 @@ pub fn report(counts: &[QueueCounts], health: Option<&Health>) -> Value {
             let (state, last_error, paused, down_for, concurrency) = match health {
                 Some(h) => {
                     let th = h.get(&c.name);
-                    let state = if th.paused {
+                    let state = if c.orphaned {
+                        "orphaned"
+                    } else if th.paused {
                         "paused"
                     } else if th.down {
                         "down"
@@ -58,9 +60,11 @@ pub fn report(counts: &[QueueCounts], health: Option<&Health>) -> Value {
                 .oldest_queued_at_ms
                 .map(|t| now.saturating_sub(t) as f64 / 1000.0)
                 .unwrap_or(0.0);
+            let state = if c.orphaned { "orphaned" } else { state };
             json!({
                 "name": c.name,
                 "state": state,
+                "orphaned": c.orphaned,
                 "pending": c.pending,
                 "in_flight": c.in_flight,
                 "dead": c.dead,
@@ -119,6 +123,12 @@ pub fn live_report(counts: &[QueueCounts], live: &Live) -> Value {
         })
         .unwrap_or_default()
         .into();
+    let reload = live.reload_state();
+    v["reload"] = if reload.at.is_some() {
+        serde_json::to_value(&reload).unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
     v["alerts"] = live
         .alerts
         .as_ref()
@@ -135,6 +145,8 @@ struct Shared {
     /// The delivery log, read backwards for `/records/...`.
     log_path: std::path::PathBuf,
     view: Arc<PageConfig>,
+    /// Ends `/events` requests waiting for a change at shutdown.
+    stop: watch::Receiver<bool>,
 }
 
 /// Who may read the listener: loopback always; `allow_from` networks; anyone
@@ -297,12 +309,14 @@ pub async fn serve(
         .route("/records/{collection}/{key}", get(record_json))
         .route("/lookup", get(lookup))
         .route("/widget", get(widget))
+        .route("/events", get(events))
         .with_state(Shared {
             queue,
             live,
             ingest,
             log_path: view.delivery_log.clone(),
             view: Arc::new(view),
+            stop: shutdown.clone(),
         })
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(access),
@@ -397,6 +411,54 @@ async fn page(
     match s.page_data().await {
         Ok((data, hours)) => Html(page::render(&data, &hours, dead_page)).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+    }
+}
+
+/// How long `/events` holds a request open waiting for a change.
+const EVENTS_HOLD: std::time::Duration = std::time::Duration::from_secs(25);
+
+/// `GET /events`: Server-Sent Events for the page. One event a request, sent as
+/// soon as the page's live parts differ from the ones the client has (its
+/// `Last-Event-ID`, or `?since=` from the page), else after [`EVENTS_HOLD`];
+/// `retry: 1000` makes the browser ask again a second later. A request at a
+/// time per open page; nothing is kept per client.
+async fn events(
+    State(mut s): State<Shared>,
+    headers: axum::http::HeaderMap,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Response {
+    let since = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+        .or_else(|| query_param(q.as_deref(), "since"));
+    let deadline = tokio::time::Instant::now() + EVENTS_HOLD;
+    loop {
+        let (data, hours) = match s.page_data().await {
+            Ok(d) => d,
+            Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+        };
+        let parts = page::live_parts(&data, &hours);
+        let id = page::parts_id(&parts);
+        if since.as_deref() != Some(id.as_str()) || tokio::time::Instant::now() >= deadline {
+            let body = format!(
+                "retry: 1000\nid: {id}\nevent: status\ndata: {}\n\n",
+                Value::Object(parts)
+            );
+            return (
+                [
+                    (header::CONTENT_TYPE, "text/event-stream"),
+                    (header::CACHE_CONTROL, "no-cache"),
+                ],
+                body,
+            )
+                .into_response();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            // 204 tells the browser not to reconnect: the daemon is stopping.
+            _ = s.stop.changed() => return StatusCode::NO_CONTENT.into_response(),
+        }
     }
 }
 
@@ -692,17 +754,69 @@ async fn metrics(State(s): State<Shared>) -> Response {
         })
         .collect(),
     );
+    family(
+        "hms_sync_deliveries_total",
+        "counter",
+        "Delivery outcomes since start: delivered, rejected (will retry), dead (dead-lettered), down (one per probe of a down target).",
+        health
+            .iter()
+            .flat_map(|(n, h)| {
+                [
+                    ("delivered", h.delivered),
+                    ("rejected", h.rejected.saturating_sub(h.dead_lettered)),
+                    ("dead", h.dead_lettered),
+                    ("down", h.down_probes),
+                ]
+                .map(|(outcome, v)| {
+                    (
+                        format!("{{target=\"{}\",outcome=\"{outcome}\"}}", label(n)),
+                        v as f64,
+                    )
+                })
+            })
+            .collect(),
+    );
+    family(
+        "hms_sync_orphaned",
+        "gauge",
+        "1 for a target whose connector was removed while deltas or dead letters were left (`hms-sync forget TARGET` drops them).",
+        counts
+            .iter()
+            .filter(|c| c.orphaned)
+            .map(|c| (format!("{{target=\"{}\"}}", label(&c.name)), 1.0))
+            .collect(),
+    );
+    let reload = s.live.reload_state();
+    family(
+        "hms_sync_reload_failed",
+        "gauge",
+        "1 if the last reload (SIGHUP, `hms-sync reload`) was refused; the running config stays.",
+        vec![(
+            String::new(),
+            if reload.error.is_some() { 1.0 } else { 0.0 },
+        )],
+    );
     let st = &s.queue.stats;
     family(
         "hms_sync_commit_seconds",
-        "summary",
-        "Queue commits (flush + fsync).",
+        "histogram",
+        "Durable queue commits (redb commit + fdatasync).",
         Vec::new(),
     );
+    let mut cumulative = 0;
+    for (bound, n) in crate::queue::handle::COMMIT_BUCKETS_S
+        .iter()
+        .zip(&st.commit_buckets)
+    {
+        cumulative += n.load(Relaxed);
+        out.push_str(&format!(
+            "hms_sync_commit_seconds_bucket{{le=\"{bound}\"}} {cumulative}\n"
+        ));
+    }
+    let commits = st.commits.load(Relaxed);
     out.push_str(&format!(
-        "hms_sync_commit_seconds_sum {}\nhms_sync_commit_seconds_count {}\n",
+        "hms_sync_commit_seconds_bucket{{le=\"+Inf\"}} {commits}\nhms_sync_commit_seconds_sum {}\nhms_sync_commit_seconds_count {commits}\n",
         st.commit_micros_total.load(Relaxed) as f64 / 1e6,
-        st.commits.load(Relaxed)
     ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

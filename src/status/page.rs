@@ -82,12 +82,51 @@ fn head(title: &str, refresh: bool) -> String {
         "<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content=\"width=device-width\">{}\
          <title>{}</title><style>{STYLE}</style></head><body>",
         if refresh {
-            "<meta http-equiv=refresh content=10>"
+            // Without JavaScript the whole page reloads; with it, /events
+            // replaces the parts that changed (LIVE_SCRIPT).
+            "<noscript><meta http-equiv=refresh content=10></noscript>"
         } else {
             ""
         },
         esc(title)
     )
+}
+
+/// Replaces the parts `/events` sends (element id -> HTML rendered and escaped
+/// here, on the server). If the stream fails twice, the page reloads itself
+/// every 10 s as it does without JavaScript.
+const LIVE_SCRIPT: &str = "<script>(function(){if(!window.EventSource)return;var f=0,\
+es=new EventSource('/events?since=ID');es.addEventListener('status',function(e){f=0;\
+var d=JSON.parse(e.data);for(var k in d){var el=document.getElementById(k);if(el)el.outerHTML=d[k];}});\
+es.onerror=function(){if(++f>1){es.close();setTimeout(function(){location.reload()},10000);}};})();</script>";
+
+/// The parts of the page `/events` keeps current without a reload: the summary
+/// and every target's card, by element id.
+pub fn live_parts(data: &PageData, hours: &[Vec<u64>]) -> serde_json::Map<String, Value> {
+    let mut parts = serde_json::Map::new();
+    parts.insert("summary".into(), Value::String(summary(data)));
+    for (i, t) in data.report["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let name = t["name"].as_str().unwrap_or("");
+        let html = card(t, data, hours.get(i).map(Vec::as_slice).unwrap_or(&[]));
+        parts.insert(format!("target-{name}"), Value::String(html));
+    }
+    parts
+}
+
+/// A short id of the parts' content: `/events` answers when it changes.
+pub fn parts_id(parts: &serde_json::Map<String, Value>) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (k, v) in parts {
+        k.hash(&mut h);
+        v.as_str().unwrap_or("").hash(&mut h);
+    }
+    format!("{:016x}", h.finish())
 }
 
 /// Per target: its state word and card class, and the attention items.
@@ -96,6 +135,14 @@ fn target_state(t: &Value, held: u64) -> (String, &'static str) {
     let dead = t["dead"].as_u64().unwrap_or(0);
     match state {
         "paused" => ("paused".into(), "paused"),
+        "orphaned" => (
+            format!(
+                "orphaned: its connector was removed; {} change(s) and {dead} dead letter(s) kept until it comes back or `hms-sync forget {}`",
+                t["pending"],
+                t["name"].as_str().unwrap_or("")
+            ),
+            "attention",
+        ),
         "down" => {
             let since = t["down_for_s"]
                 .as_f64()
@@ -148,6 +195,18 @@ pub fn attention(data: &PageData) -> Vec<String> {
         out.push(format!(
             "alert_command failing: {}",
             f["error"].as_str().unwrap_or("")
+        ));
+    }
+    let reload = &data.report["reload"];
+    if let Some(e) = reload["error"].as_str() {
+        out.push(format!(
+            "the last reload was refused (the running config stays): {e}"
+        ));
+    }
+    for k in reload["needs_restart"].as_array().into_iter().flatten() {
+        out.push(format!(
+            "changed in the config, applies after a restart: {}",
+            k.as_str().unwrap_or("")
         ));
     }
     out
@@ -246,7 +305,7 @@ pub fn render(data: &PageData, hours: &[Vec<u64>], dead_page: usize) -> String {
     let mut s = head("hms-sync — Sync Status", true);
     let _ = write!(
         s,
-        "<h1>Sync Status</h1><p class=muted>hms-sync · {} · refreshes every 10 s</p>{}",
+        "<h1>Sync Status</h1><p class=muted>hms-sync · {} · updates live (reloads every 10 s without JavaScript)</p>{}",
         esc(&format_ms(now_ms())),
         summary(data)
     );
@@ -390,8 +449,10 @@ pub fn render(data: &PageData, hours: &[Vec<u64>], dead_page: usize) -> String {
         "<section id=lookup><h2>Where is a record?</h2><form action=/lookup method=get>\
          <label>Collection <input name=collection required></label> \
          <label>Key <input name=key required></label> <button type=submit>Find</button></form></section>\
-         <p class=muted><a href=/status>/status</a> · <a href=/metrics>/metrics</a> · <a href=/widget>/widget</a></p></body></html>",
+         <p class=muted><a href=/status>/status</a> · <a href=/metrics>/metrics</a> · <a href=/widget>/widget</a></p>",
     );
+    s.push_str(&LIVE_SCRIPT.replace("ID", &parts_id(&live_parts(data, hours))));
+    s.push_str("</body></html>");
     s
 }
 

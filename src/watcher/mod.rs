@@ -100,8 +100,8 @@ impl IngestStats {
 /// `[collections] keep_unrouted = true`. Never accepted and silently dropped.
 #[derive(Debug, Default)]
 pub struct Routing {
-    /// Collections some connector receives, sorted.
-    pub known: Vec<String>,
+    /// Collections some connector receives, sorted (a reload replaces them).
+    known: std::sync::RwLock<Vec<String>>,
     pub keep_unrouted: bool,
     /// Unrouted changes kept since the daemon started, per collection.
     unrouted: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
@@ -110,7 +110,7 @@ pub struct Routing {
 impl Routing {
     pub fn new(known: Vec<String>, keep_unrouted: bool) -> Routing {
         Routing {
-            known,
+            known: std::sync::RwLock::new(known),
             keep_unrouted,
             unrouted: Default::default(),
         }
@@ -120,19 +120,34 @@ impl Routing {
         Routing::new(cfg.routed_collections(), cfg.keep_unrouted)
     }
 
+    fn known(&self) -> std::sync::RwLockReadGuard<'_, Vec<String>> {
+        self.known.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether some connector receives `collection`.
+    pub fn is_known(&self, collection: &str) -> bool {
+        self.known().iter().any(|k| k == collection)
+    }
+
+    /// After a reload: the collections the connectors receive now.
+    pub fn set_known(&self, known: Vec<String>) {
+        *self.known.write().unwrap_or_else(|p| p.into_inner()) = known;
+    }
+
     /// Err: the refusal the source gets (the collection is unrouted and not kept).
     pub fn check(&self, collection: &str) -> Result<(), String> {
-        if self.keep_unrouted || self.known.iter().any(|k| k == collection) {
+        if self.keep_unrouted || self.is_known(collection) {
             return Ok(());
         }
         Err(self.refusal(collection))
     }
 
     pub fn refusal(&self, collection: &str) -> String {
-        let known = if self.known.is_empty() {
+        let known = self.known();
+        let known = if known.is_empty() {
             "none: add a connector".to_string()
         } else {
-            self.known.join(", ")
+            known.join(", ")
         };
         format!("no connector receives collection '{collection}' (known: {known})")
     }
@@ -141,7 +156,7 @@ impl Routing {
     pub fn count_accepted<'a>(&self, collections: impl Iterator<Item = &'a str>) {
         let mut map = self.unrouted.lock().unwrap_or_else(|p| p.into_inner());
         for c in collections {
-            if !self.known.iter().any(|k| k == c) {
+            if !self.is_known(c) {
                 *map.entry(c.to_string()).or_default() += 1;
             }
         }

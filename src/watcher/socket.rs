@@ -418,7 +418,7 @@ impl Connection {
                             let unrouted = self
                                 .routing
                                 .as_ref()
-                                .filter(|r| !r.known.contains(&change.record.collection))
+                                .filter(|r| !r.is_known(&change.record.collection))
                                 .map(|_| change.record.collection.clone());
                             // Submitted here, in line order, so that the queue applies
                             // a connection's changes in the order they were written.

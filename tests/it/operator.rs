@@ -26,11 +26,11 @@ fn two_targets() -> TestDaemon {
         )
 }
 
-fn code(out: &std::process::Output) -> i32 {
+pub fn code(out: &std::process::Output) -> i32 {
     out.status.code().unwrap_or(-1)
 }
 
-fn text(out: &std::process::Output) -> String {
+pub fn text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -262,3 +262,56 @@ fn ingestion_paused_shows_why_and_the_lookup_finds_the_pending_delta() {
     assert!(dom.contains("housing:1 create set"), "{dom}");
     assert!(dom.contains("NEW"), "{dom}");
 }
+
+#[test]
+fn events_pushes_the_parts_of_the_page_that_changed_and_the_page_works_without_javascript() {
+    let d = TestDaemon::new()
+        .connector("housing", &csv_connector(&["permit_number"], "", FAST))
+        .start();
+    let (_, page) = d.http_get("/");
+    assert!(
+        page.contains("<noscript><meta http-equiv=refresh content=10></noscript>"),
+        "{page}"
+    );
+    let since = page
+        .split("/events?since=")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .expect("the page names its parts' id")
+        .to_string();
+    // A change: the next event carries the card with the new count.
+    let mut c = d.client();
+    c.call(&envelope("1", json!({"permit_number": "1"})));
+    d.wait_for(Duration::from_secs(10), "the delivery", |d| {
+        d.target_status("housing")["delivered"] == 1
+    });
+    let started = std::time::Instant::now();
+    let (head, body) = d.http_get(&format!("/events?since={since}"));
+    assert!(head.contains("text/event-stream"), "{head}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "answered on the change, not at the hold's end"
+    );
+    let id = body
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .expect("an id")
+        .to_string();
+    assert_ne!(id, since);
+    let data: serde_json::Value = serde_json::from_str(
+        body.lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .expect("data"),
+    )
+    .unwrap();
+    let card = data["target-housing"].as_str().unwrap();
+    assert!(
+        card.contains("<dd class=delivered>1 (1 in the last hour)</dd>"),
+        "{card}"
+    );
+    assert!(
+        data["summary"].as_str().unwrap().contains("All current"),
+        "{data}"
+    );
+    assert!(body.starts_with("retry: 1000\n"), "{body}");
+}

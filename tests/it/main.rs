@@ -12,6 +12,7 @@ mod durability;
 mod fixed;
 mod operator;
 mod page;
+mod pickup;
 mod pipeline;
 mod power_loss;
 mod powerfs;

@@ -270,9 +270,11 @@ fn kill_9_while_a_file_waits_resumes_waiting_without_a_second_copy() {
     for key in ["1", "2", "3"] {
         send(&mut c, key, "NEW");
     }
-    d.wait_for(Duration::from_secs(10), "all three in flight", |d| {
-        d.target_status("county")["in_flight"] == 3
-    });
+    d.wait_for(
+        Duration::from_secs(10),
+        "all three in flight in one file",
+        |d| data_files(d).len() == 1 && d.target_status("county")["in_flight"] == 3,
+    );
     let before = data_files(&d);
     assert_eq!(before.len(), 1, "{before:?}");
     let bytes = std::fs::read(&before[0]).unwrap();
@@ -294,6 +296,47 @@ fn kill_9_while_a_file_waits_resumes_waiting_without_a_second_copy() {
     });
     assert!(d.outbox_files("county").is_empty());
     assert_eq!(d.target_status("county")["dead"], 0);
+}
+
+#[test]
+fn a_stop_while_a_file_waits_is_prompt_and_the_wait_resumes_after_start() {
+    let mut d = TestDaemon::new()
+        .connector(
+            "county",
+            &csv_pickup("pickup = \"ack_file\"\n", "max_attempts = 1"),
+        )
+        .start();
+    let mut c = d.client();
+    send(&mut c, "7", "NEW");
+    d.wait_for(
+        Duration::from_secs(10),
+        "the file, its delta in flight",
+        |d| data_files(d).len() == 1 && d.target_status("county")["in_flight"] == 1,
+    );
+    let before = data_files(&d);
+    // pickup_timeout is 10 minutes: the stop must not wait for it.
+    let started = std::time::Instant::now();
+    assert_eq!(d.stop(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    d.restart();
+    d.wait_for(
+        Duration::from_secs(15),
+        "waiting again after the restart",
+        |d| {
+            d.log()
+                .contains("waiting for the importer's answer to a file written before")
+        },
+    );
+    assert_eq!(data_files(&d), before, "no second copy");
+    assert_eq!(d.target_status("county")["dead"], 0);
+    answer(&before[0], ".ack", b"");
+    d.wait_for(Duration::from_secs(15), "the delivery", |d| {
+        d.target_status("county")["delivered"] == 1 && settled(d)
+    });
 }
 
 #[test]

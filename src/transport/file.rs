@@ -606,7 +606,9 @@ fn finish_interrupted_placement(dir: &Path, target: &str) {
             tracing::info!(target_name = %target, file = %path.display(), "put in place a waiting file a crash left under its temp name")
         }
         Err(e) => {
-            tracing::warn!(target_name = %target, file = %path.display(), error = %e, "cannot put a waiting file in place")
+            // Better written again than taken for consumed: forget the wait.
+            tracing::warn!(target_name = %target, file = %path.display(), error = %e, "cannot put a waiting file in place; its deltas will be written again");
+            let _ = fs::remove_file(pickup::manifest_path(dir, target));
         }
     }
 }
@@ -656,6 +658,16 @@ fn last_used(dir: &Path, target: &str) -> Result<u64, String> {
     let entries =
         fs::read_dir(dir).map_err(|e| format!("outbox {} cannot be read: {e}", dir.display()))?;
     let prefix = format!("{target}-");
+    // The file a manifest waits for (it may be gone by now) was numbered too.
+    if let Ok(Some(w)) = pickup::read_manifest(dir, target)
+        && let Some(number) = w
+            .file
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|n| n.parse::<u64>().ok())
+    {
+        last = last.max(number);
+    }
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
@@ -737,6 +749,17 @@ fn write_numbered(
         return (None, Err("the batch cannot be framed".into()));
     };
     if let Err(e) = write_synced(&tmp, &body) {
+        let _ = fs::remove_file(&tmp);
+        return (None, Err(e));
+    }
+    // With pickup, the temp's name must be durable before the manifest's: a
+    // manifest naming a file that is neither in place nor under its temp name
+    // reads as "consumed" after a power cut.
+    if wait.is_some()
+        && let Err(e) = File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| fail("fsync folder", dir, e))
+    {
         let _ = fs::remove_file(&tmp);
         return (None, Err(e));
     }
@@ -889,6 +912,114 @@ mod tests {
         }
         assert_eq!(t.deliver(&[payload("out:1")]).await[0], Outcome::Delivered);
         assert!(tmp.path().join("out-000000000007.csv").is_file());
+    }
+
+    fn with_pickup(dir: &Path, mode: PickupMode) -> FileTransport {
+        let t = Translator::new(&Format::Csv {
+            columns: vec!["k".into()],
+            key_column: "k".into(),
+        });
+        let pickup = Pickup {
+            mode,
+            timeout: Duration::from_secs(20),
+            ..Pickup::default()
+        };
+        FileTransport::new("out", dir.to_path_buf(), 10, Duration::ZERO, pickup, &t)
+    }
+
+    fn waiting(dir: &Path, file: &str, ids: &[&str]) {
+        let w = pickup::Waiting {
+            file: file.into(),
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+        };
+        fs::write(pickup::manifest_path(dir, "out"), pickup::encode(&w)).unwrap();
+    }
+
+    /// Plays the importer: acks each `out-*.csv` of `dir` as it appears, until
+    /// `n` are acked; returns their names and contents in order.
+    fn acking_importer(dir: PathBuf, n: usize) -> std::thread::JoinHandle<Vec<(String, String)>> {
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while seen.len() < n && std::time::Instant::now() < deadline {
+                let mut names: Vec<String> = fs::read_dir(&dir)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("out-") && n.ends_with(".csv"))
+                    .collect();
+                names.sort();
+                for name in names {
+                    if seen.iter().any(|(s, _)| *s == name) {
+                        continue;
+                    }
+                    let text = fs::read_to_string(dir.join(&name)).unwrap();
+                    fs::write(dir.join(format!("{name}.ack")), "").unwrap();
+                    seen.push((name, text));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            seen
+        })
+    }
+
+    #[tokio::test]
+    async fn a_cut_between_manifest_and_rename_puts_the_waiting_file_in_place_not_a_second_copy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        waiting(dir, "out-000000000001.csv", &["out:1"]);
+        fs::write(dir.join(".out-000000000001.csv.tmp"), "the batch").unwrap();
+        fs::write(dir.join(".out.last"), "1").unwrap();
+        let mut t = with_pickup(dir, PickupMode::Consumed);
+        assert_eq!(
+            fs::read_to_string(dir.join("out-000000000001.csv")).unwrap(),
+            "the batch"
+        );
+        assert!(!dir.join(".out-000000000001.csv.tmp").exists());
+        // The importer takes it: the re-leased delta is delivered, nothing rewritten.
+        let file = dir.join("out-000000000001.csv");
+        let taker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            fs::remove_file(file).unwrap();
+        });
+        assert_eq!(
+            t.deliver(&[payload("out:1")]).await,
+            vec![Outcome::Delivered]
+        );
+        taker.join().unwrap();
+        assert_eq!(
+            fs::read_dir(dir).unwrap().count(),
+            1,
+            "only .out.last is left"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_still_waiting_is_answered_first_and_the_rest_of_the_batch_written_after() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        waiting(dir, "out-000000000001.csv", &["out:1", "out:9"]);
+        fs::write(dir.join("out-000000000001.csv"), "written before").unwrap();
+        fs::write(dir.join(".out.last"), "1").unwrap();
+        let importer = acking_importer(dir.to_path_buf(), 2);
+        let mut t = with_pickup(dir, PickupMode::AckFile);
+        let got = t
+            .deliver(&[payload("out:1"), payload("out:2"), payload("out:3")])
+            .await;
+        assert_eq!(got, vec![Outcome::Delivered; 3]);
+        let seen = importer.join().unwrap();
+        assert_eq!(seen[0].1, "written before");
+        assert_eq!(seen[1].0, "out-000000000002.csv");
+        assert_eq!(
+            seen[1].1,
+            "delivery_id,op,k\r\nout:2,create,1\r\nout:3,create,1\r\n"
+        );
+        assert!(!pickup::manifest_path(dir, "out").exists());
+        assert_eq!(
+            fs::read_dir(dir).unwrap().count(),
+            1,
+            "only .out.last is left"
+        );
     }
 
     #[tokio::test]

@@ -110,26 +110,35 @@ fn check_names_file_line_and_key_of_a_wrong_pickup_setting() {
     );
 }
 
-#[test]
-fn an_empty_err_file_refuses_the_file_with_a_reason_that_says_so() {
+/// A daemon with `transport` (max_attempts 1) and one record's file waiting
+/// for its answer.
+fn one_file_waiting(transport: &str) -> (TestDaemon, PathBuf) {
     let d = TestDaemon::new()
-        .connector(
-            "county",
-            &csv_pickup("pickup = \"ack_file\"\n", "max_attempts = 1"),
-        )
+        .connector("county", &csv_pickup(transport, "max_attempts = 1"))
         .start();
-    let mut c = d.client();
-    send(&mut c, "7", "NEW");
-    d.wait_for(Duration::from_secs(10), "the file", |d| {
-        data_files(d).len() == 1
-    });
+    send(&mut d.client(), "7", "NEW");
+    d.wait_for(
+        Duration::from_secs(10),
+        "the file, its delta in flight",
+        |d| data_files(d).len() == 1 && d.target_status("county")["in_flight"] == 1,
+    );
     let file = data_files(&d).remove(0);
-    answer(&file, ".err", b"");
+    (d, file)
+}
+
+/// The reason of the one dead letter, once there is one.
+fn dead_reason(d: &TestDaemon) -> String {
     d.wait_for(Duration::from_secs(10), "the dead letter", |d| {
         d.target_status("county")["dead"] == 1
     });
-    let dead = dead_list(&d);
-    let reason = dead[0]["last_error"].as_str().unwrap();
+    dead_list(d)[0]["last_error"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn an_empty_err_file_refuses_the_file_with_a_reason_that_says_so() {
+    let (d, file) = one_file_waiting("pickup = \"ack_file\"\n");
+    answer(&file, ".err", b"");
+    let reason = dead_reason(&d);
     assert!(reason.contains("without a reason"), "{reason}");
     assert!(reason.contains(".err"), "{reason}");
     d.wait_for(
@@ -141,18 +150,7 @@ fn an_empty_err_file_refuses_the_file_with_a_reason_that_says_so() {
 
 #[test]
 fn a_huge_err_file_is_read_only_to_its_first_mib() {
-    let d = TestDaemon::new()
-        .connector(
-            "county",
-            &csv_pickup("pickup = \"ack_file\"\n", "max_attempts = 1"),
-        )
-        .start();
-    let mut c = d.client();
-    send(&mut c, "7", "NEW");
-    d.wait_for(Duration::from_secs(10), "the file", |d| {
-        data_files(d).len() == 1
-    });
-    let file = data_files(&d).remove(0);
+    let (d, file) = one_file_waiting("pickup = \"ack_file\"\n");
     // 8 MiB: the reason, filler lines, and past the first MiB a line naming
     // the record with a reason of its own that must never be read.
     let mut text = b"HUGE ANSWER\n".to_vec();
@@ -162,11 +160,7 @@ fn a_huge_err_file_is_read_only_to_its_first_mib() {
     text.extend_from_slice(b"county:1 LATE REASON\n");
     text.resize(8 << 20, b'x');
     answer(&file, ".err", &text);
-    d.wait_for(Duration::from_secs(10), "the dead letter", |d| {
-        d.target_status("county")["dead"] == 1
-    });
-    let dead = dead_list(&d);
-    let reason = dead[0]["last_error"].as_str().unwrap();
+    let reason = dead_reason(&d);
     assert!(reason.contains("HUGE ANSWER"), "{reason}");
     assert!(!reason.contains("LATE"), "{reason}");
     d.wait_for(Duration::from_secs(10), "the answer removed", |d| {
@@ -254,6 +248,20 @@ fn an_importer_that_takes_the_file_but_never_answers_is_an_outage_not_a_dead_let
     });
 }
 
+/// Restarts the daemon and sees it wait for the same file again, no second copy.
+fn restart_waiting_for(d: &mut TestDaemon, before: &[PathBuf]) {
+    d.restart();
+    d.wait_for(
+        Duration::from_secs(15),
+        "waiting again after the restart",
+        |d| {
+            d.log()
+                .contains("waiting for the importer's answer to a file written before")
+        },
+    );
+    assert_eq!(data_files(d), before, "no second copy");
+}
+
 #[test]
 fn kill_9_while_a_file_waits_resumes_waiting_without_a_second_copy() {
     let mut d = TestDaemon::new()
@@ -279,16 +287,7 @@ fn kill_9_while_a_file_waits_resumes_waiting_without_a_second_copy() {
     assert_eq!(before.len(), 1, "{before:?}");
     let bytes = std::fs::read(&before[0]).unwrap();
     d.kill9();
-    d.restart();
-    d.wait_for(
-        Duration::from_secs(15),
-        "waiting again after the restart",
-        |d| {
-            d.log()
-                .contains("waiting for the importer's answer to a file written before")
-        },
-    );
-    assert_eq!(data_files(&d), before, "no second copy");
+    restart_waiting_for(&mut d, &before);
     assert_eq!(std::fs::read(&before[0]).unwrap(), bytes);
     answer(&before[0], ".ack", b"OK\n");
     d.wait_for(Duration::from_secs(15), "the delivery", |d| {
@@ -300,20 +299,8 @@ fn kill_9_while_a_file_waits_resumes_waiting_without_a_second_copy() {
 
 #[test]
 fn a_stop_while_a_file_waits_is_prompt_and_the_wait_resumes_after_start() {
-    let mut d = TestDaemon::new()
-        .connector(
-            "county",
-            &csv_pickup("pickup = \"ack_file\"\n", "max_attempts = 1"),
-        )
-        .start();
-    let mut c = d.client();
-    send(&mut c, "7", "NEW");
-    d.wait_for(
-        Duration::from_secs(10),
-        "the file, its delta in flight",
-        |d| data_files(d).len() == 1 && d.target_status("county")["in_flight"] == 1,
-    );
-    let before = data_files(&d);
+    let (mut d, file) = one_file_waiting("pickup = \"ack_file\"\n");
+    let before = vec![file];
     // pickup_timeout is 10 minutes: the stop must not wait for it.
     let started = std::time::Instant::now();
     assert_eq!(d.stop(), Some(0));
@@ -322,16 +309,7 @@ fn a_stop_while_a_file_waits_is_prompt_and_the_wait_resumes_after_start() {
         "{:?}",
         started.elapsed()
     );
-    d.restart();
-    d.wait_for(
-        Duration::from_secs(15),
-        "waiting again after the restart",
-        |d| {
-            d.log()
-                .contains("waiting for the importer's answer to a file written before")
-        },
-    );
-    assert_eq!(data_files(&d), before, "no second copy");
+    restart_waiting_for(&mut d, &before);
     assert_eq!(d.target_status("county")["dead"], 0);
     answer(&before[0], ".ack", b"");
     d.wait_for(Duration::from_secs(15), "the delivery", |d| {
@@ -341,22 +319,8 @@ fn a_stop_while_a_file_waits_is_prompt_and_the_wait_resumes_after_start() {
 
 #[test]
 fn consumed_a_file_counts_as_delivered_once_the_importer_moves_it_away() {
-    let d = TestDaemon::new()
-        .connector(
-            "county",
-            &csv_pickup("pickup = \"consumed\"\n", "max_attempts = 1"),
-        )
-        .start();
-    let mut c = d.client();
-    send(&mut c, "7", "NEW");
-    d.wait_for(Duration::from_secs(10), "the file", |d| {
-        data_files(d).len() == 1
-    });
-    d.wait_for(Duration::from_secs(10), "the delta in flight", |d| {
-        d.target_status("county")["in_flight"] == 1
-    });
+    let (d, file) = one_file_waiting("pickup = \"consumed\"\n");
     assert_eq!(d.target_status("county")["delivered"], 0);
-    let file = data_files(&d).remove(0);
     let taken = d.path().join("taken");
     std::fs::create_dir_all(&taken).unwrap();
     std::fs::rename(&file, taken.join(file.file_name().unwrap())).unwrap();
@@ -381,24 +345,7 @@ fn test_importer(
     std::thread::spawn(move || {
         let mut sizes = Vec::new();
         while !stop.load(Ordering::SeqCst) {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(&outbox)
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    let n = p.file_name().unwrap().to_string_lossy().into_owned();
-                    n.starts_with("county-") && n.ends_with(".csv")
-                })
-                .collect();
-            files.sort();
-            for f in files {
-                let (ack, err) = (
-                    PathBuf::from(format!("{}.ack", f.display())),
-                    PathBuf::from(format!("{}.err", f.display())),
-                );
-                if ack.exists() || err.exists() {
-                    continue;
-                }
+            for f in unanswered(&outbox, "csv") {
                 let Ok(text) = std::fs::read_to_string(&f) else {
                     continue;
                 };
@@ -414,19 +361,43 @@ fn test_importer(
     })
 }
 
-#[test]
-fn a_file_refused_naming_no_record_is_retried_in_halves_until_the_refused_one_stands_alone() {
+/// An `ack_file` daemon that gathers a batch for 2 s (max_attempts 1), and a
+/// stop flag for its importer.
+fn gathering_daemon(transport: &str) -> (TestDaemon, Arc<AtomicBool>) {
     let d = TestDaemon::new()
         .connector(
             "county",
             &csv_pickup(
-                "pickup = \"ack_file\"\nbatch_window = \"2s\"\nbatch_max = 8\n",
+                &format!("pickup = \"ack_file\"\nbatch_window = \"2s\"\n{transport}"),
                 "max_attempts = 1",
             )
             .replace("batch_window = \"0s\"\n", ""),
         )
         .start();
-    let stop = Arc::new(AtomicBool::new(false));
+    (d, Arc::new(AtomicBool::new(false)))
+}
+
+/// Files of `outbox` ending in `.<ext>` with neither `.ack` nor `.err` yet, by name.
+fn unanswered(outbox: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(outbox)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("county-")
+                && p.extension().is_some_and(|e| e == ext)
+                && !Path::new(&format!("{}.ack", p.display())).exists()
+                && !Path::new(&format!("{}.err", p.display())).exists()
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_file_refused_naming_no_record_is_retried_in_halves_until_the_refused_one_stands_alone() {
+    let (d, stop) = gathering_daemon("batch_max = 8\n");
     let importer = test_importer(d.outbox("county"), stop.clone(), |text| {
         text.contains(",5,")
             .then(|| "BATCH REFUSED: A RECORD FAILED VALIDATION\n".to_string())
@@ -456,17 +427,7 @@ fn a_file_refused_naming_no_record_is_retried_in_halves_until_the_refused_one_st
 
 #[test]
 fn an_err_naming_records_rejects_only_those_and_writes_the_rest_again() {
-    let d = TestDaemon::new()
-        .connector(
-            "county",
-            &csv_pickup(
-                "pickup = \"ack_file\"\nbatch_window = \"2s\"\n",
-                "max_attempts = 1",
-            )
-            .replace("batch_window = \"0s\"\n", ""),
-        )
-        .start();
-    let stop = Arc::new(AtomicBool::new(false));
+    let (d, stop) = gathering_daemon("");
     let importer = test_importer(d.outbox("county"), stop.clone(), |text| {
         let bad: Vec<String> = text
             .lines()
@@ -559,20 +520,8 @@ fn cobol_importer(
     std::thread::spawn(move || {
         let (mut acks, mut errs) = (0, 0);
         while !stop.load(Ordering::SeqCst) {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(&outbox)
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "dat"))
-                .collect();
-            files.sort();
-            for f in files {
+            for f in unanswered(&outbox, "dat") {
                 let name = f.display().to_string();
-                if Path::new(&format!("{name}.ack")).exists()
-                    || Path::new(&format!("{name}.err")).exists()
-                {
-                    continue;
-                }
                 let out = Command::new(&program)
                     .args([&name, encoding, "county"])
                     .arg(&master)
@@ -665,7 +614,7 @@ fn cobol_round_trip(encoding: &'static str, importer_encoding: &'static str) {
         assert_eq!(c.call(&envelope(&key.to_string(), doc))["ok"], true);
         expected.insert(key, (status.to_string(), cents, units));
     }
-    let refused = |key: u64| key % 37 == 0;
+    let refused = |key: u64| key.is_multiple_of(37);
     // Round 1: 300 new permits; eight with a status code the importer refuses.
     for key in 1..=300u64 {
         let status = if refused(key) { "XX" } else { "NEW" };

@@ -50,6 +50,7 @@
        01  WS-MST-STATUS           PIC XX.
        01  WS-ANS-STATUS           PIC XX.
        01  WS-EOF                  PIC X.
+       01  WS-PASS                 PIC X(5).
        01  WS-REC                  PIC X(37).
        01  WS-COUNT                PIC 9(8) VALUE 0.
        01  WS-SUM                  PIC S9(13)V99 VALUE 0.
@@ -95,19 +96,8 @@
 
       * PASS 1: COUNT, HASH TOTAL, STATUS CODES. NOTHING APPLIED.
        CHECK-FILE.
-           OPEN INPUT IN-FILE
-           IF WS-IN-STATUS NOT = '00'
-               MOVE 'CANNOT OPEN THE FILE' TO WS-FILE-REASON
-               EXIT PARAGRAPH
-           END-IF
-           MOVE 'N' TO WS-EOF
-           PERFORM UNTIL WS-EOF = 'Y'
-               READ IN-FILE INTO WS-REC
-                   AT END MOVE 'Y' TO WS-EOF
-                   NOT AT END PERFORM CHECK-RECORD
-               END-READ
-           END-PERFORM
-           CLOSE IN-FILE
+           MOVE 'CHECK' TO WS-PASS
+           PERFORM READ-FILE
            IF WS-FILE-REASON NOT = SPACES
                EXIT PARAGRAPH
            END-IF
@@ -209,16 +199,30 @@
                MOVE 2 TO RETURN-CODE
                STOP RUN
            END-IF
+           MOVE 'APPLY' TO WS-PASS
+           PERFORM READ-FILE
+           CLOSE MASTER.
+
+      * ONE PASS OVER THE DELIVERED FILE: CHECK OR APPLY EACH RECORD.
+       READ-FILE.
            OPEN INPUT IN-FILE
+           IF WS-IN-STATUS NOT = '00'
+               MOVE 'CANNOT OPEN THE FILE' TO WS-FILE-REASON
+               EXIT PARAGRAPH
+           END-IF
            MOVE 'N' TO WS-EOF
            PERFORM UNTIL WS-EOF = 'Y'
                READ IN-FILE INTO WS-REC
                    AT END MOVE 'Y' TO WS-EOF
-                   NOT AT END PERFORM APPLY-RECORD
+                   NOT AT END
+                       IF WS-PASS = 'CHECK'
+                           PERFORM CHECK-RECORD
+                       ELSE
+                           PERFORM APPLY-RECORD
+                       END-IF
                END-READ
            END-PERFORM
-           CLOSE IN-FILE
-           CLOSE MASTER.
+           CLOSE IN-FILE.
 
        APPLY-RECORD.
            PERFORM CONVERT-RECORD

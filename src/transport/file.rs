@@ -389,11 +389,14 @@ impl FileTransport {
         };
         let timeout = humantime::format_duration(self.pickup.timeout);
         match answer {
-            Answer::Silent => {
+            Answer::Silent { trouble } => {
+                let trouble = trouble
+                    .map(|e| format!(" (last trouble looking for it: {e})"))
+                    .unwrap_or_default();
                 down(
                     out,
                     format!(
-                        "the importer has not taken {} within pickup_timeout ({timeout}); it stays in the outbox and is waited for again",
+                        "the importer has not taken {} within pickup_timeout ({timeout}); it stays in the outbox and is waited for again{trouble}",
                         w.file
                     ),
                 );

@@ -131,8 +131,9 @@ pub enum Answer {
     },
     /// (`ack_file`) gone without an answer by `pickup_timeout`: to be written again.
     Vanished,
-    /// Still in the outbox, no answer by `pickup_timeout`: an outage.
-    Silent,
+    /// Still in the outbox (or the outbox could not be read: `trouble`), no
+    /// answer by `pickup_timeout`: an outage.
+    Silent { trouble: Option<String> },
     /// The daemon is stopping; the file goes on waiting (the manifest stays).
     Stopping,
 }
@@ -235,6 +236,21 @@ fn log_strays(dir: &Path, target: &str, p: &Pickup, current: &str, seen: &mut Ha
     }
 }
 
+/// How `check` shows the pickup (empty for `none`).
+pub fn describe(p: &Pickup) -> String {
+    let timeout = humantime::format_duration(p.timeout);
+    match p.mode {
+        PickupMode::None => String::new(),
+        PickupMode::Consumed => format!(
+            ", delivered once the importer moves or deletes the file (pickup = \"consumed\", outage after {timeout})"
+        ),
+        PickupMode::AckFile => format!(
+            ", delivered on <file>{} and refused on <file>{} (pickup = \"ack_file\", outage after {timeout})",
+            p.ack_suffix, p.err_suffix
+        ),
+    }
+}
+
 /// Where a waiting file is watched from.
 pub struct Watch<'a> {
     pub dir: &'a Path,
@@ -301,7 +317,9 @@ pub async fn wait(at: Watch<'_>, w: &Waiting) -> Answer {
             next_stray_scan = Instant::now() + STRAY_SCAN;
         }
         if Instant::now() >= deadline {
-            return Answer::Silent;
+            return Answer::Silent {
+                trouble: last_error,
+            };
         }
         let nap = POLL.min(deadline.saturating_duration_since(Instant::now()));
         match at.shutdown.as_mut() {

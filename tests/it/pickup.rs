@@ -321,6 +321,16 @@ fn a_stop_while_a_file_waits_is_prompt_and_the_wait_resumes_after_start() {
 fn consumed_a_file_counts_as_delivered_once_the_importer_moves_it_away() {
     let (d, file) = one_file_waiting("pickup = \"consumed\"\n");
     assert_eq!(d.target_status("county")["delivered"], 0);
+    // While the file waits, `where` shows the delta in flight.
+    let out = d.cli(&["where", "permits", "7", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["targets"][0]["state"], "in_flight", "{v}");
+    assert_eq!(v["targets"][0]["in_flight"], json!(["county:1"]), "{v}");
+    let check = String::from_utf8_lossy(&d.cli(&["check"]).stdout).into_owned();
+    assert!(
+        check.contains("delivered once the importer moves or deletes the file (pickup = \"consumed\", outage after 10m)"),
+        "{check}"
+    );
     let taken = d.path().join("taken");
     std::fs::create_dir_all(&taken).unwrap();
     std::fs::rename(&file, taken.join(file.file_name().unwrap())).unwrap();

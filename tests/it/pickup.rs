@@ -598,7 +598,9 @@ fn cobol_round_trip(encoding: &'static str, importer_encoding: &'static str) {
     let Some((import, dumper)) = build_cobol(build.path(), encoding != "ascii") else {
         return;
     };
-    let d = TestDaemon::new().connector("county", &cobol_connector(encoding));
+    let d = TestDaemon::new()
+        .config("alert_command = \"echo \\\"$HMS_ALERT $HMS_ALERT_STATE $HMS_ERROR\\\" >> alerts.txt\"\n")
+        .connector("county", &cobol_connector(encoding));
     std::fs::copy(
         fixtures().join("cobol/PERMIT-UPD.cpy"),
         d.path().join("connectors/county/PERMIT-UPD.cpy"),
@@ -691,6 +693,12 @@ fn cobol_round_trip(encoding: &'static str, importer_encoding: &'static str) {
             "{reason}"
         );
     }
+    // The dead letters ran the alert, with the importer's reason.
+    d.wait_for(Duration::from_secs(20), "the dead_letter alert", |d| {
+        std::fs::read_to_string(d.path().join("alerts.txt")).is_ok_and(|t| {
+            t.contains("dead_letter firing") && t.contains("UNKNOWN STATUS CODE 'XX'")
+        })
+    });
     // Before the fix: everything but the refused records is on the master.
     let mut without: BTreeMap<_, _> = expected.clone();
     without.retain(|k, _| !refused(*k));

@@ -235,6 +235,11 @@ impl FileTransport {
     ) -> Self {
         if pickup.mode != PickupMode::None {
             finish_interrupted_placement(&dir, target);
+        } else if pickup::manifest_path(&dir, target).exists() {
+            // `pickup` was switched off while a file waited: that file now counts
+            // as delivered when written; its deltas, not acked yet, go out again.
+            tracing::warn!(target_name = %target, outbox = %dir.display(), "pickup is now \"none\": no longer waiting for the importer's answer to the last file; its deltas are written again");
+            let _ = pickup::forget(&dir, target);
         }
         remove_leftover_temps(&dir, target, translator.file_extension());
         FileTransport {
@@ -1023,6 +1028,18 @@ mod tests {
             1,
             "only .out.last is left"
         );
+    }
+
+    #[tokio::test]
+    async fn switching_pickup_off_forgets_the_wait_and_writes_the_deltas_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        waiting(dir, "out-000000000001.csv", &["out:1"]);
+        fs::write(dir.join("out-000000000001.csv"), "written before").unwrap();
+        let mut t = transport(dir);
+        assert!(!pickup::manifest_path(dir, "out").exists());
+        assert_eq!(t.deliver(&[payload("out:1")]).await[0], Outcome::Delivered);
+        assert!(dir.join("out-000000000002.csv").is_file());
     }
 
     #[tokio::test]

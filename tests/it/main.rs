@@ -13,6 +13,7 @@ mod fixed;
 mod operator;
 mod page;
 mod pickup;
+mod pickup_power;
 mod pipeline;
 mod power_loss;
 mod powerfs;

@@ -25,6 +25,7 @@ use crate::crash::{
     COLUMNS, Kills, Shared, StopOnDrop, check_rows, highest_file_number, read_outbox, socket_writer,
 };
 use crate::harness::*;
+use crate::power_loss::daemon_on_power_fs;
 use crate::powerfs::PowerFs;
 
 const TARGET: &str = "power";
@@ -116,14 +117,7 @@ fn power_cuts_while_files_wait(mode: &'static str) {
     eprintln!("pickup power test ({mode}): {cuts} cuts, seed {seed}");
 
     let pfs = PowerFs::mount();
-    for dir in ["state", "inbox/permits", "inbox/envelopes", "outbox"] {
-        std::fs::create_dir_all(pfs.path().join(dir)).unwrap();
-    }
-    let d = TestDaemon::new();
-    for link in ["state", "inbox", "outbox"] {
-        std::os::unix::fs::symlink(pfs.path().join(link), d.path().join(link)).unwrap();
-    }
-    let mut d = d.connector(
+    let mut d = daemon_on_power_fs(&pfs).connector(
         TARGET,
         &csv_connector(
             COLUMNS,

@@ -388,7 +388,8 @@ mod tests {
                 dir: tmp.path().join("out"),
                 batch_max: 1000,
                 batch_window: Duration::from_millis(200),
-                create_dir: false
+                create_dir: false,
+                pickup: crate::transport::pickup::Pickup::default(),
             }
         );
         assert_eq!(

@@ -71,7 +71,10 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
     for c in &cfg.connectors {
         let transport = match &c.transport {
             TransportSpec::File {
-                dir, create_dir, ..
+                dir,
+                create_dir,
+                pickup,
+                ..
             } => {
                 if *create_dir && !dir.exists() {
                     println!(
@@ -87,7 +90,11 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
                         dir.display()
                     );
                 }
-                format!("file -> {}", dir.display())
+                format!(
+                    "file -> {}{}",
+                    dir.display(),
+                    crate::transport::pickup::describe(pickup)
+                )
             }
             TransportSpec::Serial(spec) => {
                 let (description, warning) = crate::transport::serial::describe(spec);

@@ -127,7 +127,8 @@ impl Worker {
         shutdown: watch::Receiver<bool>,
     ) -> Worker {
         let translator = Translator::new(&connector.format);
-        let transport = Transport::new(&connector.name, &connector.transport, &translator);
+        let mut transport = Transport::new(&connector.name, &connector.transport, &translator);
+        transport.watch_shutdown(shutdown.clone());
         Worker {
             name: connector.name.clone(),
             queue,

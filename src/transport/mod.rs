@@ -7,6 +7,7 @@
 //! `Rejected`.
 
 pub mod file;
+pub mod pickup;
 #[cfg(test)]
 pub mod scripted;
 pub mod serial;
@@ -26,6 +27,8 @@ pub enum TransportSpec {
         batch_max: usize,
         batch_window: Duration,
         create_dir: bool,
+        /// When a written file counts as delivered (`pickup`, SPEC §5 "File pickup").
+        pickup: pickup::Pickup,
     },
     Serial(serial::SerialSpec),
     Soap(Box<soap::SoapSpec>),
@@ -119,12 +122,14 @@ impl Transport {
                 dir,
                 batch_max,
                 batch_window,
+                pickup,
                 ..
             } => Transport::File(file::FileTransport::new(
                 name,
                 dir.clone(),
                 *batch_max,
                 *batch_window,
+                pickup.clone(),
                 translator,
             )),
             TransportSpec::Serial(spec) => {
@@ -139,6 +144,14 @@ impl Transport {
         match self {
             Transport::Soap(t) => Some(t.max_in_flight()),
             _ => None,
+        }
+    }
+
+    /// The daemon's stop signal, for a transport that may wait long for an
+    /// answer (a file waiting for its importer).
+    pub fn watch_shutdown(&mut self, shutdown: tokio::sync::watch::Receiver<bool>) {
+        if let Transport::File(t) = self {
+            t.watch_shutdown(shutdown);
         }
     }
 
@@ -187,10 +200,11 @@ impl Transport {
     }
 
     /// Delivers a batch: one outcome per payload, in the batch's order. A file
-    /// batch succeeds or fails whole; SOAP sends each payload on its own.
+    /// batch succeeds or fails whole unless the importer answers per record
+    /// (`pickup`); SOAP sends each payload on its own.
     pub async fn deliver(&mut self, batch: &[Payload]) -> Vec<Outcome> {
         match self {
-            Transport::File(t) => vec![t.deliver(batch).await; batch.len()],
+            Transport::File(t) => t.deliver(batch).await,
             Transport::Serial(t) => t.deliver_each(batch).await,
             Transport::Soap(t) => t.deliver(batch).await,
             #[cfg(test)]

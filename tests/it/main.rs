@@ -15,6 +15,8 @@ mod fixed;
 mod many_files;
 mod operator;
 mod page;
+mod pickup;
+mod pickup_power;
 mod pipeline;
 mod power_loss;
 mod powerfs;

@@ -195,6 +195,19 @@ impl Seen {
     }
 }
 
+/// A daemon folder whose state, drop folders and outbox live on `pfs` (the
+/// socket, config and logs stay outside: sockets cannot live there).
+pub fn daemon_on_power_fs(pfs: &PowerFs) -> TestDaemon {
+    for dir in ["state", "inbox/permits", "inbox/envelopes", "outbox"] {
+        std::fs::create_dir_all(pfs.path().join(dir)).unwrap();
+    }
+    let d = TestDaemon::new();
+    for link in ["state", "inbox", "outbox"] {
+        std::os::unix::fs::symlink(pfs.path().join(link), d.path().join(link)).unwrap();
+    }
+    d
+}
+
 /// `hms-sync status --json` answers (the daemon is up and talks).
 fn answers(d: &TestDaemon) -> Result<(), String> {
     let out = d.cli(&["status", "--json"]);
@@ -233,14 +246,7 @@ fn power_cuts_under_load_lose_no_acknowledged_change() {
     // The disk: state, drop folders and outbox on PowerFs, set up and synced
     // before the daemon first starts. The socket and the logs stay outside.
     let pfs = PowerFs::mount();
-    for dir in ["state", "inbox/permits", "inbox/envelopes", "outbox"] {
-        std::fs::create_dir_all(pfs.path().join(dir)).unwrap();
-    }
-    let d = TestDaemon::new();
-    for link in ["state", "inbox", "outbox"] {
-        std::os::unix::fs::symlink(pfs.path().join(link), d.path().join(link)).unwrap();
-    }
-    let mut d = d.connector(
+    let mut d = daemon_on_power_fs(&pfs).connector(
         TARGET,
         &csv_connector(
             COLUMNS,

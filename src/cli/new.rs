@@ -299,6 +299,12 @@ create_dir = false
 batch_max = 500
 # Wait this long to gather changes into one file ("0s": write at once).
 batch_window = "200ms"
+# When a file counts as delivered: "none" once it is in the folder (default),
+# "consumed" once the importer has moved or deleted it, "ack_file" once the
+# importer writes <file>.ack (or <file>.err: a refusal, see the README).
+# pickup = "ack_file"
+# No answer within this long makes the target "down" (never a dead letter).
+# pickup_timeout = "10m"
 
 "#
         ),

@@ -459,8 +459,13 @@ fn a_nak_on_each_first_try_is_retransmitted_and_each_delta_delivered_once() {
             "retransmit is the same frame"
         );
     }
-    // Retransmissions belong to one delivery attempt: nothing was rejected.
-    let log = std::fs::read_to_string(d.path().join("delivery.log")).unwrap();
+    // Retransmissions belong to one delivery attempt: nothing was rejected. The
+    // worker writes its log line after the device's ACK: wait for the seventh.
+    let read_log = || std::fs::read_to_string(d.path().join("delivery.log")).unwrap_or_default();
+    d.wait_for(Duration::from_secs(20), "seven delivered lines", |_| {
+        read_log().matches("\"outcome\":\"delivered\"").count() >= 7
+    });
+    let log = read_log();
     assert_eq!(log.matches("\"outcome\":\"delivered\"").count(), 7, "{log}");
     assert!(!log.contains("\"rejected\""), "{log}");
 }

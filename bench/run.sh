@@ -146,23 +146,6 @@ count_rows() { # DIR: data rows in the delivered CSV files
         grep -vc '^delivery_id,' || true
 }
 
-writer_phases() { # DIR: seconds the queue writer has spent per phase: "ingest calls commit idle"
-    local addr
-    addr=$(grep -o 'address=[0-9.:]*' "$1/daemon.log" | tail -n1 | cut -d= -f2)
-    exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}"
-    printf 'GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
-    awk -F'[{}" ]+' '/^hms_sync_writer_seconds_total[{]/ { v[$3] = $NF }
-        END { printf "%s %s %s %s", v["ingest"], v["calls"], v["commit"], v["idle"] }' <&3
-    exec 3<&-
-}
-# phase_shares "BEFORE" "AFTER" SECONDS: the writer's time per phase, in % of SECONDS
-phase_shares() {
-    awk -v a="$1" -v b="$2" -v s="$3" 'BEGIN {
-        split(a, x, " "); split(b, y, " "); split("ingest calls commit idle", n, " ")
-        for (i = 1; i <= 4; i++) printf "%s%s %.0f%%", (i > 1 ? ", " : ""), n[i], 100 * (y[i] - x[i]) / s
-    }'
-}
-
 LOADS=""
 note_load() { LOADS="$LOADS $1 [$(loadavg)];"; }
 

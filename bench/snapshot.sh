@@ -71,14 +71,17 @@ run() {
     local label=$1 changed=$2
     export_csv "$changed" >"$TMP/inbox/snap/.export.part"
     local bytes; bytes=$(stat -c %s "$TMP/inbox/snap/.export.part")
+    local p0; p0=$(writer_phases "$TMP")
     local t0; t0=$(date +%s.%N)
     mv "$TMP/inbox/snap/.export.part" "$TMP/inbox/snap/export.csv"
     while [ -e "$TMP/inbox/snap/export.csv" ]; do sleep 0.05; done
     local t1; t1=$(date +%s.%N)
+    WRITER="queue writer: $(phase_shares "$p0" "$(writer_phases "$TMP")" "$(echo "$t1 - $t0" | bc -l)") of the run"
     local peak; peak=$(hwm)
     read -r del pend < <(counts)
     printf '%-38s %8d rows %6.1f MB %7.2f s  peak RSS %6.1f MiB  (delivered %d, pending %d at the end)\n' \
         "$label" "$ROWS" "$(echo "$bytes / 1000000" | bc -l)" "$(echo "$t1 - $t0" | bc -l)" "$peak" "$del" "$pend"
+    echo "   $WRITER"
 }
 
 drain() {

@@ -89,13 +89,12 @@ fn text_value(
     encoding: TextEncoding,
 ) -> Result<(), Error> {
     let text = value.to_string();
-    let breaks = text.chars().find_map(|c| match c {
-        '\n' => Some("a line break (LF), which would break the line".to_string()),
-        '\r' => Some("a line break (CR), which would break the line".to_string()),
-        c if Some(c) == delimiter.map(char::from) => {
+    let breaks = text.chars().find_map(|c| match super::csv::line_break(c) {
+        Some(what) => Some(format!("{what}, which would break the line")),
+        None if Some(c) == delimiter.map(char::from) => {
             Some(format!("the delimiter `{c}`, which would break the line"))
         }
-        _ => None,
+        None => None,
     });
     let what = breaks.or_else(|| {
         encoding.missing(&text).map(|c| {
@@ -459,6 +458,36 @@ mod tests {
             let err = text("{{ record.status|safe }}", value).unwrap_err();
             assert!(err.to_string().contains(what), "{err}");
         }
+    }
+
+    #[test]
+    fn a_unicode_or_control_line_separator_is_refused_too() {
+        // Line readers (Python's splitlines, editors) end a line at each of these:
+        // written as they are, the importer would see the record cut in two.
+        for (c, code) in [
+            ('\u{2028}', "U+2028"),
+            ('\u{2029}', "U+2029"),
+            ('\u{85}', "U+0085"),
+            ('\u{0B}', "U+000B"),
+            ('\u{0C}', "U+000C"),
+            ('\u{1E}', "U+001E"),
+        ] {
+            let value = format!("first{c}second");
+            let err = text("{{ key }}|{{ record.status }}", json!(value))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!(
+                    "the value {value:?} holds a line separator ({code}), which would break the line"
+                )),
+                "{err}"
+            );
+        }
+        // A tab or a non-breaking space does not end a line.
+        assert_eq!(
+            text("{{ record.status }}", json!("a\tb\u{a0}c")).unwrap(),
+            "a\tb\u{a0}c\n"
+        );
     }
 
     fn check(template: &str, extra: &str) -> Result<Format, String> {

@@ -648,10 +648,16 @@ impl SoapTransport {
                 },
             })
             .collect();
-        let trouble = outcomes.iter().any(|o| matches!(o, Outcome::Down { .. }));
-        let latencies: Vec<Duration> = answers.iter().flatten().map(|(_, t)| *t).collect();
+        let answered: Vec<adaptive::Answered> = answers
+            .iter()
+            .map(|a| match a {
+                Some((Outcome::Delivered, took)) => adaptive::Answered::Delivered(*took),
+                Some((Outcome::Down { .. }, _)) | None => adaptive::Answered::Nothing,
+                Some((_, took)) => adaptive::Answered::Refused(*took),
+            })
+            .collect();
         let before = self.in_flight.current();
-        self.in_flight.observe(batch.len(), &latencies, trouble);
+        self.in_flight.observe_batch(batch.len(), &answered);
         if self.in_flight.current() != before {
             tracing::debug!(target_name = %self.target, from = before, to = self.in_flight.current(), "requests at once adapted");
         }

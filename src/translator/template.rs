@@ -52,6 +52,9 @@ pub struct TemplateFormat {
     name: String,
     extension: String,
     encoding: TextEncoding,
+    /// The template's own lines end in CR LF (written on Windows): so does the
+    /// line break added after each change, or the file would mix line ends.
+    crlf: bool,
 }
 
 const XML: AutoEscape = AutoEscape::Custom("xml");
@@ -282,6 +285,7 @@ impl TemplateFormat {
             name: spec.name.clone(),
             extension: spec.extension.clone(),
             encoding: spec.encoding,
+            crlf: spec.source.contains("\r\n"),
         }
     }
 
@@ -324,7 +328,7 @@ impl TemplateFormat {
             ))
         })?;
         if !out.ends_with('\n') {
-            out.push('\n');
+            out.push_str(if self.crlf { "\r\n" } else { "\n" });
         }
         // Values were checked as they were printed; this is the template's own text.
         if let Some(c) = self.encoding.missing(&out) {
@@ -458,6 +462,24 @@ mod tests {
             let err = text("{{ record.status|safe }}", value).unwrap_err();
             assert!(err.to_string().contains(what), "{err}");
         }
+    }
+
+    #[test]
+    fn a_crlf_template_ends_each_change_with_crlf_too() {
+        // Saved by Notepad: every line ends in CR LF, the last one too.
+        assert_eq!(
+            text("H|{{ key }}\r\nD|{{ record.status }}\r\n", json!("OK")).unwrap(),
+            "H|A\r\nD|OK\r\n"
+        );
+        assert_eq!(
+            text("H|{{ key }}\r\nD|{{ record.status }}", json!("OK")).unwrap(),
+            "H|A\r\nD|OK\r\n"
+        );
+        // LF templates stay LF.
+        assert_eq!(
+            text("H|{{ key }}\nD|{{ record.status }}\n", json!("OK")).unwrap(),
+            "H|A\nD|OK\n"
+        );
     }
 
     #[test]

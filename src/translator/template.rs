@@ -250,6 +250,25 @@ pub fn validate(f: &Raw, folder: &Path, problems: &mut Problems<'_>) -> Option<F
             return None;
         }
     };
+    // A byte-order mark (Notepad saves one) is not text to write before each change.
+    let source = match source.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => source,
+    };
+    // The template's own text goes into every file: a character the encoding
+    // lacks would refuse every change, so `check` says so now.
+    if let Some((line, c)) = unwritable_text(&source, encoding) {
+        problems.push(Problem {
+            file: path.display().to_string(),
+            line: Some(line),
+            key: "template".into(),
+            message: format!(
+                "the template's text holds {c:?} (U+{:04X}), which {} cannot carry: every change would be refused",
+                c as u32,
+                encoding.name()
+            ),
+        });
+    }
     let mut env = environment(delimiter, encoding);
     if let Err(e) = env.add_template_owned(file_name.clone(), source.clone()) {
         problems.push(Problem {
@@ -272,6 +291,35 @@ pub fn validate(f: &Raw, folder: &Path, problems: &mut Problems<'_>) -> Option<F
         delimiter,
         encoding,
     }))
+}
+
+/// The first character of the template's literal text (outside `{{ }}`,
+/// `{% %}` and `{# #}`) that `encoding` lacks, with its line.
+fn unwritable_text(source: &str, encoding: TextEncoding) -> Option<(usize, char)> {
+    let mut rest = source;
+    let mut line = 1;
+    loop {
+        let open = ["{{", "{%", "{#"]
+            .iter()
+            .filter_map(|o| rest.find(o).map(|at| (at, *o)))
+            .min();
+        let text = open.map_or(rest, |(at, _)| &rest[..at]);
+        for c in text.chars() {
+            if encoding.missing(c.encode_utf8(&mut [0; 4])).is_some() {
+                return Some((line, c));
+            }
+            line += usize::from(c == '\n');
+        }
+        let (at, opened) = open?;
+        let close = match opened {
+            "{{" => "}}",
+            "{%" => "%}",
+            _ => "#}",
+        };
+        let tag_end = rest[at..].find(close).map_or(rest.len(), |e| at + e + 2);
+        line += rest[at..tag_end].matches('\n').count();
+        rest = &rest[tag_end..];
+    }
 }
 
 impl TemplateFormat {
@@ -521,6 +569,43 @@ mod tests {
         let mut problems = Problems::new("c.toml", &text);
         let raw: Raw = crate::problem::section(&text, "format", &mut problems).unwrap();
         validate(&raw, tmp.path(), &mut problems).ok_or_else(|| problems.joined())
+    }
+
+    #[test]
+    fn check_refuses_template_text_the_encoding_lacks_and_drops_a_bom() {
+        let load = |source: &[u8], encoding: &str| {
+            let tmp = tempfile::tempdir().unwrap();
+            std::fs::write(tmp.path().join("p.txt.j2"), source).unwrap();
+            let text = format!(
+                "[format]\nkind = \"template\"\ntemplate = \"p.txt.j2\"\nencoding = \"{encoding}\"\n"
+            );
+            let mut problems = Problems::new("c.toml", &text);
+            let raw: Raw = crate::problem::section(&text, "format", &mut problems).unwrap();
+            validate(&raw, tmp.path(), &mut problems).ok_or_else(|| problems.joined())
+        };
+        // A literal the set lacks, on line 2 (a comment or tag may hold anything).
+        let err = load(
+            "{# Gebühr in € #}H|{{ key }}\nFee in \u{20ac}|{{ record.fee }}\n".as_bytes(),
+            "latin1",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("line 2")
+                && err
+                    .contains("the template's text holds '€' (U+20AC), which latin1 cannot carry"),
+            "{err}"
+        );
+        assert!(load("{# € #}{{ \"x\" }}|{{ key }}".as_bytes(), "latin1").is_ok());
+        assert!(load("Fee in \u{20ac}|{{ key }}".as_bytes(), "cp1252").is_ok());
+        // Notepad's byte-order mark is dropped, not written before every change.
+        let Format::Template(spec) = load(b"\xEF\xBB\xBF{{ key }}|x", "cp1252").unwrap() else {
+            panic!()
+        };
+        assert_eq!(spec.source, "{{ key }}|x");
+        let Format::Template(spec) = load(b"\xEF\xBB\xBF{{ key }}|x", "utf-8").unwrap() else {
+            panic!()
+        };
+        assert!(!spec.source.starts_with('\u{feff}'));
     }
 
     #[test]

@@ -105,8 +105,17 @@ struct Window {
 impl Window {
     /// Most files queued in one write.
     const MAX_FILES: usize = 512;
-    /// Most bytes of files held at once (memory stays bounded).
-    const MAX_BYTES: u64 = 8 << 20;
+    /// Most bytes of files held at once: the largest file taken whole
+    /// ([`super::parts::PARTS_FROM_BYTES`]), so that a window's parsed changes
+    /// (several times their bytes) cost no more memory than one such file did
+    /// before windows.
+    const MAX_BYTES: u64 = super::parts::PARTS_FROM_BYTES;
+
+    /// Whether a file of `size` bytes would take the window past its bytes:
+    /// queue the window before reading the file.
+    fn no_room_for(&self, size: u64) -> bool {
+        !self.files.is_empty() && self.bytes + size > Self::MAX_BYTES
+    }
 
     fn push(&mut self, ready: Ready) {
         self.bytes += ready.size;
@@ -174,6 +183,15 @@ impl DropDir {
                 // at a time: one commit, one fsync of the folder, for many files.
                 let mut window = Window::default();
                 for p in pass {
+                    // Read a file only once there is room for it: the files
+                    // held, parsed, stay within the window's bytes.
+                    let size = p.symlink_metadata().map_or(0, |m| m.len());
+                    if window.no_room_for(size)
+                        && self.queue_window(&mut window).await == Taken::Later
+                    {
+                        held_back = true;
+                        break 'passes;
+                    }
                     let taken = match self.prepare(&p).await {
                         Prepared::Ready(ready) => {
                             window.push(ready);

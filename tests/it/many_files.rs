@@ -78,3 +78,76 @@ fn a_folder_of_files_for_the_same_records_is_taken_oldest_first_in_few_commits()
         "{commits} commits for {total} files since the restart"
     );
 }
+
+/// Peak resident memory of the running daemon, in KiB.
+fn peak_rss_kib(d: &TestDaemon) -> u64 {
+    let pid = d.child.as_ref().expect("the daemon runs").id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// An NDJSON file just under the size taken whole (4 MiB), records `f-0`...
+fn big_ndjson(f: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while out.len() < 3_900_000 {
+        out.extend_from_slice(
+            format!("{{\"permit_number\":\"{f}-{i}\",\"status\":\"A\",\"n\":\"{i}\"}}\n")
+                .as_bytes(),
+        );
+        i += 1;
+    }
+    out
+}
+
+#[test]
+fn files_queued_together_take_no_more_memory_than_one_file_taken_whole() {
+    let mut d = TestDaemon::new()
+        .connector(
+            "housing",
+            &csv_connector(&["permit_number", "status"], "batch_max = 1000", ""),
+        )
+        .start();
+    let inbox_empty = |d: &TestDaemon| {
+        std::fs::read_dir(d.inbox())
+            .unwrap()
+            .flatten()
+            .all(|e| e.file_name().to_string_lossy().starts_with('.'))
+    };
+    // One file just under 4 MiB, alone: what taking it whole costs.
+    d.drop_file("one.ndjson", &big_ndjson(0));
+    d.wait_for(
+        Duration::from_secs(180),
+        "the first file taken",
+        inbox_empty,
+    );
+    let one = peak_rss_kib(&d);
+    d.stop();
+    // Three such files found at once by the start-up scan, as a folder that
+    // filled while hms-sync was stopped: they were one window of 11.7 MB
+    // (the limit was 8 MiB), parsed all at once, about twice the memory.
+    let old = SystemTime::now() - Duration::from_secs(3600);
+    for f in 1..=3 {
+        let path = d.inbox().join(format!("more-{f}.ndjson"));
+        std::fs::write(&path, big_ndjson(f)).unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(old + Duration::from_secs(f as u64))
+            .unwrap();
+    }
+    d.restart();
+    d.wait_for(
+        Duration::from_secs(300),
+        "the three files taken",
+        inbox_empty,
+    );
+    let three = peak_rss_kib(&d);
+    assert!(
+        (three as f64) < one as f64 * 1.4,
+        "peak RSS {three} KiB taking three 3.9 MB files against {one} KiB for one: they were held and parsed together"
+    );
+    assert_eq!(d.log().matches("file accepted").count(), 4, "{}", d.log());
+}

@@ -152,6 +152,9 @@ impl DropDir {
         let mut todo: BTreeSet<PathBuf> = BTreeSet::new();
         let mut rescan = true;
         let mut next_scan = tokio::time::Instant::now() + RESCAN_EVERY;
+        // After a busy queue held files back: the next window is one file, so
+        // that a queue still busy costs one file read, not a whole window's.
+        let mut probe = false;
         loop {
             if *self.shutdown.borrow() {
                 return;
@@ -195,9 +198,11 @@ impl DropDir {
                     let taken = match self.prepare(&p).await {
                         Prepared::Ready(ready) => {
                             window.push(ready);
-                            if !window.is_full() {
+                            if !window.is_full() && !probe {
                                 continue;
                             }
+                            // Taken: full windows again (held back: set below).
+                            probe = false;
                             self.queue_window(&mut window).await
                         }
                         Prepared::Large(name) => match self.queue_window(&mut window).await {
@@ -232,6 +237,7 @@ impl DropDir {
                 }
             }
             if held_back {
+                probe = true;
                 todo.clear();
                 next_scan = tokio::time::Instant::now() + Duration::from_secs(1);
             } else if unsettled {

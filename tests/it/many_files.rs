@@ -151,3 +151,78 @@ fn files_queued_together_take_no_more_memory_than_one_file_taken_whole() {
     );
     assert_eq!(d.log().matches("file accepted").count(), 4, "{}", d.log());
 }
+
+#[test]
+fn a_busy_queue_costs_one_file_a_try_not_a_window_and_loses_nothing() {
+    let d = TestDaemon::new()
+        .config("max_queue_bytes = 2000")
+        .connector(
+            "housing",
+            &csv_connector(&["permit_number", "n"], "batch_max = 1000", ""),
+        )
+        .start();
+    // The target is down: the queue fills past max_queue_bytes and stays full.
+    std::fs::remove_dir(d.outbox("housing")).unwrap();
+    let mut c = d.client();
+    let mut accepted = 0;
+    for i in 0..500 {
+        let a = c.call(&envelope(
+            &format!("s{i}"),
+            serde_json::json!({"permit_number": format!("s{i}"), "n": "0"}),
+        ));
+        if a["ok"] != true {
+            break;
+        }
+        accepted += 1;
+    }
+    assert!(accepted < 500, "the queue never became busy");
+    let before = metric(&d, "hms_sync_ingest_busy_total");
+    // 100 files wait in the inbox while ingestion is paused.
+    const FILES: usize = 100;
+    for i in 0..FILES {
+        drop_into(
+            &d.inbox(),
+            &format!("f-{i:03}.json"),
+            format!("{{\"permit_number\":\"f{i:03}\",\"n\":\"{i}\"}}").as_bytes(),
+        );
+    }
+    // Each try while busy (about one a second) reads files and is refused;
+    // the counter grows by the files refused. The first try may hold whatever
+    // had arrived; the tries after it must be one file each, not the folder.
+    let mut seen = vec![before];
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while seen.len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watcher was not told busy three times: {seen:?}"
+        );
+        let now = metric(&d, "hms_sync_ingest_busy_total");
+        if now > *seen.last().unwrap() {
+            seen.push(now);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let later = seen[3] - seen[1];
+    assert!(
+        later < 10.0,
+        "{later} files refused as busy in two tries after the first ({seen:?}): each try read and parsed the whole folder"
+    );
+    assert_eq!(
+        std::fs::read_dir(d.inbox())
+            .unwrap()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count(),
+        FILES,
+        "every file waits in the inbox"
+    );
+    // The target comes back: everything is delivered, each file once.
+    std::fs::create_dir(d.outbox("housing")).unwrap();
+    d.wait_for(Duration::from_secs(120), "everything delivered", |d| {
+        d.outbox_rows("housing")
+            .iter()
+            .filter(|r| r[2].starts_with('f') || r[2].starts_with('s'))
+            .count()
+            == accepted + FILES
+    });
+}

@@ -918,6 +918,49 @@ mod tests {
     }
 
     #[test]
+    fn a_business_answer_cannot_be_fooled_by_its_neighbours() {
+        let r = rule(Some("UpdateResponse/Message"));
+        let rejected = |body: &str| matches!(judge(body, &r), Answer::Rejected { .. });
+        // A Result deeper down, or in the Header, is not the one at ok_path.
+        assert!(rejected(
+            "<UpdateResponse><Detail><Result>OK</Result></Detail><Result>ERROR</Result></UpdateResponse>"
+        ));
+        let in_header = r#"<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Header><UpdateResponse><Result>OK</Result></UpdateResponse></s:Header><s:Body><UpdateResponse><Result>ERROR</Result></UpdateResponse></s:Body></s:Envelope>"#;
+        assert!(matches!(
+            classify(200, None, in_header.as_bytes(), false, false, Some(&r)),
+            Answer::Rejected { .. }
+        ));
+        // The first element at ok_path decides; a later OK does not undo an ERROR.
+        assert!(rejected(
+            "<UpdateResponse><Result>ERROR</Result><Result>OK</Result></UpdateResponse>"
+        ));
+        // OK in CDATA and spread over lines, with any prefix, is OK.
+        for ok in [
+            "<UpdateResponse><Result><![CDATA[ OK ]]></Result></UpdateResponse>",
+            "<m:UpdateResponse xmlns:m=\"urn:x\"><m:Result>\n   OK\n</m:Result></m:UpdateResponse>",
+            "<UpdateResponse><Result>&#79;&#75;</Result></UpdateResponse>",
+        ] {
+            assert_eq!(judge(ok, &r), Answer::Delivered, "{ok}");
+        }
+        // An entity the service declares itself is not read as OK.
+        assert!(rejected(
+            "<UpdateResponse><Result>&ok;</Result></UpdateResponse>"
+        ));
+        // OK with more text inside is not OK.
+        assert!(rejected(
+            "<UpdateResponse><Result>OK<Detail>but not saved</Detail></Result></UpdateResponse>"
+        ));
+        // A Fault in the Body wins over an OK result beside it.
+        let both = format!(
+            "{ENV11}<soap:Fault><faultcode>soap:Server</faultcode><faultstring>rolled back</faultstring></soap:Fault><UpdateResponse><Result>OK</Result></UpdateResponse>{END}"
+        );
+        assert!(matches!(
+            classify(200, None, both.as_bytes(), false, false, Some(&r)),
+            Answer::Rejected { reason, .. } if reason.contains("rolled back")
+        ));
+    }
+
+    #[test]
     fn a_long_business_reason_is_cut_and_a_fault_still_wins() {
         let r = rule(Some("UpdateResponse/Message"));
         let long = "x".repeat(5000);

@@ -188,3 +188,26 @@ fn check_explains_a_bad_max_in_flight_and_a_limit_without_auto() {
         "{text}"
     );
 }
+
+#[test]
+fn a_misspelt_auto_with_a_limit_is_one_problem_not_two() {
+    let d = TestDaemon::new().connector(
+        "capital",
+        &soap_connector(
+            "http://127.0.0.1:9/S",
+            "max_in_flight = \"Auto\"\nmax_in_flight_limit = 4",
+            "",
+        ),
+    );
+    d.write_config();
+    let out = d.cli(&["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("max_in_flight: must be a number from 1 to 64 or \"auto\", not \"Auto\""),
+        "{text}"
+    );
+    // The limit is not also said to lack the "auto" the admin meant to write.
+    assert!(!text.contains("applies only with"), "{text}");
+}

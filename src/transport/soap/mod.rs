@@ -342,6 +342,7 @@ pub fn validate(t: &Raw, base: &Path, problems: &mut Problems<'_>) -> Option<Tra
     if let Err(e) = action_headers(version, &soap_action) {
         problem("soap_action", e);
     }
+    let mut mode_ok = true;
     let (max_in_flight, adaptive) = match &t.max_in_flight {
         None => (1, false),
         Some(toml::Value::Integer(n)) if (1..=64).contains(n) => (*n as usize, false),
@@ -351,11 +352,14 @@ pub fn validate(t: &Raw, base: &Path, problems: &mut Problems<'_>) -> Option<Tra
                 "max_in_flight",
                 format!("must be a number from 1 to 64 or \"auto\", not {other}"),
             );
+            mode_ok = false;
             (1, false)
         }
     };
     let max_in_flight = match t.max_in_flight_limit {
         None => max_in_flight,
+        // A misspelt "auto" is said once, above; not again as a limit without it.
+        Some(_) if !adaptive && !mode_ok => max_in_flight,
         Some(_) if !adaptive => {
             problem(
                 "max_in_flight_limit",

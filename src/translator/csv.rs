@@ -3,7 +3,7 @@
 //! in the connector's dialect: `delimiter`, `quote`, `header`, `line_end`, `encoding`.
 //!
 //! **Invariants:** the csv crate quotes; with `quote = "never"` a value that
-//! would need quoting (the delimiter, a `"`, a line break) is a rejection of
+//! would need quoting (the delimiter, a `"`, a line break or separator) is a rejection of
 //! its delta naming the column, and a character the `encoding` lacks is one too:
 //! never a silently broken or altered row.
 
@@ -106,6 +106,22 @@ impl TextEncoding {
                 .filter_map(|c| self.byte(c).flatten())
                 .collect(),
         }
+    }
+}
+
+/// What `c` is, if a reader of text lines would end a line at it: LF and CR,
+/// and the other line boundaries that line readers split on (Python's
+/// `splitlines`, many editors and viewers): VT, FF, the file, group and record
+/// separators, NEL, U+2028 and U+2029. A value holding one cannot be written
+/// unquoted without breaking its line.
+pub fn line_break(c: char) -> Option<String> {
+    match c {
+        '\n' => Some("a line break (LF)".into()),
+        '\r' => Some("a line break (CR)".into()),
+        '\u{0B}' | '\u{0C}' | '\u{1C}'..='\u{1E}' | '\u{85}' | '\u{2028}' | '\u{2029}' => {
+            Some(format!("a line separator (U+{:04X})", c as u32))
+        }
+        _ => None,
     }
 }
 
@@ -335,12 +351,15 @@ impl CsvFormat {
             if d.quote == Quote::Never
                 && let Some(c) = value
                     .chars()
-                    .find(|&c| c == d.delimiter as char || matches!(c, '"' | '\r' | '\n'))
+                    .find(|&c| c == d.delimiter as char || c == '"' || line_break(c).is_some())
             {
                 let what = match c {
                     '"' => "a double quote".to_string(),
                     '\r' | '\n' => "a line break".to_string(),
-                    _ => format!("the delimiter {}", shown(d.delimiter)),
+                    c if c == d.delimiter as char => {
+                        format!("the delimiter {}", shown(d.delimiter))
+                    }
+                    c => line_break(c).unwrap_or_default(),
                 };
                 return Err(TranslateError::Other(format!(
                     "column `{column}` holds {value:?}, which contains {what}: with `quote = \"never\"` it cannot be written without breaking the line"
@@ -495,8 +514,21 @@ mod tests {
             err.contains("column `status`") && err.contains("the delimiter |"),
             "{err}"
         );
-        let err = row_in(d, json!("two\nlines")).unwrap_err().to_string();
+        let err = row_in(d.clone(), json!("two\nlines"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("a line break"), "{err}");
+        // The other line boundaries line readers split on break the line too.
+        for sep in ['\u{2028}', '\u{85}', '\u{0C}'] {
+            let err = row_in(d.clone(), json!(format!("two{sep}lines")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("column `status`")
+                    && err.contains(&format!("a line separator (U+{:04X})", sep as u32)),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub struct TemplateFormat {
     name: String,
     extension: String,
     encoding: TextEncoding,
+    /// The template's own lines end in CR LF (written on Windows): so does the
+    /// line break added after each change, or the file would mix line ends.
+    crlf: bool,
 }
 
 const XML: AutoEscape = AutoEscape::Custom("xml");
@@ -89,13 +92,12 @@ fn text_value(
     encoding: TextEncoding,
 ) -> Result<(), Error> {
     let text = value.to_string();
-    let breaks = text.chars().find_map(|c| match c {
-        '\n' => Some("a line break (LF), which would break the line".to_string()),
-        '\r' => Some("a line break (CR), which would break the line".to_string()),
-        c if Some(c) == delimiter.map(char::from) => {
+    let breaks = text.chars().find_map(|c| match super::csv::line_break(c) {
+        Some(what) => Some(format!("{what}, which would break the line")),
+        None if Some(c) == delimiter.map(char::from) => {
             Some(format!("the delimiter `{c}`, which would break the line"))
         }
-        _ => None,
+        None => None,
     });
     let what = breaks.or_else(|| {
         encoding.missing(&text).map(|c| {
@@ -248,6 +250,25 @@ pub fn validate(f: &Raw, folder: &Path, problems: &mut Problems<'_>) -> Option<F
             return None;
         }
     };
+    // A byte-order mark (Notepad saves one) is not text to write before each change.
+    let source = match source.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => source,
+    };
+    // The template's own text goes into every file: a character the encoding
+    // lacks would refuse every change, so `check` says so now.
+    if let Some((line, c)) = unwritable_text(&source, encoding) {
+        problems.push(Problem {
+            file: path.display().to_string(),
+            line: Some(line),
+            key: "template".into(),
+            message: format!(
+                "the template's text holds {c:?} (U+{:04X}), which {} cannot carry: every change would be refused",
+                c as u32,
+                encoding.name()
+            ),
+        });
+    }
     let mut env = environment(delimiter, encoding);
     if let Err(e) = env.add_template_owned(file_name.clone(), source.clone()) {
         problems.push(Problem {
@@ -272,6 +293,35 @@ pub fn validate(f: &Raw, folder: &Path, problems: &mut Problems<'_>) -> Option<F
     }))
 }
 
+/// The first character of the template's literal text (outside `{{ }}`,
+/// `{% %}` and `{# #}`) that `encoding` lacks, with its line.
+fn unwritable_text(source: &str, encoding: TextEncoding) -> Option<(usize, char)> {
+    let mut rest = source;
+    let mut line = 1;
+    loop {
+        let open = ["{{", "{%", "{#"]
+            .iter()
+            .filter_map(|o| rest.find(o).map(|at| (at, *o)))
+            .min();
+        let text = open.map_or(rest, |(at, _)| &rest[..at]);
+        for c in text.chars() {
+            if encoding.missing(c.encode_utf8(&mut [0; 4])).is_some() {
+                return Some((line, c));
+            }
+            line += usize::from(c == '\n');
+        }
+        let (at, opened) = open?;
+        let close = match opened {
+            "{{" => "}}",
+            "{%" => "%}",
+            _ => "#}",
+        };
+        let tag_end = rest[at..].find(close).map_or(rest.len(), |e| at + e + 2);
+        line += rest[at..tag_end].matches('\n').count();
+        rest = &rest[tag_end..];
+    }
+}
+
 impl TemplateFormat {
     pub fn new(spec: &TemplateSpec) -> TemplateFormat {
         let mut env = environment(spec.delimiter, spec.encoding);
@@ -283,6 +333,7 @@ impl TemplateFormat {
             name: spec.name.clone(),
             extension: spec.extension.clone(),
             encoding: spec.encoding,
+            crlf: spec.source.contains("\r\n"),
         }
     }
 
@@ -325,7 +376,7 @@ impl TemplateFormat {
             ))
         })?;
         if !out.ends_with('\n') {
-            out.push('\n');
+            out.push_str(if self.crlf { "\r\n" } else { "\n" });
         }
         // Values were checked as they were printed; this is the template's own text.
         if let Some(c) = self.encoding.missing(&out) {
@@ -461,6 +512,54 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_crlf_template_ends_each_change_with_crlf_too() {
+        // Saved by Notepad: every line ends in CR LF, the last one too.
+        assert_eq!(
+            text("H|{{ key }}\r\nD|{{ record.status }}\r\n", json!("OK")).unwrap(),
+            "H|A\r\nD|OK\r\n"
+        );
+        assert_eq!(
+            text("H|{{ key }}\r\nD|{{ record.status }}", json!("OK")).unwrap(),
+            "H|A\r\nD|OK\r\n"
+        );
+        // LF templates stay LF.
+        assert_eq!(
+            text("H|{{ key }}\nD|{{ record.status }}\n", json!("OK")).unwrap(),
+            "H|A\nD|OK\n"
+        );
+    }
+
+    #[test]
+    fn a_unicode_or_control_line_separator_is_refused_too() {
+        // Line readers (Python's splitlines, editors) end a line at each of these:
+        // written as they are, the importer would see the record cut in two.
+        for (c, code) in [
+            ('\u{2028}', "U+2028"),
+            ('\u{2029}', "U+2029"),
+            ('\u{85}', "U+0085"),
+            ('\u{0B}', "U+000B"),
+            ('\u{0C}', "U+000C"),
+            ('\u{1E}', "U+001E"),
+        ] {
+            let value = format!("first{c}second");
+            let err = text("{{ key }}|{{ record.status }}", json!(value))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!(
+                    "the value {value:?} holds a line separator ({code}), which would break the line"
+                )),
+                "{err}"
+            );
+        }
+        // A tab or a non-breaking space does not end a line.
+        assert_eq!(
+            text("{{ record.status }}", json!("a\tb\u{a0}c")).unwrap(),
+            "a\tb\u{a0}c\n"
+        );
+    }
+
     fn check(template: &str, extra: &str) -> Result<Format, String> {
         let tmp = tempfile::tempdir().unwrap();
         for name in ["p.txt.j2", "p.xml.j2", "p.json.j2", "p.j2"] {
@@ -470,6 +569,43 @@ mod tests {
         let mut problems = Problems::new("c.toml", &text);
         let raw: Raw = crate::problem::section(&text, "format", &mut problems).unwrap();
         validate(&raw, tmp.path(), &mut problems).ok_or_else(|| problems.joined())
+    }
+
+    #[test]
+    fn check_refuses_template_text_the_encoding_lacks_and_drops_a_bom() {
+        let load = |source: &[u8], encoding: &str| {
+            let tmp = tempfile::tempdir().unwrap();
+            std::fs::write(tmp.path().join("p.txt.j2"), source).unwrap();
+            let text = format!(
+                "[format]\nkind = \"template\"\ntemplate = \"p.txt.j2\"\nencoding = \"{encoding}\"\n"
+            );
+            let mut problems = Problems::new("c.toml", &text);
+            let raw: Raw = crate::problem::section(&text, "format", &mut problems).unwrap();
+            validate(&raw, tmp.path(), &mut problems).ok_or_else(|| problems.joined())
+        };
+        // A literal the set lacks, on line 2 (a comment or tag may hold anything).
+        let err = load(
+            "{# Gebühr in € #}H|{{ key }}\nFee in \u{20ac}|{{ record.fee }}\n".as_bytes(),
+            "latin1",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("line 2")
+                && err
+                    .contains("the template's text holds '€' (U+20AC), which latin1 cannot carry"),
+            "{err}"
+        );
+        assert!(load("{# € #}{{ \"x\" }}|{{ key }}".as_bytes(), "latin1").is_ok());
+        assert!(load("Fee in \u{20ac}|{{ key }}".as_bytes(), "cp1252").is_ok());
+        // Notepad's byte-order mark is dropped, not written before every change.
+        let Format::Template(spec) = load(b"\xEF\xBB\xBF{{ key }}|x", "cp1252").unwrap() else {
+            panic!()
+        };
+        assert_eq!(spec.source, "{{ key }}|x");
+        let Format::Template(spec) = load(b"\xEF\xBB\xBF{{ key }}|x", "utf-8").unwrap() else {
+            panic!()
+        };
+        assert!(!spec.source.starts_with('\u{feff}'));
     }
 
     #[test]

@@ -105,8 +105,17 @@ struct Window {
 impl Window {
     /// Most files queued in one write.
     const MAX_FILES: usize = 512;
-    /// Most bytes of files held at once (memory stays bounded).
-    const MAX_BYTES: u64 = 8 << 20;
+    /// Most bytes of files held at once: the largest file taken whole
+    /// ([`super::parts::PARTS_FROM_BYTES`]), so that a window's parsed changes
+    /// (several times their bytes) cost no more memory than one such file did
+    /// before windows.
+    const MAX_BYTES: u64 = super::parts::PARTS_FROM_BYTES;
+
+    /// Whether a file of `size` bytes would take the window past its bytes:
+    /// queue the window before reading the file.
+    fn no_room_for(&self, size: u64) -> bool {
+        !self.files.is_empty() && self.bytes + size > Self::MAX_BYTES
+    }
 
     fn push(&mut self, ready: Ready) {
         self.bytes += ready.size;
@@ -143,6 +152,9 @@ impl DropDir {
         let mut todo: BTreeSet<PathBuf> = BTreeSet::new();
         let mut rescan = true;
         let mut next_scan = tokio::time::Instant::now() + RESCAN_EVERY;
+        // After a busy queue held files back: the next window is one file, so
+        // that a queue still busy costs one file read, not a whole window's.
+        let mut probe = false;
         loop {
             if *self.shutdown.borrow() {
                 return;
@@ -174,12 +186,23 @@ impl DropDir {
                 // at a time: one commit, one fsync of the folder, for many files.
                 let mut window = Window::default();
                 for p in pass {
+                    // Read a file only once there is room for it: the files
+                    // held, parsed, stay within the window's bytes.
+                    let size = p.symlink_metadata().map_or(0, |m| m.len());
+                    if window.no_room_for(size)
+                        && self.queue_window(&mut window).await == Taken::Later
+                    {
+                        held_back = true;
+                        break 'passes;
+                    }
                     let taken = match self.prepare(&p).await {
                         Prepared::Ready(ready) => {
                             window.push(ready);
-                            if !window.is_full() {
+                            if !window.is_full() && !probe {
                                 continue;
                             }
+                            // Taken: full windows again (held back: set below).
+                            probe = false;
                             self.queue_window(&mut window).await
                         }
                         Prepared::Large(name) => match self.queue_window(&mut window).await {
@@ -214,6 +237,7 @@ impl DropDir {
                 }
             }
             if held_back {
+                probe = true;
                 todo.clear();
                 next_scan = tokio::time::Instant::now() + Duration::from_secs(1);
             } else if unsettled {

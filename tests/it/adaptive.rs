@@ -163,6 +163,14 @@ fn auto_in_flight_stays_near_what_a_three_worker_service_takes_below_a_high_limi
     assert!((2..=8).contains(&most), "most at once: {most}");
 }
 
+/// `hms-sync check`'s output, which must refuse the configuration.
+fn failed_check(d: &TestDaemon) -> String {
+    d.write_config();
+    let out = d.cli(&["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout)
+}
+
 #[test]
 fn check_explains_a_bad_max_in_flight_and_a_limit_without_auto() {
     let d = TestDaemon::new()
@@ -174,11 +182,7 @@ fn check_explains_a_bad_max_in_flight_and_a_limit_without_auto() {
             "limit",
             &soap_connector("http://127.0.0.1:9/S", "max_in_flight_limit = 4", ""),
         );
-    d.write_config();
-    let out = d.cli(&["check"]);
-    assert_eq!(out.status.code(), Some(2));
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let text = failed_check(&d);
     assert!(
         text.contains("line 10") && text.contains("max_in_flight") && text.contains("\"auto\""),
         "{text}"
@@ -187,4 +191,23 @@ fn check_explains_a_bad_max_in_flight_and_a_limit_without_auto() {
         text.contains("max_in_flight_limit") && text.contains("applies only with"),
         "{text}"
     );
+}
+
+#[test]
+fn a_misspelt_auto_with_a_limit_is_one_problem_not_two() {
+    let d = TestDaemon::new().connector(
+        "capital",
+        &soap_connector(
+            "http://127.0.0.1:9/S",
+            "max_in_flight = \"Auto\"\nmax_in_flight_limit = 4",
+            "",
+        ),
+    );
+    let text = failed_check(&d);
+    assert!(
+        text.contains("max_in_flight: must be a number from 1 to 64 or \"auto\", not \"Auto\""),
+        "{text}"
+    );
+    // The limit is not also said to lack the "auto" the admin meant to write.
+    assert!(!text.contains("applies only with"), "{text}");
 }

@@ -16,7 +16,10 @@
 //!
 //! "The usual" is the fastest batch time seen, drifting slowly up towards newer
 //! ones, so that a service that became slower for good is learnt, not fought.
-//! A refusal is an answer: it counts for the time, never as trouble.
+//! A refusal is an answer, never trouble; but its time is not the time of the
+//! work either (a service often refuses a bad message at once, before doing
+//! anything), so only delivered answers are timed: a run of quick refusals
+//! must not make "the usual" so short that every real batch looks slow.
 //!
 //! **Invariant:** `1 <= current() <= limit`; a fixed setting never changes.
 
@@ -28,6 +31,17 @@ const SLOW: f64 = 1.5;
 const KEPT_UP: f64 = 1.25;
 /// How far the usual moves towards a slower batch time, per batch.
 const DRIFT: f64 = 0.05;
+
+/// What one request of a batch came to, as far as pacing goes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Answered {
+    /// Taken, after this long.
+    Delivered(Duration),
+    /// Answered and refused (a Fault, an HTTP error, `<Result>ERROR`).
+    Refused(Duration),
+    /// No answer: a timeout, a refused connection, a gateway error.
+    Nothing,
+}
 
 #[derive(Clone, Debug)]
 pub struct InFlight {
@@ -67,6 +81,23 @@ impl InFlight {
 
     pub fn is_auto(&self) -> bool {
         self.auto
+    }
+
+    /// Learns from one batch of `sent` requests and what each came to: trouble
+    /// if any got no answer; timed by its delivered answers only (refusals are
+    /// not timed, see the module's text); a batch of refusals alone teaches
+    /// nothing.
+    pub fn observe_batch(&mut self, sent: usize, answers: &[Answered]) {
+        let trouble =
+            answers.len() < sent || answers.iter().any(|a| matches!(a, Answered::Nothing));
+        let latencies: Vec<Duration> = answers
+            .iter()
+            .filter_map(|a| match a {
+                Answered::Delivered(took) => Some(*took),
+                _ => None,
+            })
+            .collect();
+        self.observe(sent, &latencies, trouble);
     }
 
     /// Learns from one batch: `sent` requests, the latency of each answered one,
@@ -172,6 +203,50 @@ mod tests {
             f.observe(1, &[ms(5)], false);
         }
         assert_eq!(f.current(), 2, "only the first full batch of 1 counted");
+    }
+
+    #[test]
+    fn quick_refusals_do_not_hold_concurrency_down() {
+        // A service that takes 40 ms to work on a change but refuses a bad one
+        // in 1 ms; every fourth batch is refusals only (a run of bad records).
+        let mut f = InFlight::auto(8);
+        for i in 0..200 {
+            let n = f.current();
+            let answers = if i % 4 == 3 {
+                vec![Answered::Refused(ms(1)); n]
+            } else {
+                vec![Answered::Delivered(ms(40)); n]
+            };
+            f.observe_batch(n, &answers);
+        }
+        // Timing the refusals made "the usual" 1 ms, every real batch then
+        // looked 40 times too slow, and concurrency stayed at 1.
+        assert_eq!(f.current(), 8);
+        // A mixed batch is timed by its deliveries; a lost answer is trouble.
+        f.observe_batch(
+            8,
+            &[
+                vec![Answered::Delivered(ms(40)); 7],
+                vec![Answered::Refused(ms(1))],
+            ]
+            .concat(),
+        );
+        assert_eq!(f.current(), 8);
+        f.observe_batch(
+            8,
+            &[
+                vec![Answered::Delivered(ms(40)); 7],
+                vec![Answered::Nothing],
+            ]
+            .concat(),
+        );
+        assert_eq!(f.current(), 4);
+        f.observe_batch(4, &[Answered::Delivered(ms(40)); 3]);
+        assert_eq!(
+            f.current(),
+            2,
+            "an answer missing from the batch is trouble too"
+        );
     }
 
     #[test]

@@ -8,9 +8,10 @@
 //! **Invariants:** no I/O; any bytes in, never a panic; only a `Fault` in the
 //! envelope's SOAP namespace directly in its `Body` is a Fault (the service's
 //! own elements may be called that); a 2xx counts as delivered only if its
-//! root is a SOAP `Envelope` holding a `Body`; UTF-8, ISO-8859-1 and
-//! windows-1252 answers and entity references (`&amp;`, `&#233;`) are read as
-//! the service meant them (any other charset is read as UTF-8).
+//! root is a SOAP `Envelope` holding a `Body`; UTF-8, UTF-16 (a .NET service
+//! may answer so), ISO-8859-1 and windows-1252 answers and entity references
+//! (`&amp;`, `&#233;`) are read as the service meant them (any other charset
+//! is read as UTF-8).
 
 use quick_xml::NsReader;
 use quick_xml::events::Event;
@@ -383,6 +384,8 @@ enum Charset {
     Utf8,
     Latin1,
     Windows1252,
+    /// UTF-16, little- or big-endian (`true`: little).
+    Utf16(bool),
 }
 
 /// The charset of the answer: the Content-Type's, else the XML declaration's;
@@ -395,9 +398,21 @@ fn charset(content_type: Option<&str>, body: &[u8]) -> Charset {
                 Charset::Latin1
             }
             "windows-1252" | "cp1252" | "x-cp1252" => Charset::Windows1252,
+            // "utf-16" named over bytes that are not (a .NET service that
+            // writes its XML to a string, then sends it as UTF-8): the bytes
+            // decide, below.
             _ => Charset::Utf8,
         }
     };
+    // UTF-16 shows in its bytes: a byte-order mark, or a NUL beside the first
+    // character (XML 1.0, appendix F), which 8-bit text never has.
+    match body {
+        [0xFF, 0xFE, ..] => return Charset::Utf16(true),
+        [0xFE, 0xFF, ..] => return Charset::Utf16(false),
+        [a, 0, ..] if *a != 0 => return Charset::Utf16(true),
+        [0, b, ..] if *b != 0 => return Charset::Utf16(false),
+        _ => {}
+    }
     if let Some(ct) = content_type
         && let Some(cs) = ct
             .split(';')
@@ -437,6 +452,20 @@ fn to_utf8(content_type: Option<&str>, body: &[u8]) -> String {
             .map(|&b| crate::translator::codepage::cp1252_decode(b))
             .collect(),
         Charset::Utf8 => String::from_utf8_lossy(body).into_owned(),
+        Charset::Utf16(little) => {
+            let units: Vec<u16> = body
+                .chunks(2)
+                .map(|p| {
+                    let pair = [p[0], p.get(1).copied().unwrap_or(0)];
+                    if little {
+                        u16::from_le_bytes(pair)
+                    } else {
+                        u16::from_be_bytes(pair)
+                    }
+                })
+                .collect();
+            String::from_utf16_lossy(&units)
+        }
     }
 }
 
@@ -817,6 +846,77 @@ mod tests {
         );
     }
 
+    fn utf16(text: &str, little: bool, bom: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        for unit in bom.then_some(0xFEFF).into_iter().chain(text.encode_utf16()) {
+            out.extend(if little {
+                unit.to_le_bytes()
+            } else {
+                unit.to_be_bytes()
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn utf16_answers_are_read_not_taken_for_an_outage() {
+        // A .NET service configured for UTF-16: read as garbage, every answer
+        // was "not a SOAP envelope", an outage, and the change sent again forever.
+        let ok = format!(
+            "<?xml version=\"1.0\" encoding=\"utf-16\"?>{ENV11}<UpdateResponse><Result>OK</Result></UpdateResponse>{END}"
+        );
+        let r = rule(None);
+        for (little, bom, ct) in [
+            (true, true, Some("text/xml; charset=utf-16")),
+            (false, true, Some("text/xml")),
+            (true, false, None),
+            (false, false, Some("text/xml; charset=utf-16")),
+            (true, false, Some("text/xml; charset=UTF-16LE")),
+        ] {
+            let body = utf16(&ok, little, bom);
+            assert_eq!(
+                classify(200, ct, &body, false, false, None),
+                Answer::Delivered,
+                "{little} {bom} {ct:?}"
+            );
+            assert_eq!(
+                classify(200, ct, &body, false, false, Some(&r)),
+                Answer::Delivered
+            );
+        }
+        let fault = utf16(&fault11("soap:Client", "caf\u{e9} \u{20ac}"), true, true);
+        match classify(
+            500,
+            Some("text/xml; charset=utf-16"),
+            &fault,
+            false,
+            false,
+            None,
+        ) {
+            Answer::Rejected { reason, client } => {
+                assert!(client && reason.contains("caf\u{e9} \u{20ac}"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // "utf-16" said of UTF-8 bytes (.NET writing XML to a string): the bytes win.
+        assert_eq!(
+            classify(
+                200,
+                Some("text/xml; charset=utf-16"),
+                ok.as_bytes(),
+                false,
+                false,
+                Some(&r)
+            ),
+            Answer::Delivered
+        );
+        // An odd byte count or a lone surrogate is no panic.
+        let mut odd = utf16(&ok, true, true);
+        odd.push(b'x');
+        odd.extend([0x00, 0xD8]);
+        let _ = classify(200, None, &odd, false, false, Some(&r));
+    }
+
     #[test]
     fn http_errors_malformed_and_oversized_answers() {
         assert!(matches!(
@@ -914,6 +1014,49 @@ mod tests {
         assert!(matches!(
             judge("<UpdateResponse><Result/></UpdateResponse>", &r),
             Answer::Rejected { reason, .. } if reason.contains("= \"\"")
+        ));
+    }
+
+    #[test]
+    fn a_business_answer_cannot_be_fooled_by_its_neighbours() {
+        let r = rule(Some("UpdateResponse/Message"));
+        let rejected = |body: &str| matches!(judge(body, &r), Answer::Rejected { .. });
+        // A Result deeper down, or in the Header, is not the one at ok_path.
+        assert!(rejected(
+            "<UpdateResponse><Detail><Result>OK</Result></Detail><Result>ERROR</Result></UpdateResponse>"
+        ));
+        let in_header = r#"<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Header><UpdateResponse><Result>OK</Result></UpdateResponse></s:Header><s:Body><UpdateResponse><Result>ERROR</Result></UpdateResponse></s:Body></s:Envelope>"#;
+        assert!(matches!(
+            classify(200, None, in_header.as_bytes(), false, false, Some(&r)),
+            Answer::Rejected { .. }
+        ));
+        // The first element at ok_path decides; a later OK does not undo an ERROR.
+        assert!(rejected(
+            "<UpdateResponse><Result>ERROR</Result><Result>OK</Result></UpdateResponse>"
+        ));
+        // OK in CDATA and spread over lines, with any prefix, is OK.
+        for ok in [
+            "<UpdateResponse><Result><![CDATA[ OK ]]></Result></UpdateResponse>",
+            "<m:UpdateResponse xmlns:m=\"urn:x\"><m:Result>\n   OK\n</m:Result></m:UpdateResponse>",
+            "<UpdateResponse><Result>&#79;&#75;</Result></UpdateResponse>",
+        ] {
+            assert_eq!(judge(ok, &r), Answer::Delivered, "{ok}");
+        }
+        // An entity the service declares itself is not read as OK.
+        assert!(rejected(
+            "<UpdateResponse><Result>&ok;</Result></UpdateResponse>"
+        ));
+        // OK with more text inside is not OK.
+        assert!(rejected(
+            "<UpdateResponse><Result>OK<Detail>but not saved</Detail></Result></UpdateResponse>"
+        ));
+        // A Fault in the Body wins over an OK result beside it.
+        let both = format!(
+            "{ENV11}<soap:Fault><faultcode>soap:Server</faultcode><faultstring>rolled back</faultstring></soap:Fault><UpdateResponse><Result>OK</Result></UpdateResponse>{END}"
+        );
+        assert!(matches!(
+            classify(200, None, both.as_bytes(), false, false, Some(&r)),
+            Answer::Rejected { reason, .. } if reason.contains("rolled back")
         ));
     }
 

@@ -342,6 +342,7 @@ pub fn validate(t: &Raw, base: &Path, problems: &mut Problems<'_>) -> Option<Tra
     if let Err(e) = action_headers(version, &soap_action) {
         problem("soap_action", e);
     }
+    let mut mode_ok = true;
     let (max_in_flight, adaptive) = match &t.max_in_flight {
         None => (1, false),
         Some(toml::Value::Integer(n)) if (1..=64).contains(n) => (*n as usize, false),
@@ -351,11 +352,14 @@ pub fn validate(t: &Raw, base: &Path, problems: &mut Problems<'_>) -> Option<Tra
                 "max_in_flight",
                 format!("must be a number from 1 to 64 or \"auto\", not {other}"),
             );
+            mode_ok = false;
             (1, false)
         }
     };
     let max_in_flight = match t.max_in_flight_limit {
         None => max_in_flight,
+        // A misspelt "auto" is said once, above; not again as a limit without it.
+        Some(_) if !adaptive && !mode_ok => max_in_flight,
         Some(_) if !adaptive => {
             problem(
                 "max_in_flight_limit",
@@ -648,10 +652,16 @@ impl SoapTransport {
                 },
             })
             .collect();
-        let trouble = outcomes.iter().any(|o| matches!(o, Outcome::Down { .. }));
-        let latencies: Vec<Duration> = answers.iter().flatten().map(|(_, t)| *t).collect();
+        let answered: Vec<adaptive::Answered> = answers
+            .iter()
+            .map(|a| match a {
+                Some((Outcome::Delivered, took)) => adaptive::Answered::Delivered(*took),
+                Some((Outcome::Down { .. }, _)) | None => adaptive::Answered::Nothing,
+                Some((_, took)) => adaptive::Answered::Refused(*took),
+            })
+            .collect();
         let before = self.in_flight.current();
-        self.in_flight.observe(batch.len(), &latencies, trouble);
+        self.in_flight.observe_batch(batch.len(), &answered);
         if self.in_flight.current() != before {
             tracing::debug!(target_name = %self.target, from = before, to = self.in_flight.current(), "requests at once adapted");
         }

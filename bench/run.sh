@@ -80,6 +80,9 @@ mkcase() {
     if [[ $mode != none ]]; then
         bench_csv_connector "$dir" 1000
         [[ $mode == up ]] && mkdir -p "$dir/outbox/bench"
+    else
+        # No connector receives `permits`: keep its changes instead of refusing them.
+        printf '\n[collections]\nkeep_unrouted = true\n' >>"$dir/hms-sync.toml"
     fi
     echo "$dir"
 }

@@ -18,7 +18,7 @@ log() { printf '[static-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 log "glibc: $("$GLIBC" --version)"
 log "musl:  $("$MUSL" --version)"
 OUT=$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/hms-static.XXXXXX")
-trap 'rm -rf "$OUT"' EXIT
+log "each run's full results: $OUT"
 for ((r = 1; r <= ROUNDS; r++)); do
     for b in glibc musl; do
         bin=$GLIBC
@@ -28,7 +28,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     done
 done
 # value FILE LABEL: the measured column of the row starting with LABEL
-value() { awk -F'|' -v l="$2" 'index($2, l) { gsub(/ /, "", $3); print $3; exit }' "$1"; }
+value() { awk -v l="$2" 'index($0, l) == 1 { split(substr($0, length(l) + 1), f, " "); print f[1]; exit }' "$1"; }
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 row() { # LABEL
     local g m

@@ -145,8 +145,13 @@ fn files_queued_together_take_no_more_memory_than_one_file_taken_whole() {
         inbox_empty,
     );
     let three = peak_rss_kib(&d);
+    // Held and parsed together they took 2.6 times one file's peak (385 MiB
+    // against 148). One after another they take about the same as one, but
+    // each may be parsed on another blocking thread, whose glibc arena keeps
+    // its memory until the next trim: in a full parallel test run the peak
+    // went over 1.4 times one file's, so the bound sits between the two.
     assert!(
-        (three as f64) < one as f64 * 1.4,
+        (three as f64) < one as f64 * 2.0,
         "peak RSS {three} KiB taking three 3.9 MB files against {one} KiB for one: they were held and parsed together"
     );
     assert_eq!(d.log().matches("file accepted").count(), 4, "{}", d.log());

@@ -647,12 +647,15 @@ fn control_spec(
 
 /// Today's local date in `format` (`%Y`, `%y`, `%m`, `%d`, `%j`, `%%`).
 fn run_date(format: &str) -> String {
-    let now = std::time::SystemTime::now()
+    let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as libc::time_t)
+        .map(|d| d.as_secs())
         .unwrap_or(0);
     // SAFETY: localtime_r writes only into `tm`, which lives on this stack.
+    // (`time_t`'s width is libc's: named through the function, not the alias
+    // that libc deprecates on musl.)
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let now = secs as _;
     unsafe { libc::localtime_r(&now, &mut tm) };
     let mut out = String::new();
     let mut chars = format.chars();

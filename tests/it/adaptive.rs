@@ -71,18 +71,7 @@ async fn serve(
 
 /// Starts the service on its own runtime; returns its URL.
 fn start_service(service: Arc<Service>) -> (String, tokio::runtime::Runtime) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let url = format!("http://{}/PermitService", listener.local_addr().unwrap());
-    let app = axum::Router::new().fallback(serve).with_state(service);
-    rt.spawn(async move { axum::serve(listener, app).await });
-    (url, rt)
+    serve_soap_app(axum::Router::new().fallback(serve).with_state(service))
 }
 
 /// Feeds 4 rounds of changes to 60 records to a connector with `max_in_flight =

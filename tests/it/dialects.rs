@@ -303,15 +303,6 @@ async fn business_answer(State(s): State<BoxState>, body: Bytes) -> impl IntoRes
 
 impl BusinessBox {
     fn start() -> BusinessBox {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = BoxState {
             seen: Arc::default(),
             fixed: Arc::default(),
@@ -319,9 +310,9 @@ impl BusinessBox {
         let app = axum::Router::new()
             .fallback(business_answer)
             .with_state(state.clone());
-        rt.spawn(async move { axum::serve(listener, app).await });
+        let (url, rt) = serve_soap_app(app);
         BusinessBox {
-            url: format!("http://{addr}/PermitService"),
+            url,
             seen: state.seen,
             fixed: state.fixed,
             _rt: rt,

@@ -439,3 +439,19 @@ impl TestDaemon {
             .collect()
     }
 }
+
+/// Serves `app` on a free loopback port, on a runtime of its own that stops when
+/// the returned runtime is dropped; the URL of `/PermitService` there.
+pub fn serve_soap_app(app: axum::Router) -> (String, tokio::runtime::Runtime) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}/PermitService", listener.local_addr().unwrap());
+    rt.spawn(async move { axum::serve(listener, app).await });
+    (url, rt)
+}

@@ -19,6 +19,20 @@ use crate::operator::{code, text};
 const FAST: &str = "max_attempts = 3\nbackoff = \"50ms\"\nmax_backoff = \"200ms\"";
 const RECORD: &str = "alert_command = \"echo \\\"$HMS_ALERT $HMS_ALERT_STATE\\\" >> alerts.txt\"";
 
+/// A running daemon with two CSV file targets, `housing` and `cobol`.
+fn two_targets() -> TestDaemon {
+    TestDaemon::new()
+        .connector(
+            "housing",
+            &csv_connector(&["permit_number", "status"], "", FAST),
+        )
+        .connector(
+            "cobol",
+            &csv_connector(&["permit_number", "status"], "", FAST),
+        )
+        .start()
+}
+
 /// SIGHUP to the running daemon; waits until `status --json` shows a reload
 /// newer than `before` (the previous reload's `at`, or null).
 fn sighup(d: &TestDaemon) -> serde_json::Value {
@@ -213,16 +227,7 @@ fn a_changed_connector_applies_to_deltas_not_yet_sent_with_none_lost_or_sent_twi
 
 #[test]
 fn a_removed_connector_is_orphaned_kept_across_kill_9_and_delivers_all_when_it_comes_back() {
-    let mut d = TestDaemon::new()
-        .connector(
-            "housing",
-            &csv_connector(&["permit_number", "status"], "", FAST),
-        )
-        .connector(
-            "cobol",
-            &csv_connector(&["permit_number", "status"], "", FAST),
-        )
-        .start();
+    let mut d = two_targets();
     assert_eq!(code(&d.cli(&["pause", "cobol"])), 0);
     let mut c = d.client();
     creates(&mut c, "a", 0..20, "s");
@@ -363,16 +368,7 @@ fn an_invalid_edit_is_refused_the_running_config_stays_and_it_says_why_until_fix
 
 #[test]
 fn forget_drops_an_orphaned_queue_refuses_a_configured_or_unknown_target_and_ids_are_not_reused() {
-    let d = TestDaemon::new()
-        .connector(
-            "housing",
-            &csv_connector(&["permit_number", "status"], "", FAST),
-        )
-        .connector(
-            "cobol",
-            &csv_connector(&["permit_number", "status"], "", FAST),
-        )
-        .start();
+    let d = two_targets();
     let mut c = d.client();
     assert_eq!(
         c.call(&envelope("0", json!({"permit_number": "0"})))["ok"],
@@ -629,16 +625,7 @@ fn systemd_is_told_reloading_with_a_monotonic_time_then_ready_again() {
 
 #[test]
 fn removing_and_restoring_a_connector_under_load_loses_nothing_and_sends_nothing_twice() {
-    let d = TestDaemon::new()
-        .connector(
-            "housing",
-            &csv_connector(&["permit_number", "status"], "", FAST),
-        )
-        .connector(
-            "cobol",
-            &csv_connector(&["permit_number", "status"], "", FAST),
-        )
-        .start();
+    let d = two_targets();
     let (feeder, sent) = feed(&d, "k", 900);
     d.wait_for(Duration::from_secs(30), "a third sent", |_| {
         sent.load(Ordering::SeqCst) >= 300

@@ -14,30 +14,11 @@ COUNT=${COUNT:-1500}
 SERVICE_MS=${SERVICE_MS:-40}
 WORKERS=${WORKERS:-8}
 
-BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=bench/daemon-config.sh
-. "$BENCH_DIR/daemon-config.sh"
-REPO=$(cd "$BENCH_DIR/.." && pwd)
-TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-log() { printf '[adaptive-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-get() { sed -n "s/^$2=//p" "$1" | head -n1; }
-
-(cd "$REPO" && cargo build --release --locked && cargo build --release --locked --example loadgen)
-BIN=${HMS_BIN:-$TARGET_DIR/release/hms-sync}
-LOADGEN=$TARGET_DIR/release/examples/loadgen
-
-TMP=$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/hms-adaptive-bench.XXXXXX")
-PIDS=()
-cleanup() {
-    local rc=$? p
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+BENCH_NAME=adaptive-bench
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_build
+bench_tmp
 
 # one_run NAME MAX_IN_FLIGHT: drops COUNT files at RATE/s into a daemon whose one
 # SOAP connector has MAX_IN_FLIGHT, waits until the service has answered them all

@@ -10,30 +10,11 @@ set -euo pipefail
 COUNT=${COUNT:-20000}
 BATCH_MAX=${BATCH_MAX:-1000}
 
-BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=bench/daemon-config.sh
-. "$BENCH_DIR/daemon-config.sh"
-REPO=$(cd "$BENCH_DIR/.." && pwd)
-TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-log() { printf '[files-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-get() { sed -n "s/^$2=//p" "$1" | head -n1; }
-
-(cd "$REPO" && cargo build --release --locked && cargo build --release --locked --example loadgen)
-BIN=${HMS_BIN:-$TARGET_DIR/release/hms-sync}
-LOADGEN=$TARGET_DIR/release/examples/loadgen
-
-TMP=$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/hms-files-bench.XXXXXX")
-PIDS=()
-cleanup() {
-    local rc=$? p
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+BENCH_NAME=files-bench
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_build
+bench_tmp
 
 # start_daemon DIR: runs hms-sync on DIR's config; sets DAEMON_PID.
 start_daemon() {

@@ -9,31 +9,15 @@
 set -euo pipefail
 
 NAGLE_COUNT=${NAGLE_COUNT:-300}
-BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=bench/daemon-config.sh
-. "$BENCH_DIR/daemon-config.sh"
-REPO=$(cd "$BENCH_DIR/.." && pwd)
-TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-log() { printf '[nagle-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
+BENCH_NAME=nagle-bench
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 command -v python3 >/dev/null || die "python3 is missing"
 if [[ -z ${HMS_BIN:-} ]]; then
     (cd "$REPO" && cargo build --release --locked)
     HMS_BIN=$TARGET_DIR/release/hms-sync
 fi
-
-TMP=$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/hms-nagle-bench.XXXXXX")
-PIDS=()
-cleanup() {
-    local rc=$? p
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_tmp
 
 # The legacy server: HTTP/1.1 keep-alive; end_headers() writes the headers,
 # wfile.write() the body: two writes, Nagle on (http.server's default).

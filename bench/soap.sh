@@ -13,31 +13,12 @@ WRK_SECONDS=${WRK_SECONDS:-5}
 LAT_RATE=${LAT_RATE:-200}
 LAT_COUNT=${LAT_COUNT:-2000}
 
-BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=bench/daemon-config.sh
-. "$BENCH_DIR/daemon-config.sh"
-REPO=$(cd "$BENCH_DIR/.." && pwd)
-TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-log() { printf '[soap-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-get() { sed -n "s/^$2=//p" "$1" | head -n1; }
-
+BENCH_NAME=soap-bench
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 command -v wrk >/dev/null || die "wrk is missing (Debian: apt-get install wrk)"
-(cd "$REPO" && cargo build --release --locked && cargo build --release --locked --example loadgen)
-BIN=${HMS_BIN:-$TARGET_DIR/release/hms-sync}
-LOADGEN=$TARGET_DIR/release/examples/loadgen
-
-TMP=$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/hms-soap-bench.XXXXXX")
-PIDS=()
-cleanup() {
-    local rc=$? p
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_build
+bench_tmp
 
 # start_server NAME EXPECT [--dump FILE]: the SOAP server; sets SERVER_PID, PORT.
 start_server() {

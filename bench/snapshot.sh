@@ -34,6 +34,10 @@ collection = "permits"
 key = "permit_number"
 snapshot = true
 TOML
+# An export over the default 64 MiB needs a larger limit (about 35 bytes a row).
+if [ "$ROWS" -gt 1500000 ]; then
+    printf '\n[limits]\nmax_file_bytes = "%d MiB"\n' $((ROWS * 40 / 1048576 + 1)) >>"$TMP/hms-sync.toml"
+fi
 mkdir -p "$TMP/outbox/bench" "$TMP/inbox/snap"
 bench_csv_connector "$TMP" 5000
 

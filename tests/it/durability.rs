@@ -28,8 +28,9 @@ use serde_json::json;
 
 use crate::harness::*;
 
+// `open` too: musl's open() is the `open` system call on x86_64, glibc's `openat`.
 const TRACED: &str =
-    "openat,close,read,recvfrom,recvmsg,write,writev,sendto,sendmsg,fsync,fdatasync";
+    "open,openat,close,read,recvfrom,recvmsg,write,writev,sendto,sendmsg,fsync,fdatasync";
 const SEQUENTIAL: usize = 50;
 const BURSTS: usize = 3;
 const BURST: usize = 50;
@@ -286,12 +287,14 @@ fn check_trace(calls: &[Call], db: &Path, cwd: &Path, marker: &str) -> Report {
     let mut db_fds: Vec<(i32, i64, Option<i64>)> = Vec::new();
     for c in calls {
         match c.name.as_str() {
-            "openat" => {
+            "openat" | "open" => {
                 let path = c.data().map(|d| String::from_utf8_lossy(&d).into_owned());
-                let dirfd = c.args.split(',').next().unwrap_or("").trim();
+                // `open` has no folder argument: relative to the working folder.
+                let at_cwd =
+                    c.name == "open" || c.args.split(',').next().unwrap_or("").trim() == "AT_FDCWD";
                 if let (Some(path), Some(fd)) = (path, c.ret)
                     && fd >= 0
-                    && (dirfd == "AT_FDCWD" || path.starts_with('/'))
+                    && (at_cwd || path.starts_with('/'))
                     && cwd.join(&path) == db
                 {
                     db_fds.push((fd as i32, c.end.unwrap_or(c.start), None));

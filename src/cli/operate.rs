@@ -198,10 +198,13 @@ pub fn reload(cfg: &Config) -> anyhow::Result<ExitCode> {
             "changed",
             "changed; applies to every change not already sent",
         ),
-        ("returned", "connector back; its kept queue is delivered"),
+        (
+            "returned",
+            "connector back; its kept queue, with the changes made while it was gone, is delivered",
+        ),
         (
             "orphaned",
-            "connector removed; its queue is kept (orphaned) until it comes back or `hms-sync forget`",
+            "connector removed; its queue is kept and goes on taking its collections' changes (orphaned) until it comes back or `hms-sync forget`",
         ),
         ("removed", "connector removed (nothing was queued for it)"),
     ] {

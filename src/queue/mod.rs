@@ -326,10 +326,14 @@ impl Queue {
         self.targets.keys().cloned().collect()
     }
 
-    /// Bytes of all waiting deltas, for backpressure.
+    /// Bytes of the waiting deltas of targets with a connector, for
+    /// backpressure: an orphaned target's queue is not delivered, so it never
+    /// shrinks and must not pause ingestion for everyone else (the free-disk
+    /// guard still counts it).
     pub fn pending_bytes(&self) -> u64 {
         self.targets
             .values()
+            .filter(|t| !t.orphaned)
             .map(|t| t.counters.pending_bytes)
             .sum()
     }

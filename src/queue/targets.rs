@@ -2,8 +2,10 @@
 //! removes targets; a removed target's queue is kept (**orphaned**) until its
 //! connector comes back or an operator forgets it.
 //!
-//! **Invariants:** an orphaned target receives no new deltas (it receives no
-//! collection) and has no worker; a target leaves the set only when its worker
+//! **Invariants:** an orphaned target has no worker; one orphaned by a reload
+//! keeps receiving the deltas of its collections (so that a connector removed
+//! and put back misses nothing: the shared snapshot moves on either way), one
+//! found orphaned at start-up receives none (its collections are not stored); a target leaves the set only when its worker
 //! has stopped (the caller's duty: nothing of it is in flight); `forget` keeps the
 //! target's counters with its last seq, so that delivery ids are never reused if
 //! a connector of that name comes back.
@@ -20,9 +22,9 @@ pub struct TargetChanges {
     pub added: Vec<String>,
     /// Orphaned targets whose connector came back: their queue goes out again.
     pub returned: Vec<String>,
-    /// Removed with deltas or dead letters left: kept as orphaned.
+    /// Removed from the config: kept as orphaned.
     pub orphaned: Vec<String>,
-    /// Removed with nothing left.
+    /// Gone for good (none since removals are orphaned; kept for the report).
     pub removed: Vec<String>,
 }
 
@@ -38,13 +40,9 @@ impl Target {
     }
 }
 
-/// A target with something queued, without a connector.
-fn orphan(name: String, counters: Counters) -> Target {
-    let spec = TargetSpec {
-        name,
-        collections: Vec::new(),
-        fields: None,
-    };
+/// A target with something queued, without a connector; `spec` is what it
+/// still receives (no collections when found at start-up).
+fn orphan(spec: TargetSpec, counters: Counters) -> Target {
     Target {
         orphaned: true,
         ..Target::new(spec, counters)
@@ -74,7 +72,12 @@ impl Queue {
             }
             let counters = codec::decode_counters(&v).map_err(decode_err(&k))?;
             if has_work(&counters) {
-                self.targets.insert(name.clone(), orphan(name, counters));
+                let spec = TargetSpec {
+                    name: name.clone(),
+                    collections: Vec::new(),
+                    fields: None,
+                };
+                self.targets.insert(name, orphan(spec, counters));
             }
         }
         Ok(())
@@ -94,13 +97,12 @@ impl Queue {
             // The worker has stopped; anything it still held goes back.
             t.in_flight.clear();
             t.in_flight_records.clear();
-            if has_work(&t.counters) {
-                self.targets
-                    .insert(name.clone(), orphan(name.clone(), t.counters));
-                changes.orphaned.push(name);
-            } else {
-                changes.removed.push(name);
-            }
+            // Kept, even with nothing queued, and it keeps its collections:
+            // changes go on queueing for it, so that a connector removed and
+            // put back misses nothing (`forget` retires it for good).
+            self.targets
+                .insert(name.clone(), orphan(t.spec, t.counters));
+            changes.orphaned.push(name);
         }
         let reader = self.store.reader()?;
         for spec in specs {
@@ -209,21 +211,34 @@ mod tests {
     }
 
     #[test]
-    fn a_removed_target_is_orphaned_across_reopen_takes_nothing_new_and_comes_back_whole() {
+    fn a_removed_target_keeps_taking_its_changes_is_orphaned_across_reopen_and_comes_back_whole() {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut q = Queue::open(dir.path(), 8, vec![spec("a"), spec("b")]).unwrap();
             q.ingest(&[change("1", 1), change("2", 1)]).unwrap();
             let changes = q.set_targets(vec![spec("a")]).unwrap();
             assert_eq!(changes.orphaned, ["b"]);
+            // While orphaned by the reload, b goes on taking its collections'
+            // changes: record 1's newer state folds into its waiting delta,
+            // record 3 is new.
             q.ingest(&[change("3", 1), change("1", 2)]).unwrap();
             let b = count(&q, "b").unwrap();
-            assert!(b.orphaned && b.pending == 2, "{b:?}");
+            assert!(b.orphaned && b.pending == 3, "{b:?}");
             assert_eq!(count(&q, "a").unwrap().pending, 3);
+            // Its backlog is not delivered, so it does not count for backpressure.
+            assert_eq!(
+                q.pending_bytes(),
+                q.targets["a"].counters.pending_bytes,
+                "only a's bytes"
+            );
             q.commit().unwrap();
         }
         let mut q = Queue::open(dir.path(), 8, vec![spec("a")]).unwrap();
         assert!(q.is_orphaned("b"));
+        // Found orphaned at start-up: its collections are not stored, it takes
+        // nothing new.
+        q.ingest(&[change("4", 1)]).unwrap();
+        assert_eq!(count(&q, "b").unwrap().pending, 3);
         let changes = q.set_targets(vec![spec("a"), spec("b")]).unwrap();
         assert_eq!(changes.returned, ["b"]);
         assert!(changes.added.is_empty());
@@ -233,13 +248,9 @@ mod tests {
             .iter()
             .map(|l| l.queued.record.key.as_str())
             .collect();
-        assert_eq!(
-            keys,
-            ["1", "2"],
-            "what was kept, in order; nothing of the orphaned time"
-        );
+        assert_eq!(keys, ["1", "2", "3"], "what was kept, in order");
         // A record's waiting delta still absorbs its newer changes after the return.
-        q.ack("b", &[1, 2]).unwrap();
+        q.ack("b", &[1, 2, 3]).unwrap();
         q.ingest(&[change("2", 5)]).unwrap();
         assert_eq!(count(&q, "b").unwrap().pending, 1);
     }

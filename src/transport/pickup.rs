@@ -286,16 +286,18 @@ pub async fn wait(at: Watch<'_>, w: &Waiting) -> Answer {
                     Ok(Some(answer @ Answer::Refused { .. })) => {
                         // An importer may still be writing its `.err`: only an
                         // answer that reads the same twice, a poll apart, counts.
-                        *at.strays = seen_after;
                         tokio::time::sleep(POLL).await;
                         let (dir, p, w2) = (at.dir.to_path_buf(), at.pickup.clone(), w.clone());
                         let again = tokio::task::spawn_blocking(move || look(&dir, &w2, &p)).await;
                         if let Ok(Ok(Some(again))) = again
                             && again == answer
                         {
+                            *at.strays = seen_after;
                             return answer;
                         }
-                        continue;
+                        // Still changing: look again, but only after the
+                        // timeout and the stop signal below have had their say
+                        // (an `.err` that keeps growing must not hold a stop).
                     }
                     Ok(Some(answer)) => {
                         *at.strays = seen_after;

@@ -741,3 +741,33 @@ fn cobol_importer_ascii_master_file_converges_and_refused_records_are_dead_lette
 fn cobol_importer_cp037_master_file_converges_and_refused_records_are_dead_letters() {
     cobol_round_trip("cp037", "CP037");
 }
+
+#[test]
+fn a_stop_is_prompt_while_the_importer_keeps_writing_its_err_file() {
+    let (mut d, file) = one_file_waiting("pickup = \"ack_file\"\n");
+    // The importer appends a line to its `.err` every 50 ms, for as long as
+    // the test runs: it never reads the same twice, a poll apart.
+    let err = std::path::PathBuf::from(format!("{}.err", file.display()));
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (err, writing) = (err.clone(), writing.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&err).unwrap();
+            writeln!(f, "STILL VALIDATING").unwrap();
+            let mut n = 0;
+            while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                writeln!(f, "checked record {n}").unwrap();
+                n += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    assert_eq!(d.stop(), Some(0));
+    let took = started.elapsed();
+    writing.store(false, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    assert!(took < Duration::from_secs(15), "the stop took {took:?}");
+}

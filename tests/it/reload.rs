@@ -266,17 +266,19 @@ fn a_removed_connector_is_orphaned_kept_across_kill_9_and_delivers_all_when_it_c
     );
     let out = d.cli(&["status", "--check"]);
     assert_eq!(code(&out), 1, "{}", text(&out));
-    // An orphaned target takes no new deltas; housing (sentinel) gets them.
+    // An orphaned target goes on taking its collections' changes (so a
+    // connector put back misses nothing); housing (sentinel) gets them too.
     creates(&mut c, "b", 0..10, "s");
     d.wait_for(Duration::from_secs(20), "housing got the new ones", |d| {
         d.target_status("housing")["delivered"] == 30
     });
-    assert_eq!(d.target_status("cobol")["pending"], 20);
-    // Still orphaned after kill -9 (found in the queue at start).
+    assert_eq!(d.target_status("cobol")["pending"], 30);
+    // Still orphaned after kill -9 (found in the queue at start), with its 30.
     d.kill9();
     d.restart();
     assert_eq!(d.target_status("cobol")["state"], "orphaned");
-    // Back it comes; it was paused before, so resume; its 20 go out, once each.
+    assert_eq!(d.target_status("cobol")["pending"], 30);
+    // Back it comes; it was paused before, so resume; its 30 go out, once each.
     std::fs::rename(&aside, &folder).unwrap();
     let out = d.cli(&["reload"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
@@ -291,11 +293,14 @@ fn a_removed_connector_is_orphaned_kept_across_kill_9_and_delivers_all_when_it_c
         "cobol delivers its kept queue",
         |d| {
             let st = d.target_status("cobol");
-            st["pending"] == 0 && st["in_flight"] == 0 && st["delivered"] == 20
+            st["pending"] == 0 && st["in_flight"] == 0 && st["delivered"] == 30
         },
     );
     let keys = keys_once(&d, "cobol");
-    let want: BTreeSet<String> = (0..20).map(|i| format!("a{i}")).collect();
+    let want: BTreeSet<String> = (0..20)
+        .map(|i| format!("a{i}"))
+        .chain((0..10).map(|i| format!("b{i}")))
+        .collect();
     assert_eq!(keys, want);
     assert_eq!(d.target_status("cobol")["state"], "up");
 }
@@ -648,9 +653,21 @@ fn removing_and_restoring_a_connector_under_load_loses_nothing_and_sends_nothing
         h["delivered"] == 900 && c["pending"] == 0 && c["in_flight"] == 0
     });
     assert_eq!(keys_once(&d, "housing").len(), 900);
+    // Every change, also those made while its connector was gone: an orphaned
+    // target goes on taking its collections' changes.
     let cobol = keys_once(&d, "cobol");
-    for i in (0..before_removal).chain(after_return..900) {
-        assert!(cobol.contains(&format!("k{i}")), "cobol lost k{i}");
+    for i in 0..900 {
+        let when = if i < before_removal {
+            "before the removal"
+        } else if i < after_return {
+            "while it was removed"
+        } else {
+            "after its return"
+        };
+        assert!(
+            cobol.contains(&format!("k{i}")),
+            "cobol lost k{i}, sent {when}"
+        );
     }
     assert_eq!(d.target_status("cobol")["state"], "up");
 }

@@ -496,8 +496,17 @@ async fn apply(
         let _ = workers[name].stop.send(true);
     }
     for name in &stopping {
-        if let Some(w) = workers.remove(name) {
-            let _ = w.handle.await;
+        if let Some(mut w) = workers.remove(name) {
+            // The delivery in hand may take up to its transport's timeout: meanwhile
+            // the daemon is alive and says so, or systemd's watchdog would kill it
+            // in the middle of the reload.
+            while tokio::time::timeout(Duration::from_secs(5), &mut w.handle)
+                .await
+                .is_err()
+            {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                tracing::info!(target_name = %name, "reload: waiting for the delivery in hand to settle");
+            }
         }
     }
     let specs = target_specs(&new);

@@ -385,6 +385,20 @@ impl FileTransport {
         todo: &mut VecDeque<Group>,
     ) -> bool {
         use pickup::Answer;
+        // Deltas of the waiting file that this batch does not hold (it was made
+        // smaller since the file was written, e.g. a lower batch_max): when the
+        // file was taken and this batch is all from it, they stay waiting on
+        // the same answer, for the next batch, instead of being written again.
+        let here: std::collections::HashSet<&str> =
+            members.iter().map(|&i| batch[i].id.as_str()).collect();
+        let rest: Vec<String> = w
+            .ids
+            .iter()
+            .filter(|id| !here.contains(id.as_str()))
+            .cloned()
+            .collect();
+        let batch_within_file = members.len() == batch.len();
+        let keep_rest = batch_within_file && !rest.is_empty() && answer == Answer::Taken;
         let down = |out: &mut [Option<Outcome>], reason: String| {
             for &i in members {
                 out[i] = Some(Outcome::Down {
@@ -477,6 +491,26 @@ impl FileTransport {
                     });
                 }
             }
+        }
+        if keep_rest {
+            let narrowed = pickup::Waiting {
+                file: w.file.clone(),
+                ids: rest,
+            };
+            let (dir, target) = (self.dir.clone(), self.target.clone());
+            tracing::info!(target_name = %self.target, file = %w.file, left = narrowed.ids.len(), "the importer took the file; its other deltas settle with the next batch");
+            return match tokio::task::spawn_blocking(move || {
+                pickup::narrow_manifest(&dir, &target, &narrowed)
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+            {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(target_name = %self.target, error = %e, "cannot narrow the waiting file's manifest");
+                    false
+                }
+            };
         }
         let (dir, target, w, p) = (
             self.dir.clone(),
@@ -1036,6 +1070,36 @@ mod tests {
             1,
             "only .out.last is left"
         );
+    }
+
+    #[tokio::test]
+    async fn a_file_taken_whole_settles_its_rest_with_the_next_smaller_batch_not_a_second_copy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        // A file of four deltas waits (written before a restart with a larger
+        // batch_max); the importer has taken it.
+        let ids = ["out:1", "out:2", "out:3", "out:4"];
+        waiting(dir, "out-000000000001.csv", &ids);
+        fs::write(dir.join("out-000000000001.csv"), "written before").unwrap();
+        fs::write(dir.join("out-000000000001.csv.ack"), "").unwrap();
+        fs::write(dir.join(".out.last"), "1").unwrap();
+        let mut t = with_pickup(dir, PickupMode::AckFile);
+        // Now batches of two: the first two settle, the other two wait on the
+        // same answer, and no file is written.
+        let got = t.deliver(&[payload("out:1"), payload("out:2")]).await;
+        assert_eq!(got, vec![Outcome::Delivered; 2]);
+        let w = pickup::read_manifest(dir, "out")
+            .unwrap()
+            .expect("still waiting");
+        assert_eq!(w.ids, ["out:3", "out:4"]);
+        let got = t.deliver(&[payload("out:3"), payload("out:4")]).await;
+        assert_eq!(got, vec![Outcome::Delivered; 2]);
+        assert!(!pickup::manifest_path(dir, "out").exists());
+        let left: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, [".out.last"], "no second copy of any delta");
     }
 
     #[tokio::test]

@@ -345,6 +345,23 @@ pub async fn wait(at: Watch<'_>, w: &Waiting) -> Answer {
     }
 }
 
+/// Narrows the manifest to `w` (the same file, fewer ids), durably: the rest
+/// of a file whose answer settled only the deltas of this batch (a batch made
+/// smaller since the file was written). Its file and answers stay, so the
+/// next batch, holding the rest, reads the same answer.
+pub fn narrow_manifest(dir: &Path, target: &str, w: &Waiting) -> Result<(), String> {
+    use std::io::Write;
+    let (tmp, path) = (manifest_tmp_path(dir, target), manifest_path(dir, target));
+    File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(&encode(w))?;
+            f.sync_all()
+        })
+        .and_then(|()| fs::rename(&tmp, &path))
+        .and_then(|()| File::open(dir)?.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 /// A settled file: the file itself (if the importer left it), then its answers
 /// and the manifest are removed, each step made durable by a folder fsync, so
 /// that a power cut never brings back a manifest without its answer's file

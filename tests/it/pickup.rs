@@ -763,7 +763,11 @@ fn a_stop_is_prompt_while_the_importer_keeps_writing_its_err_file() {
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(500));
+    // Stop once the daemon has had several looks at a `.err` that never read
+    // the same twice: 20 lines written is a second of them (polls are 200 ms).
+    d.wait_for(Duration::from_secs(30), "20 lines in the .err", |_| {
+        std::fs::read_to_string(&err).is_ok_and(|t| t.lines().count() >= 20)
+    });
     let started = std::time::Instant::now();
     assert_eq!(d.stop(), Some(0));
     let took = started.elapsed();
